@@ -20,7 +20,7 @@ _BASELINE_NAMES = ("black", "zeros", "blur")
 
 
 def _gaussian_blur(images: Tensor, sigma: float) -> Tensor:
-    radius = max(1, int(round(3 * sigma)))
+    radius = max(1, round(3 * sigma))
     coords = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
     kernel = torch.exp(-(coords**2) / (2 * sigma**2))
     kernel = kernel / kernel.sum()
@@ -37,9 +37,13 @@ def check_baseline(baseline: object) -> None:
     """Raise ``ValueError`` unless ``baseline`` is a known name, a tensor or a callable."""
     if isinstance(baseline, str):
         if baseline not in _BASELINE_NAMES:
-            raise ValueError(f"Expected `baseline` to be one of {_BASELINE_NAMES}, a tensor or a callable, but got {baseline!r}")
+            raise ValueError(
+                f"Expected `baseline` to be one of {_BASELINE_NAMES}, a tensor or a callable, but got {baseline!r}"
+            )
     elif not isinstance(baseline, Tensor) and not callable(baseline):
-        raise ValueError(f"Expected `baseline` to be one of {_BASELINE_NAMES}, a tensor or a callable, but got {baseline!r}")
+        raise ValueError(
+            f"Expected `baseline` to be one of {_BASELINE_NAMES}, a tensor or a callable, but got {baseline!r}"
+        )
 
 
 def resolve_baseline(images: Tensor, baseline: Baseline = "black", normalization: Normalization = None) -> Tensor:
@@ -77,7 +81,9 @@ def resolve_baseline(images: Tensor, baseline: Baseline = "black", normalization
         ) from err
 
 
-def _normalization_tensors(normalization: tuple[Sequence[float], Sequence[float]], images: Tensor) -> tuple[Tensor, Tensor]:
+def _normalization_tensors(
+    normalization: tuple[Sequence[float], Sequence[float]], images: Tensor
+) -> tuple[Tensor, Tensor]:
     mean = torch.as_tensor(normalization[0], dtype=images.dtype, device=images.device).reshape(1, -1, 1, 1)
     std = torch.as_tensor(normalization[1], dtype=images.dtype, device=images.device).reshape(1, -1, 1, 1)
     if mean.shape[1] not in (1, images.shape[1]) or std.shape[1] not in (1, images.shape[1]):
@@ -90,7 +96,9 @@ def _normalization_tensors(normalization: tuple[Sequence[float], Sequence[float]
     return mean, std
 
 
-def perturb(images: Tensor, saliency: Tensor, baseline: Baseline = "black", normalization: Normalization = None) -> Tensor:
+def perturb(
+    images: Tensor, saliency: Tensor, baseline: Baseline = "black", normalization: Normalization = None
+) -> Tensor:
     """Eq. (3): ``Phi(x, M) = x * M + x_d * (1 - M)``.
 
     Args:
@@ -125,7 +133,9 @@ def perturb(images: Tensor, saliency: Tensor, baseline: Baseline = "black", norm
     return images * saliency + x_d * (1.0 - saliency)
 
 
-def target_probabilities(model: nn.Module, images: Tensor, targets: Tensor, max_batch_size: int | None = None) -> Tensor:
+def target_probabilities(
+    model: nn.Module, images: Tensor, targets: Tensor, max_batch_size: int | None = None
+) -> Tensor:
     """Softmax probability f_k of each image's target class, as float32 ``(B,)`` on the images' device.
 
     Runs under ``torch.no_grad()``, in chunks of ``max_batch_size`` images when given. The model's mode is
@@ -133,7 +143,7 @@ def target_probabilities(model: nn.Module, images: Tensor, targets: Tensor, max_
     """
     if targets.shape != (images.shape[0],):
         raise ValueError(f"Expected `targets` to have shape ({images.shape[0]},), but got {tuple(targets.shape)}")
-    chunk = images.shape[0] if not max_batch_size else max_batch_size
+    chunk = max_batch_size if max_batch_size else images.shape[0]
     out = []
     with torch.no_grad():
         for start in range(0, images.shape[0], max(chunk, 1)):
