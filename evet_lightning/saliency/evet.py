@@ -17,7 +17,7 @@ from evet_lightning.saliency.grad_cam_adapter import GradCamLibraryExplainer, av
 from evet_lightning.saliency.layers import LayerSpec, check_target_layers, resolve_target_layers
 from evet_lightning.saliency.transforms import AffineTransform, Identity, paper_transforms
 
-__all__ = ["EVET", "EVETResult", "CamSpec"]
+__all__ = ["EVET", "CamSpec", "EVETResult", "check_evet_arguments"]
 
 #: A CAM: a pytorch-grad-cam class, its name, or ``"Gradient"``.
 CamSpec = str | type
@@ -104,25 +104,16 @@ class EVET:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}")
-        if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 < threshold <= 1):
-            raise ValueError(f"Expected `threshold` to be a float in (0, 1], but got {threshold!r}")
-        if not (
-            isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha) and alpha >= 0
-        ):
-            raise ValueError(f"Expected `alpha` to be a non-negative float, but got {alpha!r}")
-        if not (isinstance(max_batch_size, int) and not isinstance(max_batch_size, bool) and max_batch_size >= 1):
-            raise ValueError(f"Expected `max_batch_size` to be a positive integer, but got {max_batch_size!r}")
-        if backend not in _BACKENDS:
-            raise ValueError(f"Expected `backend` to be one of {_BACKENDS}, but got {backend!r}")
-        check_baseline(baseline)
-        transforms = paper_transforms() if transforms is None else list(transforms)
-        if not transforms:
-            raise ValueError("Expected `transforms` to be a non-empty sequence of transforms, but got an empty one")
-        for transform in transforms:
-            if not isinstance(transform, AffineTransform):
-                raise ValueError(f"Expected every item of `transforms` to be an AffineTransform, but got {transform!r}")
-        if normalization is not None and (len(normalization) != 2):
-            raise ValueError(f"Expected `normalization` to be a (mean, std) pair, but got {normalization!r}")
+        transforms = check_evet_arguments(
+            cam=cam,
+            transforms=transforms,
+            threshold=threshold,
+            alpha=alpha,
+            baseline=baseline,
+            normalization=normalization,
+            max_batch_size=max_batch_size,
+            backend=backend,
+        )
         self.cam_name, self._cam_class, self._native = _resolve_cam(cam, backend)
         self.model = model
         self.target_layers = target_layers
@@ -293,6 +284,42 @@ class EVET:
         clean = logits.softmax(dim=-1).gather(1, targets.view(-1, 1)).squeeze(1)
         clean = torch.nan_to_num(clean, nan=0.0)
         return saliency, original, fused.weights, fused.kept, targets, view_scores, clean, finite
+
+
+def check_evet_arguments(
+    *,
+    cam: CamSpec = "GradCAM",
+    transforms: Sequence[AffineTransform] | None = None,
+    threshold: float = 0.99,
+    alpha: float = DEFAULT_ALPHA,
+    baseline: Baseline = "black",
+    normalization: Normalization = None,
+    max_batch_size: int = 64,
+    backend: str = "auto",
+) -> list[AffineTransform]:
+    """Check EVET's configuration without a model (``ValueError`` naming the argument); returns the transforms.
+
+    The callback calls this in its constructor, so bad configuration fails before training starts.
+    """
+    if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 < threshold <= 1):
+        raise ValueError(f"Expected `threshold` to be a float in (0, 1], but got {threshold!r}")
+    if not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"Expected `alpha` to be a non-negative float, but got {alpha!r}")
+    if not (isinstance(max_batch_size, int) and not isinstance(max_batch_size, bool) and max_batch_size >= 1):
+        raise ValueError(f"Expected `max_batch_size` to be a positive integer, but got {max_batch_size!r}")
+    if backend not in _BACKENDS:
+        raise ValueError(f"Expected `backend` to be one of {_BACKENDS}, but got {backend!r}")
+    check_baseline(baseline)
+    transforms = paper_transforms() if transforms is None else list(transforms)
+    if not transforms:
+        raise ValueError("Expected `transforms` to be a non-empty sequence of transforms, but got an empty one")
+    for transform in transforms:
+        if not isinstance(transform, AffineTransform):
+            raise ValueError(f"Expected every item of `transforms` to be an AffineTransform, but got {transform!r}")
+    if normalization is not None and (len(normalization) != 2):
+        raise ValueError(f"Expected `normalization` to be a (mean, std) pair, but got {normalization!r}")
+    _resolve_cam(cam, backend)
+    return transforms
 
 
 def _resolve_cam(cam: CamSpec, backend: str) -> tuple[str, type | None, bool]:
