@@ -134,7 +134,9 @@ class NativeCAM:
                     output = output.detach().requires_grad_(True)
                     torch.set_grad_enabled(True)
                 activations[index] = output
-                return output
+                # The network gets a copy: an in-place op downstream (ReLU(inplace=True), `out += identity`)
+                # must neither fail on the leaf nor change the activation the CAM is computed from.
+                return output.clone()
 
             return capture
 

@@ -48,6 +48,11 @@ class GradCamLibraryExplainer:
         self.batch_size = batch_size
 
     def __call__(self, model: nn.Module, images: Tensor, targets: Tensor | None) -> Explanation:
+        if targets is not None:
+            # Check the class range before the library runs: it would index past the logits (IndexError) or,
+            # for a negative class, silently explain a class counted from the end.
+            with torch.no_grad():
+                _resolve_targets(model(images[:1]).float(), targets)
         numpy_rng = np.random.get_state()  # noqa: NPY002 (the legacy global RNG is what RandomCAM draws from)
         cam = None
         try:
@@ -67,6 +72,5 @@ class GradCamLibraryExplainer:
             if cam is not None:
                 cam.activations_and_grads.release()
             np.random.set_state(numpy_rng)  # noqa: NPY002
-        _resolve_targets(logits, targets)  # same range check as the native path
         maps = torch.from_numpy(np.ascontiguousarray(grayscale, dtype=np.float32)).to(images.device)
         return Explanation(torch.nan_to_num(maps, nan=0.0).clamp(0, 1), logits.to(images.device))
