@@ -1,1 +1,23 @@
-"""data subpackage."""
+"""Embedded datasets: synthetic shapes with exact object masks, and real photographs with ImageNet labels."""
+
+from evet_lightning.data.augment import background_dropout
+from evet_lightning.data.photos import PHOTOS, Photo, SamplePhotos
+from evet_lightning.data.synthetic import (
+    SHAPE_NAMES,
+    ShapeSpec,
+    SyntheticShapes,
+    SyntheticShapesDataModule,
+    draw_shape,
+)
+
+__all__ = [
+    "background_dropout",
+    "PHOTOS",
+    "SHAPE_NAMES",
+    "Photo",
+    "SamplePhotos",
+    "ShapeSpec",
+    "SyntheticShapes",
+    "SyntheticShapesDataModule",
+    "draw_shape",
+]

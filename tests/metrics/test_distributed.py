@@ -1,0 +1,83 @@
+"""Two processes (gloo on CPU) give the single-process value, also on uneven splits and with an idle rank."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from tests.metrics._cases import CASE_IDS, CASES, split
+
+NUM_SAMPLES = 9
+#: per-rank sample counts: even-ish, uneven (5 + 4) and one rank with nothing to do
+SPLITS = {"uneven_5_4": (5, 4), "even_ish_4_5": (4, 5), "rank1_idle": (9, 0), "rank0_idle": (0, 9)}
+
+
+def _dataset(name: str) -> dict[str, torch.Tensor]:
+    index = CASE_IDS.index(name)
+    return CASES[index].make(torch.Generator().manual_seed(100 + index), NUM_SAMPLES)
+
+
+def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        results: dict[tuple[str, str], tuple[float, int, int]] = {}
+        for case in CASES:
+            data = _dataset(case.name)
+            for split_name, sizes in SPLITS.items():
+                chunk = split(data, list(sizes))[rank]
+                metric = case.metric()
+                # a rank with no samples never calls update; the others update in two uneven pieces
+                if chunk[next(iter(chunk))].shape[0]:
+                    for piece in split(chunk, [1, chunk[next(iter(chunk))].shape[0] - 1]):
+                        metric.update(**piece)
+                with warnings.catch_warnings():
+                    # an idle rank gets torchmetrics' "compute before update" warning; that is expected
+                    warnings.simplefilter("ignore", UserWarning)
+                    value = metric.compute()
+                local_count = int(metric.num_samples + metric.num_skipped)
+                metric.sync()
+                synced_skipped = int(metric.num_skipped)
+                metric.unsync()
+                results[(case.name, split_name)] = (value.item(), local_count, synced_skipped)
+        with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as handle:
+            pickle.dump(results, handle)
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.timeout(120)
+def test_two_processes_match_one(tmp_path: Path) -> None:
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+
+    expected = {}
+    for case in CASES:
+        metric = case.metric()
+        metric.update(**_dataset(case.name))
+        expected[case.name] = (metric.compute().item(), int(metric.num_skipped))
+
+    for rank in range(2):
+        with open(tmp_path / f"rank{rank}.pkl", "rb") as handle:
+            results = pickle.load(handle)
+        assert len(results) == len(CASES) * len(SPLITS)
+        for (name, split_name), (value, local_count, synced_skipped) in results.items():
+            single_value, single_skipped = expected[name]
+            assert value == pytest.approx(single_value, abs=1e-6), (name, split_name, rank)
+            assert synced_skipped == single_skipped, (name, split_name, rank)
+            # compute() leaves each rank's own (unsynced) counts in place for further accumulation
+            assert local_count == SPLITS[split_name][rank], (name, split_name, rank)
+    # the datasets include skipped samples, so the synced count was exercised
+    assert all(skipped > 0 for _, skipped in expected.values())
