@@ -10,10 +10,12 @@ from torch import Tensor
 
 __all__ = ["DEFAULT_ALPHA", "FusionResult", "fuse_maps", "fuse_maps_detailed", "min_max_normalize"]
 
-#: Default boost strength alpha of Eq. (5). The paper tunes alpha per method and dataset without publishing
-#: the values; ours was picked on the synthetic shapes data (see ``benchmarks/alpha_curve.py`` and the
-#: README's alpha trade-off plot): 0.5 lowers average drop and raises the energy pointing game there, while
-#: larger values push maps towards 0/1 and start to cost faithfulness.
+#: Default boost strength alpha of Eq. (5). The paper tunes alpha per method and dataset and does not publish
+#: the values. Ours was measured on held-out synthetic shapes (``python benchmarks/alpha_curve.py``, README
+#: "Choosing alpha"): with EVET-Grad-CAM on the demo's SmallCNN, alpha = 0.5 improved all three metrics over
+#: Grad-CAM (average drop 6.9% -> 5.2%, increase in confidence 23.4% -> 27.3%, energy pointing game
+#: 42.9% -> 48.5%); larger alpha keeps raising the pointing game (55.7% at 4) but pushes maps towards 0/1 and
+#: costs faithfulness (average drop 8.0% at 2, 11.9% at 4), smaller alpha gives up localization (39.8% at 0).
 DEFAULT_ALPHA = 0.5
 
 

@@ -1,0 +1,174 @@
+"""Speed and memory of the EVET engine, measured side by side in one run (issue #2 item 7).
+
+Prints, on torchvision ResNet-18 (random weights: speed does not depend on them) at 224x224, batch 8:
+
+1. native GradCAM vs pytorch-grad-cam GradCAM on the same batch (target >= 2.5x faster);
+2. EVET-GradCAM (7 transforms) per image vs pytorch-grad-cam ScoreCAM per image (target >= 35x faster);
+3. EVET-GradCAM per image vs 16 no-grad forward passes of the same images, its FLOP floor (target <= 1.2x);
+4. EVET-GradCAM (8 views) vs pytorch-grad-cam GradCAM with aug_smooth=True (6 views, sequential): faster;
+5. peak memory of EVET at max_batch_size 8 vs 64 (CUDA: max_memory_allocated; CPU: peak RSS growth of a
+   fresh process).
+
+Usage: ``python benchmarks/bench_saliency.py [--device cpu|cuda] [--repeats 3] [--scorecam-images 1]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torchvision
+from pytorch_grad_cam import GradCAM, ScoreCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from evet_lightning import EVET
+from evet_lightning.saliency import NativeCAM
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def compare(
+    ours: Callable[[], object], reference: Callable[[], object], device: torch.device, repeats: int
+) -> tuple[float, float]:
+    """Median wall times of ``ours`` and ``reference``, run alternately (after a warm-up of each).
+
+    Alternating keeps the ratio honest on a machine whose load changes during the run.
+    """
+    ours()
+    reference()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for fn, bucket in ((ours, times[0]), (reference, times[1])):
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            bucket.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def build(device: torch.device) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=1000).to(device).eval()
+    images = torch.randn(8, 3, 224, 224, device=device)
+    targets = torch.arange(8, device=device)
+    return model, images, targets
+
+
+def peak_memory_child(device_name: str, max_batch_size: int) -> None:
+    """Run EVET once and print the peak memory it added, in MiB (a fresh process per setting on CPU)."""
+    device = torch.device(device_name)
+    model, images, targets = build(device)
+    evet = EVET(model, target_layers=[model.layer4], max_batch_size=max_batch_size)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        evet(images, targets)
+        peak = torch.cuda.max_memory_allocated(device) - base
+    else:
+        import resource
+
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        evet(images, targets)
+        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024
+    print(json.dumps({"peak_mib": peak / 2**20}))
+
+
+def peak_memory(device: torch.device, max_batch_size: int) -> float:
+    command = [sys.executable, __file__, "--memory-child", str(max_batch_size), "--device", device.type]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return float(json.loads(output.strip().splitlines()[-1])["peak_mib"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--scorecam-images", type=int, default=1, help="images timed for ScoreCAM (slow)")
+    parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child is not None:
+        peak_memory_child(args.device, args.memory_child)
+        return
+    device = torch.device(args.device)
+    model, images, targets = build(device)
+    batch = images.shape[0]
+    cam_targets = [ClassifierOutputTarget(int(k)) for k in targets]
+    native = NativeCAM("GradCAM", [model.layer4])
+    evet = EVET(model, target_layers=[model.layer4], cam="GradCAM", max_batch_size=64)
+
+    def library_grad_cam() -> object:
+        with GradCAM(model, [model.layer4]) as cam:
+            return cam(images, cam_targets)
+
+    def library_aug_smooth() -> object:
+        with GradCAM(model, [model.layer4]) as cam:
+            return cam(images, cam_targets, aug_smooth=True)
+
+    def library_score_cam() -> object:
+        count = args.scorecam_images
+        # ScoreCAM prints a tqdm bar per image; keep the table readable.
+        with ScoreCAM(model, [model.layer4]) as cam, contextlib.redirect_stderr(io.StringIO()):
+            return cam(images[:count], cam_targets[:count])
+
+    def forwards_16() -> object:
+        with torch.no_grad():
+            for _ in range(16):
+                model(images)
+        return None
+
+    def run_native() -> object:
+        with torch.enable_grad():
+            return native(model, images, targets)
+
+    t_native, t_library = compare(run_native, library_grad_cam, device, args.repeats)
+    t_evet, t_forwards = compare(lambda: evet(images, targets), forwards_16, device, args.repeats)
+    t_evet_2, t_aug = compare(lambda: evet(images, targets), library_aug_smooth, device, args.repeats)
+    t_evet_3, t_score = compare(lambda: evet(images, targets), library_score_cam, device, max(1, args.repeats // 3))
+    evet_per_image = t_evet / batch
+    score_per_image = t_score / args.scorecam_images  # pytorch-grad-cam's default batch of 16 masked images
+    memory_8 = peak_memory(device, 8)
+    memory_64 = peak_memory(device, 64)
+
+    print(f"ResNet-18, 224x224, batch {batch}, device {device}, torch {torch.__version__}, median of {args.repeats}")
+    print("| comparison | ours (s) | reference (s) | ratio | target |")
+    print("| --- | --- | --- | --- | --- |")
+    rows = [
+        ("native GradCAM vs pytorch-grad-cam GradCAM (batch)", t_native, t_library, t_library / t_native, ">= 2.5x"),
+        (
+            "EVET-GradCAM vs ScoreCAM (per image)",
+            t_evet_3 / batch,
+            score_per_image,
+            score_per_image * batch / t_evet_3,
+            ">= 35x",
+        ),
+        (
+            "EVET-GradCAM vs 16 no-grad forwards (per image)",
+            evet_per_image,
+            t_forwards / batch,
+            t_evet / t_forwards,
+            "<= 1.2x",
+        ),
+        ("EVET-GradCAM (8 views) vs GradCAM aug_smooth (6 views)", t_evet_2, t_aug, t_aug / t_evet_2, "> 1x"),
+    ]
+    for name, ours, reference, ratio, target in rows:
+        print(f"| {name} | {ours:.4f} | {reference:.4f} | {ratio:.2f}x | {target} |")
+    print(
+        f"| EVET peak memory, max_batch_size 8 vs 64 (MiB) | {memory_8:.0f} | {memory_64:.0f} | "
+        f"{memory_64 / max(memory_8, 1e-9):.2f}x | bounded by the chunk |"
+    )
+
+
+if __name__ == "__main__":
+    main()
