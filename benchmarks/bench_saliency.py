@@ -7,7 +7,7 @@ Prints, on torchvision ResNet-18 (random weights: speed does not depend on them)
 3. EVET-GradCAM per image vs 16 no-grad forward passes of the same images, its FLOP floor (target <= 1.2x);
 4. EVET-GradCAM (8 views) vs pytorch-grad-cam GradCAM with aug_smooth=True (6 views, sequential): faster;
 5. peak memory of EVET at max_batch_size 8 vs 64 (CUDA: max_memory_allocated; CPU: peak RSS growth of a
-   fresh process).
+   fresh process, from the kernel's peak-RSS mark).
 
 Usage: ``python benchmarks/bench_saliency.py [--device cpu|cuda] [--repeats 3] [--scorecam-images 1]``
 """
@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torchvision
@@ -39,22 +40,28 @@ def _sync(device: torch.device) -> None:
 
 
 def compare(
-    ours: Callable[[], object], reference: Callable[[], object], device: torch.device, repeats: int
+    ours: Callable[[], object],
+    reference: Callable[[], object],
+    device: torch.device,
+    repeats: int,
+    rounds: int = 3,
 ) -> tuple[float, float]:
-    """Median wall times of ``ours`` and ``reference``, run alternately (after a warm-up of each).
+    """Median wall times of ``ours`` and ``reference``, measured in alternating blocks.
 
-    Alternating keeps the ratio honest on a machine whose load changes during the run.
+    Each block runs one function ``repeats`` times after an untimed warm-up run; the two functions alternate
+    over ``rounds`` rounds, so a change of machine load during the run hits both, while each timing is taken in the
+    function's own steady state (right after a different function, the allocator's first calls cost extra).
     """
-    ours()
-    reference()
     times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(repeats):
+    for _ in range(rounds):
         for fn, bucket in ((ours, times[0]), (reference, times[1])):
-            _sync(device)
-            start = time.perf_counter()
             fn()
-            _sync(device)
-            bucket.append(time.perf_counter() - start)
+            for _ in range(repeats):
+                _sync(device)
+                start = time.perf_counter()
+                fn()
+                _sync(device)
+                bucket.append(time.perf_counter() - start)
     return statistics.median(times[0]), statistics.median(times[1])
 
 
@@ -64,6 +71,14 @@ def build(device: torch.device) -> tuple[torch.nn.Module, torch.Tensor, torch.Te
     images = torch.randn(8, 3, 224, 224, device=device)
     targets = torch.arange(8, device=device)
     return model, images, targets
+
+
+def _status_kib(field: str) -> int:
+    """A ``/proc/self/status`` field in KiB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
 def peak_memory_child(device_name: str, max_batch_size: int) -> None:
@@ -77,11 +92,11 @@ def peak_memory_child(device_name: str, max_batch_size: int) -> None:
         evet(images, targets)
         peak = torch.cuda.max_memory_allocated(device) - base
     else:
-        import resource
-
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        # Reset the kernel's peak-RSS mark (VmHWM) so it measures this call alone.
+        Path("/proc/self/clear_refs").write_text("5")
+        base = _status_kib("VmRSS")
         evet(images, targets)
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024
+        peak = (_status_kib("VmHWM") - base) * 1024
     print(json.dumps({"peak_mib": peak / 2**20}))
 
 
@@ -135,7 +150,7 @@ def main() -> None:
     t_native, t_library = compare(run_native, library_grad_cam, device, args.repeats)
     t_evet, t_forwards = compare(lambda: evet(images, targets), forwards_16, device, args.repeats)
     t_evet_2, t_aug = compare(lambda: evet(images, targets), library_aug_smooth, device, args.repeats)
-    t_evet_3, t_score = compare(lambda: evet(images, targets), library_score_cam, device, max(1, args.repeats // 3))
+    t_evet_3, t_score = compare(lambda: evet(images, targets), library_score_cam, device, 1, rounds=1)
     evet_per_image = t_evet / batch
     score_per_image = t_score / args.scorecam_images  # pytorch-grad-cam's default batch of 16 masked images
     memory_8 = peak_memory(device, 8)
