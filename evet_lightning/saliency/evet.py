@@ -325,6 +325,8 @@ def check_evet_arguments(
 def _resolve_cam(cam: CamSpec, backend: str) -> tuple[str, type | None, bool]:
     """``(name, pytorch-grad-cam class or None, computed natively)``; ``ValueError`` for an unknown CAM."""
     classes = available_cam_classes()
+    if isinstance(cam, str) and "." in cam and cam.rsplit(".", 1)[1] in classes:
+        cam = cam.rsplit(".", 1)[1]  # "pytorch_grad_cam.GradCAM", as YAML or LightningCLI may spell it
     if isinstance(cam, str):
         if cam == "Gradient":
             return "Gradient", None, True

@@ -16,6 +16,7 @@ Convention:
       pixels of ``inverse(...)`` carry evidence.
     - Sampling is bilinear; when every sampling position is a pixel centre (flips, the identity) the values
       are copied exactly.
+    - Transforms are immutable values (equality, hash and repr from their parameters).
     - Shapes: ``(B, C, H, W)`` in, the same shape out, on the input's device and dtype. Differentiable.
 """
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -93,9 +94,35 @@ def warp_affine(images: Tensor, src_from_dst: Tensor) -> Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
-@dataclass(frozen=True)
 class AffineTransform:
-    """Base class: an affine transform about the image centre, defined by :meth:`matrix`."""
+    """Base class: an affine transform about the image centre, defined by :meth:`matrix`.
+
+    Transforms are immutable values: equal when their class and parameters are equal, hashable, with a
+    ``Name(param=value)`` repr. They are plain classes rather than dataclasses so that jsonargparse (LightningCLI,
+    YAML) accepts any subclass by ``class_path`` where an ``AffineTransform`` is expected.
+    """
+
+    __slots__ = ()
+
+    def _params(self) -> dict[str, Any]:
+        """The constructor arguments, by name."""
+        return {}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{name}={value!r}" for name, value in self._params().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other._params() == self._params()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, *self._params().values()))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __reduce__(self) -> tuple[type, tuple[Any, ...]]:
+        return type(self), tuple(self._params().values())
 
     def matrix(self, height: int, width: int) -> Tensor:
         """The 3x3 float64 pixel-space matrix ``dst_from_src`` for an image of size ``(height, width)``."""
@@ -132,15 +159,15 @@ class AffineTransform:
         return self.forward(images)
 
 
-@dataclass(frozen=True)
 class Identity(AffineTransform):
     """The identity (EVET's view 0)."""
+
+    __slots__ = ()
 
     def matrix(self, height: int, width: int) -> Tensor:
         return torch.eye(3, dtype=torch.float64)
 
 
-@dataclass(frozen=True)
 class HorizontalFlip(AffineTransform):
     """Mirror left-right about the vertical centre line.
 
@@ -149,58 +176,83 @@ class HorizontalFlip(AffineTransform):
         tensor([[[[2., 1., 0.]]]])
     """
 
+    __slots__ = ()
+
     def matrix(self, height: int, width: int) -> Tensor:
         return _about_centre(torch.tensor([[-1.0, 0.0], [0.0, 1.0]], dtype=torch.float64), height, width)
 
 
-@dataclass(frozen=True)
 class Scale(AffineTransform):
     """Zoom about the centre by ``factor`` (the paper uses 0.9: the content shrinks by 10%)."""
 
-    factor: float
+    __slots__ = ("_factor",)
+    _factor: float
 
-    def __post_init__(self) -> None:
-        if not (isinstance(self.factor, (int, float)) and math.isfinite(self.factor) and self.factor > 0):
-            raise ValueError(f"Expected `factor` to be a positive finite float, but got {self.factor!r}")
+    def __init__(self, factor: float) -> None:
+        if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
+            raise ValueError(f"Expected `factor` to be a positive finite float, but got {factor!r}")
+        object.__setattr__(self, "_factor", float(factor))
+
+    @property
+    def factor(self) -> float:
+        return self._factor
+
+    def _params(self) -> dict[str, Any]:
+        return {"factor": self._factor}
 
     def matrix(self, height: int, width: int) -> Tensor:
-        return _about_centre(torch.eye(2, dtype=torch.float64) * float(self.factor), height, width)
+        return _about_centre(torch.eye(2, dtype=torch.float64) * self._factor, height, width)
 
 
-@dataclass(frozen=True)
 class Rotate(AffineTransform):
     """Rotate about the centre by ``angle`` degrees, counter-clockwise on screen (the paper uses 10)."""
 
-    angle: float
+    __slots__ = ("_angle",)
+    _angle: float
 
-    def __post_init__(self) -> None:
-        if not (isinstance(self.angle, (int, float)) and math.isfinite(self.angle)):
-            raise ValueError(f"Expected `angle` to be a finite float, but got {self.angle!r}")
+    def __init__(self, angle: float) -> None:
+        if not (isinstance(angle, (int, float)) and math.isfinite(angle)):
+            raise ValueError(f"Expected `angle` to be a finite float, but got {angle!r}")
+        object.__setattr__(self, "_angle", float(angle))
+
+    @property
+    def angle(self) -> float:
+        return self._angle
+
+    def _params(self) -> dict[str, Any]:
+        return {"angle": self._angle}
 
     def matrix(self, height: int, width: int) -> Tensor:
-        theta = math.radians(float(self.angle))
+        theta = math.radians(self._angle)
         cos, sin = math.cos(theta), math.sin(theta)
         # With y pointing down, a counter-clockwise turn on screen sends (1, 0) to (cos, -sin).
         linear = torch.tensor([[cos, sin], [-sin, cos]], dtype=torch.float64)
         return _about_centre(linear, height, width)
 
 
-@dataclass(frozen=True)
 class Shear(AffineTransform):
     """Horizontal shear about the centre: ``x' = x + factor * (y - cy)`` (the paper uses 0.2)."""
 
-    factor: float
+    __slots__ = ("_factor",)
+    _factor: float
 
-    def __post_init__(self) -> None:
-        if not (isinstance(self.factor, (int, float)) and math.isfinite(self.factor)):
-            raise ValueError(f"Expected `factor` to be a finite float, but got {self.factor!r}")
+    def __init__(self, factor: float) -> None:
+        if not (isinstance(factor, (int, float)) and math.isfinite(factor)):
+            raise ValueError(f"Expected `factor` to be a finite float, but got {factor!r}")
+        object.__setattr__(self, "_factor", float(factor))
+
+    @property
+    def factor(self) -> float:
+        return self._factor
+
+    def _params(self) -> dict[str, Any]:
+        return {"factor": self._factor}
 
     def matrix(self, height: int, width: int) -> Tensor:
-        linear = torch.tensor([[1.0, float(self.factor)], [0.0, 1.0]], dtype=torch.float64)
+        linear = torch.tensor([[1.0, self._factor], [0.0, 1.0]], dtype=torch.float64)
         return _about_centre(linear, height, width)
 
 
-@dataclass(frozen=True, init=False)
 class Compose(AffineTransform):
     """Apply ``transforms`` in order (the first one first); one resampling, from the product matrix.
 
@@ -209,7 +261,8 @@ class Compose(AffineTransform):
         Compose(transforms=(HorizontalFlip(), Rotate(angle=10.0)))
     """
 
-    transforms: tuple[AffineTransform, ...]
+    __slots__ = ("_transforms",)
+    _transforms: tuple[AffineTransform, ...]
 
     def __init__(self, transforms: Sequence[AffineTransform]) -> None:
         transforms = tuple(transforms)
@@ -218,11 +271,18 @@ class Compose(AffineTransform):
         for transform in transforms:
             if not isinstance(transform, AffineTransform):
                 raise ValueError(f"Expected every item of `transforms` to be an AffineTransform, but got {transform!r}")
-        object.__setattr__(self, "transforms", transforms)
+        object.__setattr__(self, "_transforms", transforms)
+
+    @property
+    def transforms(self) -> tuple[AffineTransform, ...]:
+        return self._transforms
+
+    def _params(self) -> dict[str, Any]:
+        return {"transforms": self._transforms}
 
     def matrix(self, height: int, width: int) -> Tensor:
         result = torch.eye(3, dtype=torch.float64)
-        for transform in self.transforms:
+        for transform in self._transforms:
             result = transform.matrix(height, width) @ result
         return result
 
