@@ -13,7 +13,8 @@ Prints a table of seconds and ratios:
 Every time is the fastest of several interleaved runs (after a warm-up): on a shared machine, contention only
 adds time, so the minimum is the steadiest estimate of the work itself.
 
-Usage: ``python benchmarks/bench_callback.py [--repeats 5] [--fit-repeats 2] [--skip-fit] [--train-samples 2048]``
+Usage: ``python benchmarks/bench_callback.py [--repeats 5] [--fit-repeats 2] [--threads N] [--skip-fit]
+[--train-samples 2048]``
 """
 
 from __future__ import annotations
@@ -170,6 +171,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--fit-repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--skip-fit", action="store_true", help="only part (a)")
     parser.add_argument("--train-samples", type=int, default=2048)
     args = parser.parse_args()
@@ -177,6 +179,8 @@ def main() -> None:
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning").setLevel(logging.ERROR)
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
     rows = bench_epoch_end(args.repeats)
     if not args.skip_fit:

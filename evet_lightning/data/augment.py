@@ -49,11 +49,14 @@ def background_dropout(
     if masks.shape != (images.shape[0], *images.shape[-2:]):
         raise ValueError(f"Expected `masks` to have shape (B, H, W) matching the images, but got {tuple(masks.shape)}")
     batch, _, height, width = images.shape
-    options = {"device": images.device, "generator": generator}
-    field = torch.rand(batch, 1, grid, grid, **options)
+
+    def uniform(*shape: int) -> Tensor:
+        return torch.rand(*shape, device=images.device, generator=generator)
+
+    field = uniform(batch, 1, grid, grid)
     field = F.interpolate(field, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)
-    gamma = 1 + 3 * torch.rand(batch, 1, 1, 1, **options)
-    keep = 0.4 + 0.6 * torch.rand(batch, 1, 1, 1, **options)
+    gamma = 1 + 3 * uniform(batch, 1, 1, 1)
+    keep = 0.4 + 0.6 * uniform(batch, 1, 1, 1)
     multiplier = torch.maximum(field**gamma, keep * masks.unsqueeze(1).to(images.dtype))
-    chosen = (torch.rand(batch, 1, 1, 1, **options) < probability).to(images.dtype)
+    chosen = (uniform(batch, 1, 1, 1) < probability).to(images.dtype)
     return images * (chosen * multiplier.to(images.dtype) + (1 - chosen))

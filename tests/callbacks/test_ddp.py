@@ -1,0 +1,66 @@
+"""Two processes (``ddp_spawn``, gloo on CPU) log the single-process values, also on uneven splits."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+
+from evet_lightning import EVETCallback
+from tests.callbacks._modules import DumpMetrics, FrozenClassifier, rank_metrics_path, shapes_loader
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _run(tmp_path: Any, num_samples: int, val_size: int, batch_size: int, devices: int, fit: bool) -> dict[str, float]:
+    """Validate (or fit one frozen step, then validate) a seeded model; returns the ``evet/`` values, checked
+    equal on every rank."""
+    pl.seed_everything(0)
+    model = FrozenClassifier()
+    out_dir = str(tmp_path / f"devices{devices}_fit{fit}")
+    os.makedirs(out_dir, exist_ok=True)
+    options: dict[str, Any] = {"strategy": "ddp_spawn", "devices": devices} if devices > 1 else {"devices": 1}
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        callbacks=[EVETCallback(num_samples=num_samples, log_images=2), DumpMetrics(out_dir)],
+        **options,
+    )
+    loader = shapes_loader(val_size, batch_size=batch_size)
+    if fit:
+        trainer.fit(model, shapes_loader(4, seed=0), loader)
+    else:
+        trainer.validate(model, dataloaders=loader, verbose=False)
+    per_rank = []
+    for rank in range(devices):
+        with open(rank_metrics_path(out_dir, rank)) as handle:
+            per_rank.append({key: value for key, value in json.load(handle).items() if key.startswith("evet/")})
+    assert all(values == per_rank[0] for values in per_rank)  # every rank logged the same, global, values
+    return per_rank[0]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(
+    ("num_samples", "val_size", "batch_size", "fit"),
+    [(8, 12, 2, False), (32, 9, 2, True), (1, 1, 1, False)],
+    ids=["validate_even_8_of_12", "fit_uneven_9_of_9", "validate_rank1_idle"],
+)
+def test_two_processes_log_the_single_process_values(
+    tmp_path: Any, num_samples: int, val_size: int, batch_size: int, fit: bool
+) -> None:
+    """Even split; uneven split in fit's validation (5 + 4: the padding repeat is not explained twice); a rank
+    with nothing to explain (its shard is only a padding repeat). Same values as one process; nobody hangs."""
+    single = _run(tmp_path, num_samples, val_size, batch_size, devices=1, fit=False)
+    double = _run(tmp_path, num_samples, val_size, batch_size, devices=2, fit=fit)
+    assert set(double) == set(single)
+    assert double == pytest.approx(single, abs=1e-5)

@@ -1,0 +1,74 @@
+"""``evet-lightning demo`` writes what its help says: metrics.json, plot, heatmaps, checkpoint, W&B offline run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from evet_lightning.cli import main
+from evet_lightning.evaluation import DEMO_EPOCH_KEYS
+from evet_lightning.models import ShapesClassifier
+from tests.cli.conftest import TINY_DEMO, DemoRun
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PAIRED = ("average_drop", "increase_in_confidence", "energy_pointing_game", "stability_index")
+
+
+def test_demo_succeeds_and_prints_one_row_per_epoch(demo_run: DemoRun) -> None:
+    assert demo_run.exit_code == 0
+    rows = [line for line in demo_run.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [row.split("|")[1].strip() for row in rows] == ["0", "1"]
+    # every paired metric is shown as "original -> EVET"
+    assert all(row.count("->") == len(PAIRED) for row in rows)
+
+
+def test_metrics_json_has_the_documented_keys_per_epoch(demo_run: DemoRun) -> None:
+    payload = json.loads((demo_run.output / "metrics.json").read_text())
+    epochs = payload["epochs"]
+    assert [record["epoch"] for record in epochs] == [0, 1]
+    expected = {*DEMO_EPOCH_KEYS, "evet/win", "evet/average_difference"}
+    expected |= {f"evet/{variant}/{name}" for variant in ("original", "evet") for name in PAIRED}
+    for record in epochs:
+        assert expected <= set(record), expected - set(record)
+        for name in PAIRED:
+            assert 0.0 <= record[f"evet/evet/{name}"] <= 1.0
+    assert epochs[1]["global_step"] > epochs[0]["global_step"] > 0
+    assert payload["config"]["num_samples"] == 4 and payload["config"]["logger"] == "wandb"
+
+
+def test_printed_table_matches_metrics_json(demo_run: DemoRun) -> None:
+    epochs = json.loads((demo_run.output / "metrics.json").read_text())["epochs"]
+    last = next(line for line in demo_run.stdout.splitlines() if line.startswith("| 1 |"))
+    cells = [cell.strip() for cell in last.strip("|").split("|")]
+    drop = f"{100 * epochs[1]['evet/original/average_drop']:.1f} -> {100 * epochs[1]['evet/evet/average_drop']:.1f}"
+    assert cells[2] == drop
+    assert cells[-1] == f"{100 * epochs[1]['evet/win']:.1f}"
+
+
+def test_plot_heatmaps_and_checkpoint(demo_run: DemoRun) -> None:
+    plot = demo_run.output / "metrics.png"
+    assert plot.read_bytes()[:8] == PNG_SIGNATURE and plot.stat().st_size > 10_000
+    sheets = sorted(path.name for path in (demo_run.output / "heatmaps").glob("*.png"))
+    assert sheets == ["epoch_000.png", "epoch_001.png"]
+    model = ShapesClassifier.load_from_checkpoint(demo_run.output / "model.ckpt", map_location="cpu")
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 4)
+    assert model.hparams["width"] == 4
+
+
+def test_wandb_offline_run_holds_the_heatmaps(demo_run: DemoRun) -> None:
+    runs = list((demo_run.output / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert list(runs[0].glob("*.wandb")), "no W&B run file"
+    # the callback logged its heatmaps to W&B (media written next to the offline run)
+    assert list(runs[0].glob("files/media/images/evet/*.png"))
+
+
+def test_csv_logger_gets_the_callback_heatmap_files(tmp_path: pytest.TempPathFactory) -> None:
+    output = tmp_path / "csv_demo"  # type: ignore[operator]
+    args = [arg if arg != "2" else "1" for arg in TINY_DEMO]  # one epoch
+    assert main(["demo", "--output", str(output), "--logger", "csv", *args]) == 0
+    files = list((output / "csv").glob("version_*/evet_heatmaps/epoch_000/*.png"))
+    assert len(files) == 4  # log_images = num_samples = 4
+    assert (output / "csv" / "version_0" / "metrics.csv").is_file()

@@ -1,0 +1,210 @@
+"""``evet-lightning evaluate``: the paper's tables printed, written as JSON and CSV, and consistent with each other."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.io import write_png
+
+from evet_lightning.cli import main
+from evet_lightning.evaluation import MethodRun, Timing, build_tables
+from tests.cli.conftest import DemoRun
+
+Cells = dict[tuple[str, str], list[str]]
+
+
+def printed_tables(stdout: str) -> dict[str, Cells]:
+    """``{"Table 1": {(metric, variant): [cells]}}`` from the printed markdown (metric carried down blank rows)."""
+    tables: dict[str, Cells] = {}
+    current: Cells | None = None
+    for line in stdout.splitlines():
+        if line.startswith("**Table "):
+            current = tables.setdefault(line[2:].split(":")[0], {})
+            metric, header_seen = "", False
+        elif current is not None and line.startswith("| ") and not line.startswith("| ---"):
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            if not header_seen:
+                header_seen = True
+                width = 2 if cells[1] == "" else 1
+                continue
+            metric = cells[0] or metric
+            variant = cells[1] if width == 2 else ""
+            current[(metric, variant)] = cells[width:]
+    return tables
+
+
+def run_evaluate(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(["evaluate", "--no-progress", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def two_methods(demo_run: DemoRun, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """Gradient and GradCAM on 8 synthetic images with the demo checkpoint."""
+    import contextlib
+    import io
+
+    output = tmp_path_factory.mktemp("evaluate")
+    stdout = io.StringIO()
+    args = ["--model", f"demo:{demo_run.output / 'model.ckpt'}", "--methods", "Gradient,GradCAM"]
+    with contextlib.redirect_stdout(stdout):
+        code = main(["evaluate", "--no-progress", *args, "--num-samples", "8", "--output", str(output)])
+    assert code == 0
+    return output, stdout.getvalue()
+
+
+def test_prints_tables_1_2_5_without_score_cam(two_methods: tuple[Path, str]) -> None:
+    _, stdout = two_methods
+    tables = printed_tables(stdout)
+    assert sorted(tables) == ["Table 1", "Table 2", "Table 5"]
+    assert list(tables["Table 1"]) == [
+        ("Average drop (%)", "Original"),
+        ("Average drop (%)", "w/ EVET"),
+        ("Increase in confidence (%)", "Original"),
+        ("Increase in confidence (%)", "w/ EVET"),
+        ("Win (%)", "Original"),
+        ("Win (%)", "w/ EVET"),
+    ]
+    assert "| Metric |  | Gradient | Grad-CAM |" in stdout
+    assert list(tables["Table 5"]) == [("Gradient", ""), ("Grad-CAM", "")]
+    assert "8 samples" in stdout
+
+
+def test_json_csv_and_printed_tables_agree(two_methods: tuple[Path, str]) -> None:
+    output, stdout = two_methods
+    printed = printed_tables(stdout)
+    payload = json.loads((output / "tables.json").read_text())
+    with (output / "tables.csv").open() as handle:
+        csv_values = {
+            (row["table"], row["metric"], row["variant"], row["column"]): float(row["value"])
+            for row in csv.DictReader(handle)
+        }
+    for table in payload["tables"]:
+        cells = printed["Table " + table["key"][-1]]
+        metric = ""
+        for row in table["rows"]:
+            metric = row["metric"] or metric
+            digits = row["digits"] if row["digits"] is not None else table["digits"]
+            shown = cells[(metric, row["variant"])]
+            assert shown == [f"{value:.{digits}f}" for value in row["values"]]
+            for column, value in zip(table["columns"], row["values"], strict=True):
+                assert csv_values[(table["key"], metric, row["variant"], column)] == pytest.approx(value)
+    assert (output / "tables.md").read_text().strip() in stdout
+
+
+def test_tables_are_the_values_trainer_validate_returned(two_methods: tuple[Path, str]) -> None:
+    output, _ = two_methods
+    payload = json.loads((output / "tables.json").read_text())
+    tables = {table["key"]: table for table in payload["tables"]}
+    for column, method in enumerate(["Gradient", "GradCAM"]):
+        validate = payload["validate"][method]
+        table1 = tables["table1"]["rows"]
+        assert table1[0]["values"][column] == pytest.approx(100 * validate["evet/original/average_drop"])
+        assert table1[1]["values"][column] == pytest.approx(100 * validate["evet/evet/average_drop"])
+        assert table1[3]["values"][column] == pytest.approx(100 * validate["evet/evet/increase_in_confidence"])
+        assert table1[5]["values"][column] == pytest.approx(100 * validate["evet/win"])
+        # ties count for neither side
+        assert table1[4]["values"][column] + table1[5]["values"][column] <= 100.0 + 1e-9
+        epg = tables["table2"]["rows"][1]["values"][column]
+        assert epg == pytest.approx(100 * validate["evet/evet/energy_pointing_game"])
+        assert tables["table5"]["rows"][column]["values"] == pytest.approx(
+            [validate["evet/original/stability_index"], validate["evet/evet/stability_index"]]
+        )
+    assert sorted(path.name for path in (output / "heatmaps").glob("*.png")) == ["GradCAM.png", "Gradient.png"]
+
+
+def test_score_cam_tables_3_and_4_on_a_tiny_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--model", "tests.cli._factories:tiny_cnn", "--image-size", "32", "--num-samples", "4"]
+    code, out, _ = run_evaluate([*args, "--methods", "GradCAM,ScoreCAM", "--output", str(tmp_path)], capsys)
+    assert code == 0
+    tables = printed_tables(out)
+    assert sorted(tables) == ["Table 1", "Table 2", "Table 3", "Table 4", "Table 5"]
+    assert list(tables["Table 3"]) == [("Average difference", ""), ("Win (%)", "")]
+    timing = tables["Table 4"]
+    # the third row is the callback's own, batched, timing (EVETCallback.last_timing)
+    assert list(timing) == [("Grad-CAM*", ""), ("Score-CAM", ""), ("Grad-CAM* in EVETCallback (batched)", "")]
+    table4 = next(
+        table for table in json.loads((tmp_path / "tables.json").read_text())["tables"] if table["key"] == "table4"
+    )
+    assert all(row["values"][0] > 0 for row in table4["rows"])  # seconds per image (printed ones may round to 0)
+    assert "time than Score-CAM" in out
+
+
+def _run(method: str, original: list[float], enhanced: list[float], clean: float = 0.9) -> MethodRun:
+    count = len(original)
+    return MethodRun(
+        method=method,
+        metrics={"evet/win": 0.5},
+        targets=torch.zeros(count, dtype=torch.long),
+        clean_scores=torch.full((count,), clean),
+        original_scores=torch.tensor(original),
+        evet_scores=torch.tensor(enhanced),
+        original_maps=torch.zeros(count, 2, 2),
+        evet_maps=torch.zeros(count, 2, 2),
+    )
+
+
+def test_table_3_compares_grad_cam_and_grad_cam_star_with_score_cam() -> None:
+    grad_cam = _run("GradCAM", original=[0.2, 0.6, 0.3, 0.3], enhanced=[0.5, 0.7, 0.1, 0.3])
+    score_cam = _run("ScoreCAM", original=[0.4, 0.4, 0.3, 0.3], enhanced=[0.4, 0.4, 0.3, 0.3])
+    timing = Timing(grad_cam_star=(0.5, 0.05), score_cam=(2.0, 0.1))
+    tables = {table.key: table for table in build_tables([grad_cam, score_cam], has_masks=False, timing=timing)}
+    assert sorted(tables) == ["table1", "table3", "table4", "table5"]
+    difference, wins = tables["table3"].rows
+    # Grad-CAM: (-0.2 + 0.2 + 0 + 0) / 4 = 0; Grad-CAM*: (0.1 + 0.3 - 0.2 + 0) / 4 = 0.05
+    assert difference.values == pytest.approx([0.0, 0.05], abs=1e-6)
+    # Grad-CAM beats Score-CAM on sample 1 only; Grad-CAM* on samples 0 and 1 (ties count for neither)
+    assert wins.values == pytest.approx([25.0, 50.0])
+    assert [row.values for row in tables["table4"].rows] == [[0.5, 0.05], [2.0, 0.1]]
+    assert "75.0% less time than Score-CAM (4.0x faster)" in "\n".join(tables["table4"].notes)
+    # Table 1's "Original" win: the original map beats EVET on sample 2 only
+    assert tables["table1"].rows[4].values == pytest.approx([25.0, 0.0])
+
+
+def test_table_4_says_when_score_cam_is_faster() -> None:
+    runs = [_run("GradCAM", [0.5], [0.5])]
+    slow = Timing(grad_cam_star=(0.3, 0.0), score_cam=(0.1, 0.0), callback=0.05)
+    table4 = {table.key: table for table in build_tables(runs, has_masks=True, timing=slow)}["table4"]
+    assert "200.0% more time than Score-CAM (3.0x slower)" in "\n".join(table4.notes)
+    assert table4.rows[2].values == [0.05, None]  # the callback's own (batched) timing, when it has one
+
+
+def test_time_score_cam_gives_table_4_without_a_score_cam_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--model", "tests.cli._factories:tiny_cnn", "--image-size", "32", "--num-samples", "2"]
+    code, out, _ = run_evaluate([*args, "--methods", "GradCAM", "--time-score-cam", "--output", str(tmp_path)], capsys)
+    assert code == 0
+    assert sorted(printed_tables(out)) == ["Table 1", "Table 2", "Table 4", "Table 5"]
+
+
+def _image_folder(root: Path, *, masks: bool) -> None:
+    generator = torch.Generator().manual_seed(0)
+    for label in ("cat", "dog"):
+        for index in range(2):
+            image = (torch.rand(3, 40, 48, generator=generator) * 255).to(torch.uint8)
+            (root / "images" / label).mkdir(parents=True, exist_ok=True)
+            write_png(image, str(root / "images" / label / f"{index}.png"))
+            if masks:
+                mask = torch.zeros(1, 40, 48, dtype=torch.uint8)
+                mask[:, 10:30, 12:36] = 255
+                (root / "masks" / label).mkdir(parents=True, exist_ok=True)
+                write_png(mask, str(root / "masks" / label / f"{index}.png"))
+
+
+def test_image_folder_with_masks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _image_folder(tmp_path, masks=True)
+    args = ["--model", "tests.cli._factories:tiny_cnn", "--data", str(tmp_path / "images"), "--masks"]
+    code, out, _ = run_evaluate(
+        [*args, str(tmp_path / "masks"), "--image-size", "32", "--methods", "GradCAM", "--output", str(tmp_path)],
+        capsys,
+    )
+    assert code == 0
+    assert "Table 2" in out and "4 samples" in out
+    payload = json.loads((tmp_path / "tables.json").read_text())
+    assert payload["num_samples"] == 4 and payload["data"] == str(tmp_path / "images")
