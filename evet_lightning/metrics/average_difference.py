@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
-import torch
 from torch import Tensor
-from torchmetrics import Metric
-from torchmetrics.utilities.plot import _AX_TYPE, _PLOT_OUT_TYPE
 
 from evet_lightning.functional.average_difference import _average_difference_compute, _average_difference_update
+from evet_lightning.metrics._base import SampleMeanMetric
 
 __all__ = ["AverageDifference"]
 
 
-class AverageDifference(Metric):
+class AverageDifference(SampleMeanMetric):
     r"""Average difference of two methods' perturbed-image target probabilities (Table 3 of Oh et al.).
 
     .. math:: \text{Average difference} = \frac{1}{N}\sum_{i=1}^{N} (a_i - b_i)
@@ -55,36 +50,16 @@ class AverageDifference(Metric):
 
     is_differentiable: bool = True
     higher_is_better: bool = True
-    full_state_update: bool = False
     plot_lower_bound: float = -1.0
-    plot_upper_bound: float = 1.0
 
+    sum_state = "sum_difference"
     sum_difference: Tensor
-    num_samples: Tensor
-    num_skipped: Tensor
-
-    def __init__(self, validate_args: bool = True, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if not isinstance(validate_args, bool):
-            raise ValueError(f"Expected `validate_args` to be a bool, but got {validate_args!r}")
-        self.validate_args = validate_args
-        # sum over kept samples of a - b
-        self.add_state("sum_difference", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("num_samples", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("num_skipped", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, scores_a: Tensor, scores_b: Tensor) -> None:
         """Add a batch: ``scores_a`` and ``scores_b``, both ``(N,)`` float."""
         sum_difference, num_samples, num_skipped = _average_difference_update(scores_a, scores_b, self.validate_args)
-        self.sum_difference += sum_difference
-        self.num_samples += num_samples
-        self.num_skipped += num_skipped
+        self._accumulate(sum_difference, num_samples, num_skipped)
 
     def compute(self) -> Tensor:
         """Return the mean over all kept samples as a float32 scalar (0.0 when there are none)."""
-        # torchmetrics already warns when compute comes before any update; warn here only for "all skipped".
-        return _average_difference_compute(self.sum_difference, self.num_samples, warn=self.update_called)
-
-    def plot(self, val: Tensor | Sequence[Tensor] | None = None, ax: _AX_TYPE | None = None) -> _PLOT_OUT_TYPE:
-        """Plot one or several values of the metric (see :meth:`torchmetrics.Metric.plot`); needs matplotlib."""
-        return self._plot(val, ax)
+        return self._mean(_average_difference_compute)

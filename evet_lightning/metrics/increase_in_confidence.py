@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
-import torch
 from torch import Tensor
-from torchmetrics import Metric
-from torchmetrics.utilities.plot import _AX_TYPE, _PLOT_OUT_TYPE
 
 from evet_lightning.functional.increase_in_confidence import (
     _increase_in_confidence_compute,
     _increase_in_confidence_update,
 )
+from evet_lightning.metrics._base import SampleMeanMetric
 
 __all__ = ["IncreaseInConfidence"]
 
 
-class IncreaseInConfidence(Metric):
+class IncreaseInConfidence(SampleMeanMetric):
     r"""Increase in confidence, Eq. (11) of Oh et al. (WACV 2021), as a fraction (x100 = the paper's %).
 
     .. math:: \text{Increase in confidence} = \frac{1}{N}\sum_{i=1}^{N} 1[Y_i < O_i]
@@ -60,38 +55,17 @@ class IncreaseInConfidence(Metric):
 
     is_differentiable: bool = False
     higher_is_better: bool = True
-    full_state_update: bool = False
-    plot_lower_bound: float = 0.0
-    plot_upper_bound: float = 1.0
 
+    sum_state = "num_increased"
     num_increased: Tensor
-    num_samples: Tensor
-    num_skipped: Tensor
-
-    def __init__(self, validate_args: bool = True, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if not isinstance(validate_args, bool):
-            raise ValueError(f"Expected `validate_args` to be a bool, but got {validate_args!r}")
-        self.validate_args = validate_args
-        # number of kept samples with O > Y (float64)
-        self.add_state("num_increased", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("num_samples", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("num_skipped", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, scores: Tensor, masked_scores: Tensor) -> None:
         """Add a batch: ``scores`` and ``masked_scores``, both ``(N,)`` float."""
         num_increased, num_samples, num_skipped = _increase_in_confidence_update(
             scores, masked_scores, self.validate_args
         )
-        self.num_increased += num_increased
-        self.num_samples += num_samples
-        self.num_skipped += num_skipped
+        self._accumulate(num_increased, num_samples, num_skipped)
 
     def compute(self) -> Tensor:
         """Return the mean over all kept samples as a float32 scalar (0.0 when there are none)."""
-        # torchmetrics already warns when compute comes before any update; warn here only for "all skipped".
-        return _increase_in_confidence_compute(self.num_increased, self.num_samples, warn=self.update_called)
-
-    def plot(self, val: Tensor | Sequence[Tensor] | None = None, ax: _AX_TYPE | None = None) -> _PLOT_OUT_TYPE:
-        """Plot one or several values of the metric (see :meth:`torchmetrics.Metric.plot`); needs matplotlib."""
-        return self._plot(val, ax)
+        return self._mean(_increase_in_confidence_compute)

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
-import torch
 from torch import Tensor
-from torchmetrics import Metric
-from torchmetrics.utilities.plot import _AX_TYPE, _PLOT_OUT_TYPE
 
 from evet_lightning.functional.stability_index import _stability_index_compute, _stability_index_update
+from evet_lightning.metrics._base import SampleMeanMetric
 
 __all__ = ["StabilityIndex"]
 
 
-class StabilityIndex(Metric):
+class StabilityIndex(SampleMeanMetric):
     r"""Stability index, Eq. (8)-(9) of Oh et al. (WACV 2021): how little a map changes under a transformation.
 
     .. math:: SI = \frac{1}{|D|}\sum_{x \in D} 1 - \frac{\|(M_1 - M_2) \odot V\|_F}{\sqrt{\sum V}}
@@ -61,38 +56,17 @@ class StabilityIndex(Metric):
 
     is_differentiable: bool = False
     higher_is_better: bool = True
-    full_state_update: bool = False
-    plot_lower_bound: float = 0.0
-    plot_upper_bound: float = 1.0
 
+    sum_state = "sum_similarity"
     sum_similarity: Tensor
-    num_samples: Tensor
-    num_skipped: Tensor
-
-    def __init__(self, validate_args: bool = True, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if not isinstance(validate_args, bool):
-            raise ValueError(f"Expected `validate_args` to be a bool, but got {validate_args!r}")
-        self.validate_args = validate_args
-        # sum over kept samples of 1 - ||(M1 - M2) * V||_F / sqrt(#V)
-        self.add_state("sum_similarity", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("num_samples", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("num_skipped", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, saliency: Tensor, saliency_transformed: Tensor, valid: Tensor | None = None) -> None:
         """Add a batch: ``saliency`` and ``saliency_transformed`` ``(N, H, W)`` float, ``valid`` ``(N, H, W)`` bool."""
         sum_similarity, num_samples, num_skipped = _stability_index_update(
             saliency, saliency_transformed, valid, self.validate_args
         )
-        self.sum_similarity += sum_similarity
-        self.num_samples += num_samples
-        self.num_skipped += num_skipped
+        self._accumulate(sum_similarity, num_samples, num_skipped)
 
     def compute(self) -> Tensor:
         """Return the mean over all kept samples as a float32 scalar (0.0 when there are none)."""
-        # torchmetrics already warns when compute comes before any update; warn here only for "all skipped".
-        return _stability_index_compute(self.sum_similarity, self.num_samples, warn=self.update_called)
-
-    def plot(self, val: Tensor | Sequence[Tensor] | None = None, ax: _AX_TYPE | None = None) -> _PLOT_OUT_TYPE:
-        """Plot one or several values of the metric (see :meth:`torchmetrics.Metric.plot`); needs matplotlib."""
-        return self._plot(val, ax)
+        return self._mean(_stability_index_compute)

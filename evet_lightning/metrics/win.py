@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
-import torch
 from torch import Tensor
-from torchmetrics import Metric
-from torchmetrics.utilities.plot import _AX_TYPE, _PLOT_OUT_TYPE
 
 from evet_lightning.functional.win import _win_compute, _win_update
+from evet_lightning.metrics._base import SampleMeanMetric
 
 __all__ = ["Win"]
 
 
-class Win(Metric):
+class Win(SampleMeanMetric):
     r"""Win (Sec. 4.2 of Oh et al., WACV 2021): the fraction of samples where method A beats method B.
 
     .. math:: \text{Win} = \frac{1}{N}\sum_{i=1}^{N} 1[a_i > b_i]
@@ -56,36 +51,15 @@ class Win(Metric):
 
     is_differentiable: bool = False
     higher_is_better: bool = True
-    full_state_update: bool = False
-    plot_lower_bound: float = 0.0
-    plot_upper_bound: float = 1.0
 
+    sum_state = "num_wins"
     num_wins: Tensor
-    num_samples: Tensor
-    num_skipped: Tensor
-
-    def __init__(self, validate_args: bool = True, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if not isinstance(validate_args, bool):
-            raise ValueError(f"Expected `validate_args` to be a bool, but got {validate_args!r}")
-        self.validate_args = validate_args
-        # number of kept samples with a > b (float64)
-        self.add_state("num_wins", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("num_samples", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("num_skipped", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, scores_a: Tensor, scores_b: Tensor) -> None:
         """Add a batch: ``scores_a`` and ``scores_b``, both ``(N,)`` float."""
         num_wins, num_samples, num_skipped = _win_update(scores_a, scores_b, self.validate_args)
-        self.num_wins += num_wins
-        self.num_samples += num_samples
-        self.num_skipped += num_skipped
+        self._accumulate(num_wins, num_samples, num_skipped)
 
     def compute(self) -> Tensor:
         """Return the mean over all kept samples as a float32 scalar (0.0 when there are none)."""
-        # torchmetrics already warns when compute comes before any update; warn here only for "all skipped".
-        return _win_compute(self.num_wins, self.num_samples, warn=self.update_called)
-
-    def plot(self, val: Tensor | Sequence[Tensor] | None = None, ax: _AX_TYPE | None = None) -> _PLOT_OUT_TYPE:
-        """Plot one or several values of the metric (see :meth:`torchmetrics.Metric.plot`); needs matplotlib."""
-        return self._plot(val, ax)
+        return self._mean(_win_compute)
