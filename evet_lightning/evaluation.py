@@ -47,12 +47,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from evet_lightning.callbacks.evet_callback import EVETCallback, unpack_batch
-from evet_lightning.callbacks.heatmaps import heatmap_panel, write_png
+from evet_lightning.callbacks.evet_callback import EVETCallback
+from evet_lightning.data.batch import unpack_batch
 from evet_lightning.functional import average_difference, win
 from evet_lightning.functional.fusion import DEFAULT_ALPHA
 from evet_lightning.functional.perturbation import Normalization
 from evet_lightning.saliency.evet import EVET, check_evet_arguments
+from evet_lightning.visualization.heatmaps import heatmap_panel, write_png
 
 __all__ = [
     "DEFAULT_EVALUATION_SEED",
@@ -1199,7 +1200,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     """
     from evet_lightning.data import SyntheticShapesDataModule
     from evet_lightning.models import ShapesClassifier
-    from evet_lightning.plots import plot_metric_history
+    from evet_lightning.visualization.plots import plot_metric_history
 
     start = time.perf_counter()
     folder = Path(config.output)

@@ -1,6 +1,5 @@
 """Embedded datasets: synthetic shapes with exact object masks, and real photographs with ImageNet labels."""
 
-from evet_lightning.data.augment import background_dropout
 from evet_lightning.data.photos import PHOTOS, Photo, SamplePhotos
 from evet_lightning.data.synthetic import (
     SHAPE_NAMES,
@@ -9,6 +8,7 @@ from evet_lightning.data.synthetic import (
     SyntheticShapesDataModule,
     draw_shape,
 )
+from evet_lightning.functional.augment import background_dropout
 
 __all__ = [
     "background_dropout",

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from evet_lightning.data.augment import background_dropout
+from evet_lightning.functional.augment import background_dropout
 
 __all__ = ["ShapesClassifier", "SmallCNN"]
 
@@ -76,7 +76,7 @@ class ShapesClassifier(pl.LightningModule):
     """Lightning wrapper around :class:`SmallCNN` with cross-entropy and Adam.
 
     Batches are ``(x, y)`` or ``(x, y, mask)``. With masks, training images go through
-    :func:`~evet_lightning.data.augment.background_dropout` (smooth random parts of the background darkened),
+    :func:`~evet_lightning.functional.augment.background_dropout` (smooth random parts of the background darkened),
     so the classifier stays meaningful on the perturbed images faithfulness metrics show it. Logs
     ``train_loss``, ``val_loss`` and ``val_acc`` (on the progress bar). Hyperparameters are saved, so
     ``load_from_checkpoint`` rebuilds it.

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from evet_lightning._model_state import model_state_guard
 from evet_lightning.functional.fusion import DEFAULT_ALPHA, fuse_maps_detailed, min_max_normalize
 from evet_lightning.functional.perturbation import Baseline, Normalization, check_baseline, perturb, resolve_baseline
-from evet_lightning.saliency._guard import model_state_guard
 from evet_lightning.saliency.explainers import NATIVE_CAMS, Explainer, Explanation, GradientExplainer, NativeCAM
 from evet_lightning.saliency.grad_cam_adapter import GradCamLibraryExplainer, available_cam_classes, is_cam_class
 from evet_lightning.saliency.layers import LayerSpec, check_target_layers, resolve_target_layers

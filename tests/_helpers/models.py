@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from evet_lightning.data import SyntheticShapes
-from evet_lightning.data.augment import background_dropout
+from evet_lightning.functional.augment import background_dropout
 from evet_lightning.models import SmallCNN
 
 __all__ = ["stack_dataset", "train_shapes_model"]

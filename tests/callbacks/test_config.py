@@ -10,7 +10,8 @@ import pytorch_lightning as pl
 import torch
 
 from evet_lightning import EVETCallback
-from evet_lightning.callbacks.evet_callback import rank_quota, unpack_batch
+from evet_lightning.callbacks.evet_callback import rank_quota
+from evet_lightning.data.batch import unpack_batch
 from evet_lightning.saliency.transforms import HorizontalFlip, Rotate
 from tests.callbacks._modules import Classifier, ExampleInputClassifier, MLPClassifier, shapes_loader
 

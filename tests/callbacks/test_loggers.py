@@ -13,7 +13,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from torchvision.io import decode_png, read_image
 
 from evet_lightning import EVETCallback
-from evet_lightning.callbacks.heatmaps import captions, denormalize, heatmap_panel, jet_colormap, overlay
+from evet_lightning.visualization.heatmaps import captions, denormalize, heatmap_panel, jet_colormap, overlay
 from tests.callbacks._modules import Classifier, shapes_loader
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")

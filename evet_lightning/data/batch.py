@@ -1,0 +1,94 @@
+"""Validation batches: split them into ``(images, labels, masks)`` and check each part."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["BatchUnpacker", "check_images", "check_labels", "check_masks", "unpack_batch"]
+
+#: ``batch -> (images (B, C, H, W), labels (B,) or None, masks (B, H, W) or None)``.
+BatchUnpacker = Callable[[Any], tuple[Tensor, Tensor | None, Tensor | None]]
+
+_IMAGE_KEYS = ("image", "images", "x", "input", "inputs")
+_LABEL_KEYS = ("label", "labels", "target", "targets", "y")
+_MASK_KEYS = ("mask", "masks")
+
+
+def _first_key(batch: Mapping[str, Any], keys: Sequence[str]) -> Any:
+    return next((batch[key] for key in keys if key in batch), None)
+
+
+def unpack_batch(batch: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Split a validation batch into ``(images, labels or None, masks or None)``.
+
+    Understands a bare tensor ``x``, a tuple or list ``(x,)``, ``(x, y)`` or ``(x, y, mask, ...)``, and a mapping
+    with an ``image`` (or ``images``, ``x``, ``input``, ``inputs``) key and optional ``label`` (``labels``,
+    ``target``, ``targets``, ``y``) and ``mask`` (``masks``) keys. Anything else: pass a ``batch_unpacker``.
+
+    Example:
+        >>> images, labels, masks = unpack_batch({"image": torch.zeros(2, 3, 4, 4), "label": torch.tensor([0, 1])})
+        >>> images.shape, labels.tolist(), masks
+        (torch.Size([2, 3, 4, 4]), [0, 1], None)
+    """
+    if isinstance(batch, Tensor):
+        return batch, None, None
+    if isinstance(batch, Mapping):
+        images = _first_key(batch, _IMAGE_KEYS)
+        if images is None:
+            raise ValueError(
+                f"Expected a batch dict with one of the keys {_IMAGE_KEYS}, but got keys {sorted(map(str, batch))}; "
+                "pass `batch_unpacker=` to EVETCallback"
+            )
+        return images, _first_key(batch, _LABEL_KEYS), _first_key(batch, _MASK_KEYS)
+    if isinstance(batch, (tuple, list)) and batch:
+        items = [*batch[:3], None, None]
+        return items[0], items[1], items[2]
+    raise ValueError(
+        f"Expected a batch that is a tensor, a tuple (x, y[, mask]) or a dict with an 'image' key, but got "
+        f"{type(batch).__name__}; pass `batch_unpacker=` to EVETCallback"
+    )
+
+
+def check_images(images: object) -> Tensor:
+    if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
+        found = f"{tuple(images.shape)} {images.dtype}" if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(
+            f"Expected the batch's images to be a float tensor (B, C, H, W), but got {found}; "
+            "pass `batch_unpacker=` to EVETCallback"
+        )
+    return images
+
+
+def check_labels(labels: object, batch: int) -> Tensor:
+    if (
+        not isinstance(labels, Tensor)
+        or labels.is_floating_point()
+        or labels.is_complex()
+        or labels.dtype == torch.bool
+        or labels.numel() != batch
+    ):
+        found = f"{tuple(labels.shape)} {labels.dtype}" if isinstance(labels, Tensor) else type(labels).__name__
+        raise ValueError(
+            f"Expected the batch's labels to be integer class indices of shape ({batch},), but got {found}; "
+            "pass `target='prediction'` or `batch_unpacker=` to EVETCallback"
+        )
+    return labels.reshape(batch).long()
+
+
+def check_masks(masks: object, images: Tensor) -> Tensor:
+    batch, height, width = images.shape[0], *images.shape[-2:]
+    if isinstance(masks, Tensor) and masks.ndim == 4 and masks.shape[1] == 1:
+        masks = masks[:, 0]
+    if not isinstance(masks, Tensor) or tuple(masks.shape) != (batch, height, width):
+        found = tuple(masks.shape) if isinstance(masks, Tensor) else type(masks).__name__
+        raise ValueError(
+            f"Expected the batch's object masks to have shape ({batch}, {height}, {width}) like the images, but got "
+            f"{found}; pass `batch_unpacker=` to EVETCallback"
+        )
+    if masks.dtype == torch.bool:
+        return masks
+    return masks > 0.5 if masks.is_floating_point() else masks != 0

@@ -1,0 +1,1 @@
+"""Pictures a person reads: heatmap panels and sheets, metric plots, curves."""
