@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["DEFAULT_ALPHA", "FusionResult", "fuse_maps", "fuse_maps_detailed", "min_max_normalize"]
+from evet_lightning._validation import check_alpha, check_threshold
+
+__all__ = [
+    "DEFAULT_ALPHA",
+    "FusionParts",
+    "FusionResult",
+    "blend",
+    "fuse_maps",
+    "fuse_maps_detailed",
+    "fusion_parts",
+    "min_max_normalize",
+]
 
 #: Default boost strength alpha of Eq. (5). The paper tunes alpha per method and dataset and does not publish
 #: the values. Ours was measured on held-out synthetic shapes (``python benchmarks/alpha_curve.py``, README
@@ -69,22 +79,26 @@ def _check_inputs(maps: Tensor, scores: Tensor, valid: Tensor | None, threshold:
             f"Expected `valid` to be a bool tensor of shape {tuple(maps.shape)}, "
             f"but got {valid.dtype} of shape {tuple(valid.shape)}"
         )
-    if not (isinstance(threshold, (int, float)) and 0 < threshold <= 1):
-        raise ValueError(f"Expected `threshold` to be a float in (0, 1], but got {threshold!r}")
-    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
-        raise ValueError(f"Expected `alpha` to be a non-negative float, but got {alpha!r}")
+    check_threshold(threshold)
+    check_alpha(alpha)
 
 
-def fuse_maps_detailed(
-    maps: Tensor,
-    scores: Tensor,
-    valid: Tensor | None = None,
-    *,
-    threshold: float = 0.99,
-    alpha: float = DEFAULT_ALPHA,
-) -> FusionResult:
-    """:func:`fuse_maps`, also returning the per-view weights and filter decisions."""
-    _check_inputs(maps, scores, valid, threshold, alpha)
+class FusionParts(NamedTuple):
+    """The alpha-independent part of the fusion: everything Eq. (5)-(7) needs besides alpha."""
+
+    mean: Tensor
+    """``(B, H, W)`` ``M_hat``, the per-pixel weighted mean of the kept valid views (Eq. 4)."""
+    sigma: Tensor
+    """``(B, H, W)`` the normalized per-pixel standard deviation of the kept valid views, in [0, 1]."""
+    weights: Tensor
+    """``(V, B)`` the weights w_v of Eq. (4); 0 for filtered views."""
+    kept: Tensor
+    """``(V, B)`` bool, which views passed the filter of Eq. (2); view 0 always does."""
+
+
+def fusion_parts(maps: Tensor, scores: Tensor, valid: Tensor | None = None, *, threshold: float = 0.99) -> FusionParts:
+    """Eq. (2)-(4) and sigma: filter, weights, ``M_hat`` and ``sigma``; :func:`blend` adds alpha's Eq. (5)-(7)."""
+    _check_inputs(maps, scores, valid, threshold, 0.0)
     maps = maps.float()
     scores = scores.float()
     # Eq. (2): keep view v when s_v > threshold * s_0; view 0 is always kept.
@@ -114,11 +128,39 @@ def fuse_maps_detailed(
     squares = (present * (maps - plain_mean) ** 2).sum(dim=0)
     std = torch.sqrt(squares / (count - 1).clamp_min(1))
     sigma = torch.where(count > 1, (std / _std_upper_bound(count)).clamp(0, 1), torch.zeros_like(std))
+    return FusionParts(mean_hat, sigma, weights, kept)
 
-    # Eq. (5)-(7), then min-max per image.
-    boosted = (mean_hat + alpha * (mean_hat - 0.5)).clamp(0, 1)
-    fused = sigma * mean_hat + (1 - sigma) * boosted
-    return FusionResult(min_max_normalize(fused), weights, kept)
+
+def blend(mean: Tensor, sigma: Tensor, alpha: float | Tensor) -> Tensor:
+    """Eq. (5)-(7) then min-max per image: ``J* = sigma * M_hat + (1 - sigma) * clamp(M_hat + alpha (M_hat - 0.5))``.
+
+    ``mean`` and ``sigma`` are ``(B, H, W)``; a float ``alpha`` gives ``(B, H, W)``, a tensor of ``A`` alphas
+    gives ``(A, B, H, W)`` (one map per alpha, as :class:`~evet_lightning.EVET` does for ``alpha="auto"``).
+
+    Example:
+        >>> mean = torch.tensor([[[0.2, 0.6], [0.4, 1.0]]])
+        >>> blend(mean, torch.zeros_like(mean), torch.tensor([0.0, 1.0]))[:, 0, 0]
+        tensor([[0.0000, 0.5000],
+                [0.0000, 0.7000]])
+    """
+    if isinstance(alpha, Tensor):
+        alpha = alpha.to(device=mean.device, dtype=mean.dtype).view(-1, *([1] * mean.ndim))
+    boosted = (mean + alpha * (mean - 0.5)).clamp(0, 1)
+    return min_max_normalize(sigma * mean + (1 - sigma) * boosted)
+
+
+def fuse_maps_detailed(
+    maps: Tensor,
+    scores: Tensor,
+    valid: Tensor | None = None,
+    *,
+    threshold: float = 0.99,
+    alpha: float = DEFAULT_ALPHA,
+) -> FusionResult:
+    """:func:`fuse_maps`, also returning the per-view weights and filter decisions."""
+    _check_inputs(maps, scores, valid, threshold, alpha)
+    parts = fusion_parts(maps, scores, valid, threshold=threshold)
+    return FusionResult(blend(parts.mean, parts.sigma, alpha), parts.weights, parts.kept)
 
 
 def fuse_maps(

@@ -2,27 +2,36 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from evet_lightning._model_state import model_state_guard
-from evet_lightning.functional.fusion import DEFAULT_ALPHA, fuse_maps_detailed, min_max_normalize
-from evet_lightning.functional.perturbation import Baseline, Normalization, check_baseline, perturb, resolve_baseline
+from evet_lightning.functional.alpha import (
+    DEFAULT_ALPHA_GRID,
+    DEFAULT_ALPHA_OBJECTIVE,
+    AlphaCurve,
+    AlphaObjective,
+    alpha_curve,
+    choose_alpha,
+    map_energy,
+)
+from evet_lightning.functional.fusion import blend, fusion_parts, min_max_normalize
+from evet_lightning.functional.perturbation import Baseline, Normalization, perturb, resolve_baseline
 from evet_lightning.saliency.explainers import NATIVE_CAMS, Explainer, Explanation, GradientExplainer, NativeCAM
 from evet_lightning.saliency.grad_cam_adapter import GradCamLibraryExplainer, available_cam_classes, is_cam_class
 from evet_lightning.saliency.layers import LayerSpec, check_target_layers, resolve_target_layers
-from evet_lightning.saliency.transforms import AffineTransform, Identity, paper_transforms
+from evet_lightning.saliency.outputs import logits_from_output
+from evet_lightning.saliency.settings import BACKENDS, EVETSettings, resolve_max_batch_size
+from evet_lightning.saliency.transforms import AffineTransform, Identity
 
-__all__ = ["EVET", "CamSpec", "EVETResult", "check_evet_arguments"]
+__all__ = ["EVET", "CamSpec", "EVETResult", "check_evet_arguments", "resolve_cam"]
 
 #: A CAM: a pytorch-grad-cam class, its name, or ``"Gradient"``.
 CamSpec = str | type
-
-_BACKENDS = ("auto", "native", "pytorch-grad-cam")
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,24 @@ class EVETResult:
     """``(B,)`` ``f_k(Phi(x, J*(x)))`` when the call asked for it (``score_saliency=True``), else ``None``."""
     finite: Tensor
     """``(B,)`` bool: the image and its logits were finite. Maps of other images are zeros, not NaN."""
+    alpha: float
+    """The alpha of Eq. (5) behind ``saliency``: the fixed value, or the one ``alpha="auto"`` chose."""
+    fused_mean: Tensor
+    """``(B, H, W)`` ``M_hat`` (Eq. 4): with ``fused_sigma``, :func:`~evet_lightning.functional.fusion.blend`
+    gives the EVET map at any alpha without recomputing a view."""
+    fused_sigma: Tensor
+    """``(B, H, W)`` the normalized per-pixel standard deviation of the kept views (sigma of Eq. 7)."""
+    alpha_grid: Tensor | None = None
+    """``(A,)`` the grid ``alpha="auto"`` chose from (``None`` for a fixed alpha)."""
+    alpha_scores: Tensor | None = None
+    """``(A, B)`` ``f_k(Phi(x, J*_a(x)))`` for each alpha of the grid (``None`` for a fixed alpha)."""
+    alpha_energy: Tensor | None = None
+    """``(A, B)`` energy pointing game of each alpha's map, when ``masks`` were given with ``alpha="auto"``."""
+    alpha_curve: AlphaCurve | None = None
+    """Per-alpha sums over this call's images (``None`` for a fixed alpha); ``.average_drop`` etc. are the
+    trade-off curves."""
+    alpha_objective: Tensor | None = None
+    """``(A,)`` the objective's value for each alpha (lower is better); ``alpha`` is its first minimum."""
 
 
 class EVET:
@@ -58,7 +85,7 @@ class EVET:
 
     Args:
         model: a classifier returning logits ``(B, K)``. It is left exactly as found: see
-            :func:`~evet_lightning.saliency._guard.model_state_guard`; saliency is computed in eval mode.
+            :func:`~evet_lightning._model_state.model_state_guard`; saliency is computed in eval mode.
         target_layers: module(s) or dotted name(s) of the layer(s) a CAM explains; ``None`` auto-detects the
             last module producing a 4-D spatial map (reported in the log at INFO). Ignored for ``"Gradient"``.
         cam: a pytorch-grad-cam CAM class, its name (``"GradCAM"``, ``"ScoreCAM"``, ...), or ``"Gradient"``.
@@ -66,16 +93,28 @@ class EVET:
             (head-only gradients, batched on the device); other classes run through pytorch-grad-cam.
         transforms: the transforms ``T_1 .. T_n``; ``None`` means the paper's 7 (:func:`paper_transforms`).
         threshold: Gamma of Eq. (2), in (0, 1]; view v is kept when ``s_v > threshold * s_0``.
-        alpha: boost strength of Eq. (5), >= 0. The default is our choice (the paper does not publish its
-            values): see :data:`~evet_lightning.functional.fusion.DEFAULT_ALPHA`.
+        alpha: boost strength of Eq. (5): ``"auto"`` (the default) chooses it per call from ``alpha_grid`` by
+            ``alpha_objective`` on the images given (no view is recomputed: alpha enters only Eq. 5-7, so
+            each alpha costs the blend and one forward pass per image to score ``Phi(x, J*_alpha)``); a
+            number >= 0 fixes it. The result reports the alpha used and the per-alpha curve.
         baseline: x_d of Eq. (3): ``"black"``, ``"zeros"``, ``"blur"``, a tensor or a callable.
         normalization: ``(mean, std)`` the images were normalized with, so ``"black"`` is black in pixels.
         max_batch_size: at most this many images (views) go through the model at once; memory is bounded by
-            it, not by the number of views or images.
+            it, not by the number of views or images. ``"auto"``: 64 on an accelerator, and on a CPU as many
+            images as fit 8 x 224 x 224 pixels (:func:`~evet_lightning.saliency.settings.resolve_max_batch_size`).
+        alpha_grid: the alphas ``alpha="auto"`` chooses from, ascending (default ``(0, 0.1, 0.25, 0.5, 1)``).
+        alpha_objective: what ``alpha="auto"`` optimizes: ``"faithful_boost"`` (the default: the largest
+            alpha whose average drop is within one point of the grid's best), ``"average_drop"``,
+            ``"increase_in_confidence"``, ``"energy_pointing_game"`` (needs ``masks=`` in the call), or a
+            callable ``AlphaCurve -> (A,)`` values, lower is better. Ties go to the smaller alpha.
         backend: ``"auto"`` (native when possible), ``"native"`` or ``"pytorch-grad-cam"`` (force the library,
             e.g. to compare).
+        reshape_transform: ``activation -> (B, C, H, W)`` for target layers whose output is not a feature map
+            (transformer tokens), applied the same way on both backends (pytorch-grad-cam's contract).
+        output_transform: ``model output -> (B, K) logits`` for models that return something other than a
+            tensor, a tuple/list (first item), a mapping with ``"logits"`` or an object with ``.logits``.
 
-    Decisions where the paper is silent (design.md section 4): the target class is fixed once per image
+    Decisions where the paper is silent (docs/design.md, decisions 1-5): the target class is fixed once per image
     (label or argmax of the untransformed image); invalid pixels (no pre-image in the transformed canvas) are
     left out of the fusion and, for scoring a view, filled from view 0; sigma is the unweighted sample
     standard deviation (ddof=1) of the kept valid maps divided by its upper bound; a constant map is zeros.
@@ -95,37 +134,57 @@ class EVET:
         cam: CamSpec = "GradCAM",
         transforms: Sequence[AffineTransform] | None = None,
         threshold: float = 0.99,
-        alpha: float = DEFAULT_ALPHA,
+        alpha: float | Literal["auto"] = "auto",
         baseline: Baseline = "black",
         normalization: Normalization = None,
-        max_batch_size: int = 64,
+        max_batch_size: int | Literal["auto"] = "auto",
         *,
+        alpha_grid: Sequence[float] = DEFAULT_ALPHA_GRID,
+        alpha_objective: AlphaObjective = DEFAULT_ALPHA_OBJECTIVE,
         backend: str = "auto",
+        reshape_transform: Callable[[Tensor], Tensor] | None = None,
+        output_transform: Callable[[Any], Tensor] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}")
-        transforms = check_evet_arguments(
+        settings = EVETSettings(
             cam=cam,
+            target_layers=target_layers,
             transforms=transforms,
             threshold=threshold,
             alpha=alpha,
+            alpha_grid=alpha_grid,
+            alpha_objective=alpha_objective,
             baseline=baseline,
             normalization=normalization,
             max_batch_size=max_batch_size,
             backend=backend,
+            reshape_transform=reshape_transform,
+            output_transform=output_transform,
         )
-        self.cam_name, self._cam_class, self._native = _resolve_cam(cam, backend)
+        self.settings = settings
+        self.cam_name, self._cam_class, self._native = resolve_cam(cam, backend)
         self.model = model
-        self.target_layers = target_layers
+        self.target_layers = settings.target_layers
         # Checks names and modules now; auto-detection waits for the first images.
-        self._layers = None if self.cam_name == "Gradient" else check_target_layers(model, target_layers)
-        self.transforms: list[AffineTransform] = transforms
-        self.threshold = float(threshold)
-        self.alpha = float(alpha)
-        self.baseline = baseline
-        self.normalization = normalization
-        self.max_batch_size = max_batch_size
-        self.backend = backend
+        self._layers = None if self.cam_name == "Gradient" else check_target_layers(model, settings.target_layers)
+        self.transforms: list[AffineTransform] = list(settings.transforms or ())
+        self.threshold = settings.threshold
+        self.alpha = settings.alpha
+        self.alpha_grid = tuple(settings.alpha_grid)
+        self.alpha_objective = settings.alpha_objective
+        self.baseline = settings.baseline
+        self.normalization = settings.normalization
+        self.max_batch_size = settings.max_batch_size
+        self.backend = settings.backend
+        self.reshape_transform = settings.reshape_transform
+        self.output_transform = settings.output_transform
+        self._chunk = 1
+
+    @classmethod
+    def from_settings(cls, model: nn.Module, settings: EVETSettings) -> EVET:
+        """``EVET(model, **settings.evet_kwargs())``."""
+        return cls(model, **settings.evet_kwargs())
 
     @property
     def num_views(self) -> int:
@@ -157,21 +216,25 @@ class EVET:
         if self._native:
             return NativeCAM(self.cam_name, modules)
         assert self._cam_class is not None
-        return GradCamLibraryExplainer(self._cam_class, modules, batch_size=self.max_batch_size)
+        return GradCamLibraryExplainer(self._cam_class, modules, batch_size=self._chunk)
 
     def explain(self, images: Tensor, targets: Tensor | None = None) -> Explanation:
         """The un-enhanced method J on ``images`` alone (no transforms), in chunks; model left as found."""
-        images, targets = self._check_call(images, targets)
+        images, targets, _ = self._check_call(images, targets, None)
         with torch.inference_mode(False), torch.enable_grad():
             images = images.clone()
             self.resolve_target_layers(images)
             with model_state_guard(self.model, protect_grads=not self._native):
                 return self._run_explainer(self._explainer(), images, targets)
 
-    def _check_call(self, images: Tensor, targets: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    def _check_call(
+        self, images: Tensor, targets: Tensor | None, masks: Tensor | None
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         if not isinstance(images, Tensor) or images.ndim != 4:
             shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
             raise ValueError(f"Expected `images` to be a tensor of shape (B, C, H, W), but got {shape}")
+        if images.shape[0] == 0:
+            raise ValueError(f"Expected `images` to hold at least one image, but got shape {tuple(images.shape)}")
         if not images.is_floating_point():
             raise ValueError(f"Expected `images` to be a floating point tensor, but got {images.dtype}")
         if targets is not None:
@@ -183,60 +246,125 @@ class EVET:
             if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
                 raise ValueError(f"Expected `targets` to be an integer tensor, but got {targets.dtype}")
             targets = targets.to(device=images.device, dtype=torch.long)
-        return images, targets
+        if masks is not None:
+            expected = (images.shape[0], *images.shape[-2:])
+            if not isinstance(masks, Tensor) or tuple(masks.shape) != expected:
+                shape = tuple(masks.shape) if isinstance(masks, Tensor) else type(masks).__name__
+                raise ValueError(f"Expected `masks` to have shape {expected} like the images, but got {shape}")
+            masks = masks.to(images.device).bool() if masks.dtype == torch.bool else masks.to(images.device) > 0.5
+        if self.alpha_objective == "energy_pointing_game" and self.alpha == "auto" and masks is None:
+            raise ValueError(
+                "Expected `masks=` in the call with `alpha_objective='energy_pointing_game'`: it needs object masks"
+            )
+        self._chunk = resolve_max_batch_size(self.max_batch_size, images)
+        return images, targets, masks
 
     def _run_explainer(self, explainer: Explainer, images: Tensor, targets: Tensor | None) -> Explanation:
         maps, logits = [], []
-        for start in range(0, images.shape[0], self.max_batch_size):
-            chunk_targets = None if targets is None else targets[start : start + self.max_batch_size]
-            explanation = explainer(self.model, images[start : start + self.max_batch_size], chunk_targets)
+        chunk = self._chunk
+        for start in range(0, images.shape[0], chunk):
+            chunk_targets = None if targets is None else targets[start : start + chunk]
+            explanation = explainer(self.model, images[start : start + chunk], chunk_targets)
             maps.append(explanation.maps)
             logits.append(explanation.logits)
         return Explanation(torch.cat(maps), torch.cat(logits))
 
-    def __call__(self, images: Tensor, targets: Tensor | None = None, *, score_saliency: bool = False) -> EVETResult:
+    def __call__(
+        self,
+        images: Tensor,
+        targets: Tensor | None = None,
+        *,
+        masks: Tensor | None = None,
+        score_saliency: bool = False,
+    ) -> EVETResult:
         """Run EVET on ``images (B, C, H, W)`` for ``targets (B,)`` (``None``: the argmax class).
 
-        ``score_saliency=True`` also computes ``f_k(Phi(x, J*(x)))`` (one more forward pass per image).
+        ``masks (B, H, W)``: object masks, for ``alpha_objective="energy_pointing_game"`` and the per-alpha
+        pointing game in ``result.alpha_curve``. ``score_saliency=True`` also computes ``f_k(Phi(x, J*(x)))``
+        (one more forward pass per image; free with ``alpha="auto"``, which scores every alpha's map anyway).
         Works under ``torch.inference_mode()`` and ``torch.no_grad()``; the model is left as found.
         """
-        images, targets = self._check_call(images, targets)
+        images, targets, masks = self._check_call(images, targets, masks)
         with torch.inference_mode(False), torch.enable_grad():
             images = images.clone()  # an inference tensor cannot enter autograd
             self.resolve_target_layers(images)
             with model_state_guard(self.model, protect_grads=not self._native):
-                return self._run(images, targets, score_saliency)
+                return self._run(images, targets, masks, score_saliency)
 
-    def _run(self, images: Tensor, targets: Tensor | None, score_saliency: bool) -> EVETResult:
+    def _run(self, images: Tensor, targets: Tensor | None, masks: Tensor | None, score_saliency: bool) -> EVETResult:
         explainer = self._explainer()
         views: list[AffineTransform] = [Identity(), *self.transforms]
         num_views = len(views)
         height, width = images.shape[-2:]
         valid = torch.stack([view.valid_mask(height, width, images.device) for view in views])  # (V, H, W)
+        grid = None if self.alpha != "auto" else torch.tensor(self.alpha_grid, device=images.device)
         # Images are processed in groups whose views fill about one chunk, so memory follows the chunk size.
-        group = max(1, self.max_batch_size // num_views)
-        parts: list[tuple[Tensor, ...]] = []
+        group = max(1, self._chunk // num_views)
+        parts: list[dict[str, Tensor]] = []
         for start in range(0, images.shape[0], group):
-            group_targets = None if targets is None else targets[start : start + group]
-            parts.append(self._run_group(explainer, views, valid, images[start : start + group], group_targets))
-        saliency, original, weights, kept, targets_out, view_scores, clean, finite = (
-            torch.cat(items, dim=1 if index in (2, 3, 5) else 0) for index, items in enumerate(zip(*parts, strict=True))
-        )
+            stop = start + group
+            group_targets = None if targets is None else targets[start:stop]
+            group_masks = None if masks is None else masks[start:stop]
+            parts.append(self._run_group(explainer, views, valid, images[start:stop], group_targets, group_masks, grid))
+        out = {key: torch.cat([part[key] for part in parts], dim=1 if key in _VIEW_FIRST else 0) for key in parts[0]}
+        zero = ~out["finite"].view(-1, 1, 1)
+        curve = objective = None
+        if grid is None:
+            alpha = float(self.alpha)
+            saliency = out["saliency"]
+        else:
+            curve = alpha_curve(
+                grid,
+                out["clean"],
+                out["alpha_scores"],
+                out["view_scores"][0],
+                alpha_energy=out.get("alpha_energy"),
+                original_energy=out.get("original_energy"),
+                include=out["finite"],
+            )
+            index, objective = choose_alpha(curve, self.alpha_objective)
+            alpha = self.alpha_grid[index]
+            saliency = blend(out["mean"], out["sigma"], alpha).masked_fill(zero, 0.0)
         saliency_scores = None
-        if score_saliency:
-            saliency_scores = self._scores(images, saliency, targets_out)
-        return EVETResult(saliency, original, weights, kept, targets_out, view_scores, clean, saliency_scores, finite)
+        if grid is not None:
+            saliency_scores = out["alpha_scores"][index]
+        elif score_saliency:
+            saliency_scores = self._scores(images, saliency, out["targets"])
+        return EVETResult(
+            saliency=saliency,
+            original=out["original"],
+            weights=out["weights"],
+            kept=out["kept"],
+            targets=out["targets"],
+            view_scores=out["view_scores"],
+            clean_scores=out["clean"],
+            saliency_scores=saliency_scores,
+            finite=out["finite"],
+            alpha=alpha,
+            fused_mean=out["mean"],
+            fused_sigma=out["sigma"],
+            alpha_grid=grid,
+            alpha_scores=out.get("alpha_scores"),
+            alpha_energy=out.get("alpha_energy"),
+            alpha_curve=curve,
+            alpha_objective=objective,
+        )
+
+    def _forward(self, images: Tensor) -> Tensor:
+        """The model's logits for ``images`` (see ``output_transform``)."""
+        return logits_from_output(self.model(images), self.output_transform)
 
     def _scores(self, images: Tensor, maps: Tensor, targets: Tensor, baseline: Tensor | None = None) -> Tensor:
         """``f_k(Phi(x, M))`` for ``M (N, H, W)``, in chunks, without autograd."""
         if baseline is None:
             baseline = resolve_baseline(images, self.baseline, self.normalization)
         scores = []
+        chunk = self._chunk
         with torch.no_grad():
-            for start in range(0, images.shape[0], self.max_batch_size):
-                stop = start + self.max_batch_size
+            for start in range(0, images.shape[0], chunk):
+                stop = start + chunk
                 perturbed = perturb(images[start:stop], maps[start:stop], baseline[start:stop])
-                probabilities = self.model(perturbed).float().softmax(dim=-1)
+                probabilities = self._forward(perturbed).float().softmax(dim=-1)
                 scores.append(probabilities.gather(1, targets[start:stop].view(-1, 1)).squeeze(1))
         return torch.nan_to_num(torch.cat(scores), nan=0.0)
 
@@ -247,10 +375,12 @@ class EVET:
         valid: Tensor,
         images: Tensor,
         targets: Tensor | None,
-    ) -> tuple[Tensor, ...]:
+        masks: Tensor | None,
+        grid: Tensor | None,
+    ) -> dict[str, Tensor]:
         num_views, batch = len(views), images.shape[0]
         if targets is None:
-            # Fix the class once, on the untransformed image (decision 2), then explain the other views.
+            # Fix the class once, on the untransformed image (decision 1), then explain the other views.
             first = self._run_explainer(explainer, images, None)
             targets = first.logits.argmax(dim=1)
             transformed = torch.cat([view.forward(images) for view in views[1:]])
@@ -262,7 +392,7 @@ class EVET:
             explanation = self._run_explainer(explainer, transformed, targets.repeat(num_views))
             maps, logits = explanation.maps, explanation.logits[:batch]
         finite = torch.isfinite(images.flatten(1)).all(dim=1) & torch.isfinite(logits).all(dim=1)
-        # Each view's map: min-max normalized, then mapped back to the original frame (decision 3).
+        # Each view's map: min-max normalized, then mapped back to the original frame (decision 2).
         maps = min_max_normalize(maps).view(num_views, batch, *maps.shape[-2:])
         maps = torch.stack(
             [view.inverse(view_maps.unsqueeze(1)).squeeze(1) for view, view_maps in zip(views, maps, strict=True)]
@@ -277,52 +407,51 @@ class EVET:
             targets.repeat(num_views),
             baseline.repeat(num_views, 1, 1, 1),
         ).view(num_views, batch)
-        fused = fuse_maps_detailed(maps, view_scores, valid_maps, threshold=self.threshold, alpha=self.alpha)
-        zero = ~finite
-        saliency = fused.saliency.masked_fill(zero.view(-1, 1, 1), 0.0)
-        original = maps[0].masked_fill(zero.view(-1, 1, 1), 0.0)
+        fused = fusion_parts(maps, view_scores, valid_maps, threshold=self.threshold)
+        zero = (~finite).view(-1, 1, 1)
         clean = logits.softmax(dim=-1).gather(1, targets.view(-1, 1)).squeeze(1)
-        clean = torch.nan_to_num(clean, nan=0.0)
-        return saliency, original, fused.weights, fused.kept, targets, view_scores, clean, finite
+        out = {
+            "original": maps[0].masked_fill(zero, 0.0),
+            "weights": fused.weights,
+            "kept": fused.kept,
+            "targets": targets,
+            "view_scores": view_scores,
+            "clean": torch.nan_to_num(clean, nan=0.0),
+            "finite": finite,
+            "mean": fused.mean,
+            "sigma": fused.sigma,
+        }
+        if grid is None:
+            out["saliency"] = blend(fused.mean, fused.sigma, float(self.alpha)).masked_fill(zero, 0.0)
+            return out
+        # alpha="auto": the EVET map at every alpha of the grid, scored with one forward pass each.
+        candidates = blend(fused.mean, fused.sigma, grid).masked_fill(zero, 0.0)  # (A, b, H, W)
+        num_alphas = grid.numel()
+        out["alpha_scores"] = self._scores(
+            images.repeat(num_alphas, 1, 1, 1),
+            candidates.flatten(0, 1),
+            targets.repeat(num_alphas),
+            baseline.repeat(num_alphas, 1, 1, 1),
+        ).view(num_alphas, batch)
+        if masks is not None:
+            out["alpha_energy"] = map_energy(candidates, masks)
+            out["original_energy"] = map_energy(out["original"], masks)
+        return out
 
 
-def check_evet_arguments(
-    *,
-    cam: CamSpec = "GradCAM",
-    transforms: Sequence[AffineTransform] | None = None,
-    threshold: float = 0.99,
-    alpha: float = DEFAULT_ALPHA,
-    baseline: Baseline = "black",
-    normalization: Normalization = None,
-    max_batch_size: int = 64,
-    backend: str = "auto",
-) -> list[AffineTransform]:
+#: Per-group outputs whose first dimension is the view or alpha (concatenated along the images' dimension 1).
+_VIEW_FIRST = frozenset({"weights", "kept", "view_scores", "alpha_scores", "alpha_energy"})
+
+
+def check_evet_arguments(**kwargs: Any) -> list[AffineTransform]:
     """Check EVET's configuration without a model (``ValueError`` naming the argument); returns the transforms.
 
-    The callback calls this in its constructor, so bad configuration fails before training starts.
+    A shortcut for ``EVETSettings(**kwargs).transforms``; prefer :class:`EVETSettings`.
     """
-    if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 < threshold <= 1):
-        raise ValueError(f"Expected `threshold` to be a float in (0, 1], but got {threshold!r}")
-    if not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha) and alpha >= 0):
-        raise ValueError(f"Expected `alpha` to be a non-negative float, but got {alpha!r}")
-    if not (isinstance(max_batch_size, int) and not isinstance(max_batch_size, bool) and max_batch_size >= 1):
-        raise ValueError(f"Expected `max_batch_size` to be a positive integer, but got {max_batch_size!r}")
-    if backend not in _BACKENDS:
-        raise ValueError(f"Expected `backend` to be one of {_BACKENDS}, but got {backend!r}")
-    check_baseline(baseline)
-    transforms = paper_transforms() if transforms is None else list(transforms)
-    if not transforms:
-        raise ValueError("Expected `transforms` to be a non-empty sequence of transforms, but got an empty one")
-    for transform in transforms:
-        if not isinstance(transform, AffineTransform):
-            raise ValueError(f"Expected every item of `transforms` to be an AffineTransform, but got {transform!r}")
-    if normalization is not None and (len(normalization) != 2):
-        raise ValueError(f"Expected `normalization` to be a (mean, std) pair, but got {normalization!r}")
-    _resolve_cam(cam, backend)
-    return transforms
+    return list(EVETSettings(**kwargs).transforms or ())
 
 
-def _resolve_cam(cam: CamSpec, backend: str) -> tuple[str, type | None, bool]:
+def resolve_cam(cam: CamSpec, backend: str) -> tuple[str, type | None, bool]:
     """``(name, pytorch-grad-cam class or None, computed natively)``; ``ValueError`` for an unknown CAM."""
     classes = available_cam_classes()
     if isinstance(cam, str) and "." in cam and cam.rsplit(".", 1)[1] in classes:
@@ -341,6 +470,8 @@ def _resolve_cam(cam: CamSpec, backend: str) -> tuple[str, type | None, bool]:
     else:
         raise ValueError(f"Expected `cam` to be 'Gradient' or a pytorch-grad-cam CAM class or name, but got {cam!r}")
     name = cam_class.__name__
+    if backend not in BACKENDS:
+        raise ValueError(f"Expected `backend` to be one of {BACKENDS}, but got {backend!r}")
     native = name in NATIVE_CAMS and classes.get(name) is cam_class and backend != "pytorch-grad-cam"
     if backend == "native" and not native:
         raise ValueError(

@@ -31,11 +31,12 @@ def _probability(model, images, targets):
         return model(images).softmax(dim=1).gather(1, targets.view(-1, 1)).squeeze(1)
 
 
+@pytest.mark.parametrize("alpha", ["auto", 0.5])
 @pytest.mark.parametrize("score_saliency", [False, True])
-def test_result_fields_shapes_dtypes_devices(score_saliency):
+def test_result_fields_shapes_dtypes_devices(score_saliency, alpha):
     model = tiny_cnn()
     images = _images()
-    result = _evet(model)(images, torch.tensor([0, 1, 2]), score_saliency=score_saliency)
+    result = _evet(model, alpha=alpha)(images, torch.tensor([0, 1, 2]), score_saliency=score_saliency)
     num_views, batch = len(TRANSFORMS) + 1, 3
     expected = {
         "saliency": ((batch, 16, 20), torch.float32),
@@ -47,10 +48,17 @@ def test_result_fields_shapes_dtypes_devices(score_saliency):
         "clean_scores": ((batch,), torch.float32),
         "finite": ((batch,), torch.bool),
     }
-    if score_saliency:
+    if score_saliency or alpha == "auto":  # alpha="auto" scores every candidate map anyway
         expected["saliency_scores"] = ((batch,), torch.float32)
     else:
         assert result.saliency_scores is None
+    if alpha == "auto":
+        num_alphas = len(result.alpha_grid)
+        expected["alpha_grid"] = ((num_alphas,), torch.float32)
+        expected["alpha_scores"] = ((num_alphas, batch), torch.float32)
+        assert result.alpha in result.alpha_grid.tolist()
+    else:
+        assert result.alpha == 0.5 and result.alpha_grid is None and result.alpha_curve is None
     for name, (shape, dtype) in expected.items():
         value = getattr(result, name)
         assert tuple(value.shape) == shape, name

@@ -1,0 +1,58 @@
+"""Argument checks shared by every layer: one definition of each rule, one error message.
+
+Real numbers and integers of any kind are accepted (Python, numpy and 0-d tensor scalars, via
+:class:`numbers.Real` and :func:`operator.index`); ``bool`` never counts as a number.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_alpha", "check_int", "check_threshold", "real_number"]
+
+
+def real_number(value: object) -> float | None:
+    """``float(value)`` for a finite real number that is not a bool, else ``None``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
+            return None
+        value = value.item()
+    if not isinstance(value, numbers.Real):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def check_int(name: str, value: object, low: int) -> int:
+    """``operator.index(value)`` when it is an integer (not a bool) ``>= low``; ``ValueError`` naming ``name``."""
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        number = None
+    if number is None or number < low:
+        what = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ValueError(f"Expected `{name}` to be {what}, but got {value!r}")
+    return number
+
+
+def check_threshold(threshold: object) -> float:
+    """Gamma of Eq. (2): a real number in (0, 1]."""
+    number = real_number(threshold)
+    if number is None or not 0 < number <= 1:
+        raise ValueError(f"Expected `threshold` to be a float in (0, 1], but got {threshold!r}")
+    return number
+
+
+def check_alpha(alpha: object) -> float:
+    """A fixed boost strength of Eq. (5): a finite real number >= 0."""
+    number = real_number(alpha)
+    if number is None or number < 0:
+        raise ValueError(f"Expected `alpha` to be a non-negative float or 'auto', but got {alpha!r}")
+    return number

@@ -1,0 +1,270 @@
+"""Choosing EVET's boost strength alpha (Eq. 5) from data: per-alpha sums, objectives, the choice.
+
+alpha enters only Eqs. (5)-(7): the views' maps, validity masks, scores, ``M_hat`` and ``sigma`` do not depend
+on it, so one EVET run yields the EVET map for every alpha of a grid at the cost of the blend arithmetic and
+one forward pass per alpha and image (to score ``Phi(x, J*_alpha(x))``). This module holds the pure part:
+the per-alpha sums of the faithfulness and localization scores (:class:`AlphaCurve`, additive, so sums from
+several processes or batches can be added before choosing), the objectives, and :func:`choose_alpha`.
+
+The rule behind the default objective, ``"faithful_boost"`` (docs/design.md, decision 10): *faithfulness
+first, then the largest boost that costs none.* Among the grid's alphas whose average drop is within
+``FAITHFUL_BOOST_TOLERANCE`` (one percentage point) of the grid's best, take the largest. The boost of Eq. (5)
+sharpens maps (the pointing game rises with alpha) and removes context the classifier needs (average drop
+rises with alpha); this rule keeps the sharpening only while the model does not notice it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "ALPHA_OBJECTIVES",
+    "DEFAULT_ALPHA_GRID",
+    "DEFAULT_ALPHA_OBJECTIVE",
+    "FAITHFUL_BOOST_TOLERANCE",
+    "AlphaCurve",
+    "AlphaObjective",
+    "alpha_curve",
+    "check_alpha_grid",
+    "check_alpha_objective",
+    "choose_alpha",
+    "map_energy",
+    "objective_values",
+]
+
+#: The default grid: no boost, three small boosts where pretrained models still keep their average drop, the
+#: first default (0.5) and a strong one. Five points keep ``alpha="auto"`` within 1.3x of a fixed alpha
+#: (five extra forward passes per image next to EVET's own 2 (n + 1) = 16; ``benchmarks/bench_saliency.py``).
+DEFAULT_ALPHA_GRID: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0)
+#: The default objective (see the module docstring and README "Choosing alpha").
+DEFAULT_ALPHA_OBJECTIVE = "faithful_boost"
+#: How much average drop (a fraction: 0.01 is one percentage point) the ``"faithful_boost"`` rule gives up for
+#: a larger alpha.
+FAITHFUL_BOOST_TOLERANCE = 0.01
+
+ALPHA_OBJECTIVES = ("faithful_boost", "average_drop", "increase_in_confidence", "energy_pointing_game")
+
+
+class AlphaCurve(NamedTuple):
+    """Per-alpha sums over ``num_samples`` samples (float64; add two curves with :meth:`merge`).
+
+    ``O_a`` is the target probability of the image perturbed with the EVET map at ``alphas[a]``, ``Y`` that of
+    the clean image, ``O`` (no index) that of the image perturbed with the original, un-enhanced map.
+    """
+
+    alphas: Tensor
+    """``(A,)`` the grid, ascending."""
+    num_samples: Tensor
+    """``()`` samples summed (non-finite samples are left out)."""
+    drop: Tensor
+    """``(A,)`` sum of ``relu(Y - O_a) / Y`` (Eq. 10)."""
+    increase: Tensor
+    """``(A,)`` number of samples with ``O_a > Y`` (Eq. 11)."""
+    energy: Tensor | None
+    """``(A,)`` sum of the energy pointing game of each map (Eq. 12); ``None`` without object masks."""
+    original_drop: Tensor
+    """``()`` the same sum for the original map."""
+    original_increase: Tensor
+    """``()`` the same count for the original map."""
+    original_energy: Tensor | None
+    """``()`` the same sum for the original map; ``None`` without object masks."""
+
+    def _mean(self, total: Tensor) -> Tensor:
+        return total / self.num_samples.clamp_min(1)
+
+    @property
+    def average_drop(self) -> Tensor:
+        """``(A,)`` average drop of the EVET map at each alpha (a fraction, lower is better)."""
+        return self._mean(self.drop)
+
+    @property
+    def increase_in_confidence(self) -> Tensor:
+        """``(A,)`` increase in confidence at each alpha (a fraction, higher is better)."""
+        return self._mean(self.increase)
+
+    @property
+    def energy_pointing_game(self) -> Tensor | None:
+        """``(A,)`` energy pointing game at each alpha, or ``None`` without masks (higher is better)."""
+        return None if self.energy is None else self._mean(self.energy)
+
+    def merge(self, other: AlphaCurve) -> AlphaCurve:
+        """The curve of both sample sets (the grids must be equal)."""
+        if not torch.equal(self.alphas.cpu(), other.alphas.cpu()):
+            raise ValueError(f"Expected curves on the same alpha grid, but got {self.alphas} and {other.alphas}")
+        with_masks = self.energy is not None and other.energy is not None
+        return AlphaCurve(
+            self.alphas,
+            self.num_samples + other.num_samples,
+            self.drop + other.drop,
+            self.increase + other.increase,
+            self.energy + other.energy if with_masks else None,  # type: ignore[operator]
+            self.original_drop + other.original_drop,
+            self.original_increase + other.original_increase,
+            self.original_energy + other.original_energy if with_masks else None,  # type: ignore[operator]
+        )
+
+
+#: ``curve -> (A,)`` values, **lower is better**; the chosen alpha is the first minimum (ties: smaller alpha).
+AlphaObjective = str | Callable[[AlphaCurve], Tensor]
+
+
+def map_energy(saliency: Tensor, masks: Tensor) -> Tensor:
+    """Per-map share of the saliency inside the mask, Eq. (12), float64, shape ``saliency.shape[:-2]``.
+
+    ``masks`` broadcasts against ``saliency`` (``(B, H, W)`` masks for ``(A, B, H, W)`` maps); an all-zero map
+    scores the mask's area fraction, as a uniform map would (decision 4).
+    """
+    saliency = saliency.double().flatten(-2)
+    inside = masks.bool().flatten(-2).double()
+    total = saliency.sum(-1)
+    area = inside.mean(-1).expand_as(total)
+    return torch.where(total > 0, (saliency * inside).sum(-1) / total.clamp_min(1e-300), area)
+
+
+def alpha_curve(
+    alphas: Tensor,
+    clean_scores: Tensor,
+    alpha_scores: Tensor,
+    original_scores: Tensor,
+    *,
+    alpha_energy: Tensor | None = None,
+    original_energy: Tensor | None = None,
+    include: Tensor | None = None,
+) -> AlphaCurve:
+    """Sum the per-alpha scores of ``B`` samples.
+
+    Args:
+        alphas: ``(A,)`` the grid.
+        clean_scores: ``(B,)`` ``Y = f_k(x)``.
+        alpha_scores: ``(A, B)`` ``O_a = f_k(Phi(x, J*_a(x)))``.
+        original_scores: ``(B,)`` ``O = f_k(Phi(x, J(x)))`` of the original map.
+        alpha_energy: ``(A, B)`` energy pointing game of each EVET map (:func:`map_energy`), or ``None``.
+        original_energy: ``(B,)`` the same for the original maps; given together with ``alpha_energy``.
+        include: ``(B,)`` bool, the samples to sum (default: all); samples with non-finite scores never count.
+
+    Example:
+        >>> curve = alpha_curve(torch.tensor([0.0, 1.0]), torch.tensor([0.8, 0.5]),
+        ...                     torch.tensor([[0.4, 0.6], [0.2, 0.5]]), torch.tensor([0.4, 0.4]))
+        >>> curve.average_drop.tolist(), curve.increase_in_confidence.tolist()
+        ([0.25, 0.375], [0.5, 0.0])
+    """
+    if (alpha_energy is None) != (original_energy is None):
+        raise ValueError("Expected `alpha_energy` and `original_energy` together, or neither")
+    finite = torch.isfinite(clean_scores) & torch.isfinite(alpha_scores).all(0) & torch.isfinite(original_scores)
+    include = finite if include is None else include.bool() & finite
+    weight = include.double()
+    clean = clean_scores.double()
+
+    def drop(scores: Tensor) -> Tensor:
+        values = torch.where(clean > 0, (clean - scores.double()).clamp_min(0) / clean.clamp_min(1e-300), 0.0)
+        return (torch.nan_to_num(values) * weight).sum(-1)
+
+    def increase(scores: Tensor) -> Tensor:
+        return ((scores.double() > clean).double() * weight).sum(-1)
+
+    def energy(values: Tensor | None) -> Tensor | None:
+        return None if values is None else (torch.nan_to_num(values.double()) * weight).sum(-1)
+
+    return AlphaCurve(
+        alphas.double(),
+        weight.sum(),
+        drop(alpha_scores),
+        increase(alpha_scores),
+        energy(alpha_energy),
+        drop(original_scores),
+        increase(original_scores),
+        energy(original_energy),
+    )
+
+
+def _faithful_boost(curve: AlphaCurve) -> Tensor:
+    drop = curve.average_drop
+    admissible = drop <= drop.min() + FAITHFUL_BOOST_TOLERANCE + 1e-12
+    # Rank: admissible alphas first, the largest of them first; the values are what `choose_alpha` minimizes.
+    order = torch.arange(drop.numel(), dtype=torch.float64, device=drop.device)
+    return torch.where(admissible, -order, drop.numel() + drop)
+
+
+def objective_values(curve: AlphaCurve, objective: AlphaObjective) -> Tensor:
+    """``(A,)`` the objective's values on ``curve`` (lower is better), as :func:`choose_alpha` minimizes them.
+
+    ``"average_drop"``: the average drop; ``"increase_in_confidence"`` and ``"energy_pointing_game"``: minus the
+    metric; ``"faithful_boost"``: a rank (admissible alphas get ``-index``, the rest ``A + average drop``).
+    """
+    if callable(objective):
+        values = objective(curve)
+        if not isinstance(values, Tensor) or values.shape != curve.alphas.shape:
+            found = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+            raise ValueError(
+                f"Expected the `alpha_objective` callable to return a tensor of shape {tuple(curve.alphas.shape)} "
+                f"(one value per alpha, lower is better), but got {found}"
+            )
+        return values.double()
+    if objective == "faithful_boost":
+        return _faithful_boost(curve)
+    if objective == "average_drop":
+        return curve.average_drop
+    if objective == "increase_in_confidence":
+        return -curve.increase_in_confidence
+    if objective == "energy_pointing_game":
+        energy = curve.energy_pointing_game
+        if energy is None:
+            raise ValueError(
+                "Expected object masks for `alpha_objective='energy_pointing_game'`, but the samples have none"
+            )
+        return -energy
+    raise ValueError(f"Expected `alpha_objective` to be one of {ALPHA_OBJECTIVES} or a callable, got {objective!r}")
+
+
+def choose_alpha(curve: AlphaCurve, objective: AlphaObjective = DEFAULT_ALPHA_OBJECTIVE) -> tuple[int, Tensor]:
+    """``(index into curve.alphas, objective values (A,))``: the first alpha minimizing the objective.
+
+    Ties go to the smaller alpha (the grid is ascending). NaN values never win. With no samples
+    (``num_samples == 0``) the choice is alpha = 0's index if the grid has 0, else the smallest alpha.
+
+    Example:
+        >>> curve = alpha_curve(torch.tensor([0.0, 0.5, 1.0]), torch.tensor([0.5, 0.5]),
+        ...                     torch.tensor([[0.5, 0.5], [0.496, 0.5], [0.3, 0.5]]), torch.tensor([0.4, 0.4]))
+        >>> choose_alpha(curve, "average_drop")[0], choose_alpha(curve, "faithful_boost")[0]
+        (0, 1)
+    """
+    values = objective_values(curve, objective)
+    if float(curve.num_samples) == 0:
+        return 0, values
+    safe = torch.nan_to_num(values, nan=math.inf)
+    best = safe.min()
+    return int((safe == best).nonzero()[0, 0]), values
+
+
+def check_alpha_grid(alpha_grid: object) -> tuple[float, ...]:
+    """A non-empty, strictly ascending tuple of finite, non-negative real numbers (``ValueError`` otherwise)."""
+    if isinstance(alpha_grid, (str, bytes)) or not isinstance(alpha_grid, (Sequence, Tensor)):
+        raise ValueError(f"Expected `alpha_grid` to be a sequence of non-negative floats, but got {alpha_grid!r}")
+    values = alpha_grid.tolist() if isinstance(alpha_grid, Tensor) else list(alpha_grid)
+    if not values:
+        raise ValueError("Expected `alpha_grid` to hold at least one alpha, but got an empty sequence")
+    grid = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"Expected every `alpha_grid` value to be a non-negative float, but got {value!r}")
+        grid.append(float(value))
+    if any(b <= a for a, b in itertools.pairwise(grid)):
+        raise ValueError(f"Expected `alpha_grid` to be strictly ascending, but got {grid}")
+    return tuple(grid)
+
+
+def check_alpha_objective(alpha_objective: object) -> AlphaObjective:
+    """A known objective name or a callable (``ValueError`` otherwise)."""
+    if callable(alpha_objective) or alpha_objective in ALPHA_OBJECTIVES:
+        return alpha_objective  # type: ignore[return-value]
+    raise ValueError(
+        f"Expected `alpha_objective` to be one of {ALPHA_OBJECTIVES} or a callable curve -> (A,) values, "
+        f"but got {alpha_objective!r}"
+    )
