@@ -1,12 +1,17 @@
-"""Speed and memory of the EVET engine, measured side by side in one run (issue #2 item 7).
+"""Speed and memory of the EVET engine, measured side by side in one run (issues 2 and 9).
 
 Prints, on torchvision ResNet-18 (random weights: speed does not depend on them) at 224x224, batch 8:
 
 1. native GradCAM vs pytorch-grad-cam GradCAM on the same batch (target >= 2.5x faster);
-2. EVET-GradCAM (7 transforms) per image vs pytorch-grad-cam ScoreCAM per image (target >= 35x faster);
-3. EVET-GradCAM per image vs 16 no-grad forward passes of the same images, its FLOP floor (target <= 1.2x);
-4. EVET-GradCAM (8 views) vs pytorch-grad-cam GradCAM with aug_smooth=True (6 views, sequential): faster;
-5. peak memory of EVET at max_batch_size 8 vs 64 (CUDA: max_memory_allocated; CPU: peak RSS growth of a
+2. EVET-GradCAM at default settings (``alpha="auto"``, ``max_batch_size="auto"``) per image vs pytorch-grad-cam
+   ScoreCAM per image (target >= 30x faster);
+3. EVET at default settings vs its floor: the no-grad forward passes it cannot avoid, ``2 (n + 1)`` = 16 for the
+   views plus one per alpha of the grid (5) = 21, in batches of 8 (target <= 1.15x on a CPU);
+4. ``alpha="auto"`` vs a fixed alpha, both at the default chunk (target <= 1.3x);
+5. a fixed alpha vs 16 no-grad forwards, at the old default ``max_batch_size=64`` and at 8 (the CPU allocator
+   cost of 64-image chunks);
+6. EVET-GradCAM (8 views) vs pytorch-grad-cam GradCAM with aug_smooth=True (6 views, sequential): faster;
+7. peak memory of EVET at max_batch_size 8 vs 64 (CUDA: max_memory_allocated; CPU: peak RSS growth of a
    fresh process, from the kernel's peak-RSS mark).
 
 Usage: ``python benchmarks/bench_saliency.py [--device cpu|cuda] [--repeats 3] [--scorecam-images 1]``
@@ -32,6 +37,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from evet_lightning import EVET
 from evet_lightning.saliency import NativeCAM
+from evet_lightning.saliency.settings import resolve_max_batch_size
 
 
 def _sync(device: torch.device) -> None:
@@ -121,7 +127,11 @@ def main() -> None:
     batch = images.shape[0]
     cam_targets = [ClassifierOutputTarget(int(k)) for k in targets]
     native = NativeCAM("GradCAM", [model.layer4])
-    evet = EVET(model, target_layers=[model.layer4], cam="GradCAM", max_batch_size=64)
+    evet = EVET(model, target_layers=[model.layer4], cam="GradCAM")  # the defaults: alpha and chunk "auto"
+    fixed = EVET(model, target_layers=[model.layer4], cam="GradCAM", alpha=0.5)
+    fixed_64 = EVET(model, target_layers=[model.layer4], cam="GradCAM", alpha=0.5, max_batch_size=64)
+    fixed_8 = EVET(model, target_layers=[model.layer4], cam="GradCAM", alpha=0.5, max_batch_size=batch)
+    num_alphas = len(evet.alpha_grid)
 
     def library_grad_cam() -> object:
         with GradCAM(model, [model.layer4]) as cam:
@@ -137,53 +147,73 @@ def main() -> None:
         with ScoreCAM(model, [model.layer4]) as cam, contextlib.redirect_stderr(io.StringIO()):
             return cam(images[:count], cam_targets[:count])
 
-    def forwards_16() -> object:
-        with torch.no_grad():
-            for _ in range(16):
-                model(images)
-        return None
+    def forwards(count: int) -> Callable[[], object]:
+        def run() -> object:
+            with torch.no_grad():
+                for _ in range(count):
+                    model(images)
+            return None
+
+        return run
+
+    forwards_16 = forwards(16)
+    floor_auto = forwards(16 + num_alphas)
 
     def run_native() -> object:
         with torch.enable_grad():
             return native(model, images, targets)
 
     t_native, t_library = compare(run_native, library_grad_cam, device, args.repeats)
-    t_evet, t_forwards = compare(lambda: evet(images, targets), forwards_16, device, args.repeats)
-    # The floor's forwards run batches of 8; EVET at its default chunk of 64 images pays extra on the CPU for
-    # the allocator's fresh pages (buffers past glibc's 32 MiB mmap threshold), so compare like with like too.
-    evet_8 = EVET(model, target_layers=[model.layer4], cam="GradCAM", max_batch_size=batch)
-    t_evet_8, t_forwards_8 = compare(lambda: evet_8(images, targets), forwards_16, device, args.repeats)
-    t_evet_2, t_aug = compare(lambda: evet(images, targets), library_aug_smooth, device, args.repeats)
+    t_evet, t_floor = compare(lambda: evet(images, targets), floor_auto, device, args.repeats)
+    t_auto, t_fixed = compare(lambda: evet(images, targets), lambda: fixed(images, targets), device, args.repeats)
+    t_fixed_64, t_forwards_64 = compare(lambda: fixed_64(images, targets), forwards_16, device, args.repeats)
+    t_fixed_8, t_forwards_8 = compare(lambda: fixed_8(images, targets), forwards_16, device, args.repeats)
+    t_evet_2, t_aug = compare(lambda: fixed(images, targets), library_aug_smooth, device, args.repeats)
     t_evet_3, t_score = compare(lambda: evet(images, targets), library_score_cam, device, 1, rounds=1)
-    evet_per_image = t_evet / batch
     score_per_image = t_score / args.scorecam_images  # pytorch-grad-cam's default batch of 16 masked images
     memory_8 = peak_memory(device, 8)
     memory_64 = peak_memory(device, 64)
 
+    chunk = resolve_max_batch_size("auto", images)
     print(f"ResNet-18, 224x224, batch {batch}, device {device}, torch {torch.__version__}, median of {args.repeats}")
+    print(f"defaults: alpha='auto' over {num_alphas} alphas, max_batch_size='auto' = {chunk} here")
     print("| comparison | ours (s) | reference (s) | ratio | target |")
     print("| --- | --- | --- | --- | --- |")
     rows = [
         ("native GradCAM vs pytorch-grad-cam GradCAM (batch)", t_native, t_library, t_library / t_native, ">= 2.5x"),
         (
-            "EVET-GradCAM vs ScoreCAM (per image)",
+            "EVET-GradCAM at defaults vs ScoreCAM (per image)",
             t_evet_3 / batch,
             score_per_image,
             score_per_image * batch / t_evet_3,
-            ">= 35x",
+            ">= 30x",
         ),
         (
-            "EVET-GradCAM vs 16 no-grad forwards (per image)",
-            evet_per_image,
-            t_forwards / batch,
-            t_evet / t_forwards,
-            "<= 1.2x",
+            f"EVET at defaults vs its floor, {16 + num_alphas} no-grad forwards (per image)",
+            t_evet / batch,
+            t_floor / batch,
+            t_evet / t_floor,
+            "<= 1.15x",
         ),
         (
-            f"EVET-GradCAM, max_batch_size={batch}, vs 16 no-grad forwards (per image)",
-            t_evet_8 / batch,
+            "alpha='auto' vs alpha=0.5, same chunk (per image)",
+            t_auto / batch,
+            t_fixed / batch,
+            t_auto / t_fixed,
+            "<= 1.3x",
+        ),
+        (
+            "alpha=0.5, max_batch_size=64, vs 16 no-grad forwards (per image)",
+            t_fixed_64 / batch,
+            t_forwards_64 / batch,
+            t_fixed_64 / t_forwards_64,
+            "info",
+        ),
+        (
+            f"alpha=0.5, max_batch_size={batch}, vs 16 no-grad forwards (per image)",
+            t_fixed_8 / batch,
             t_forwards_8 / batch,
-            t_evet_8 / t_forwards_8,
+            t_fixed_8 / t_forwards_8,
             "<= 1.2x",
         ),
         ("EVET-GradCAM (8 views) vs GradCAM aug_smooth (6 views)", t_evet_2, t_aug, t_aug / t_evet_2, "> 1x"),

@@ -186,10 +186,12 @@ def alpha_curve(
 
 def _faithful_boost(curve: AlphaCurve) -> Tensor:
     drop = curve.average_drop
-    admissible = drop <= drop.min() + FAITHFUL_BOOST_TOLERANCE + 1e-12
+    finite = torch.isfinite(drop)
+    best = drop[finite].min() if bool(finite.any()) else drop.new_tensor(0.0)
+    admissible = finite & (drop <= best + FAITHFUL_BOOST_TOLERANCE + 1e-12)
     # Rank: admissible alphas first, the largest of them first; the values are what `choose_alpha` minimizes.
     order = torch.arange(drop.numel(), dtype=torch.float64, device=drop.device)
-    return torch.where(admissible, -order, drop.numel() + drop)
+    return torch.where(admissible, -order, drop.numel() + torch.nan_to_num(drop, nan=math.inf))
 
 
 def objective_values(curve: AlphaCurve, objective: AlphaObjective) -> Tensor:
@@ -245,9 +247,13 @@ def choose_alpha(curve: AlphaCurve, objective: AlphaObjective = DEFAULT_ALPHA_OB
 
 def check_alpha_grid(alpha_grid: object) -> tuple[float, ...]:
     """A non-empty, strictly ascending tuple of finite, non-negative real numbers (``ValueError`` otherwise)."""
-    if isinstance(alpha_grid, (str, bytes)) or not isinstance(alpha_grid, (Sequence, Tensor)):
-        raise ValueError(f"Expected `alpha_grid` to be a sequence of non-negative floats, but got {alpha_grid!r}")
-    values = alpha_grid.tolist() if isinstance(alpha_grid, Tensor) else list(alpha_grid)
+    if isinstance(alpha_grid, Tensor) and alpha_grid.ndim == 1:
+        alpha_grid = alpha_grid.tolist()
+    if isinstance(alpha_grid, (str, bytes)) or not isinstance(alpha_grid, Sequence):
+        raise ValueError(
+            f"Expected `alpha_grid` to be a sequence (or 1-D tensor) of non-negative floats, but got {alpha_grid!r}"
+        )
+    values = list(alpha_grid)
     if not values:
         raise ValueError("Expected `alpha_grid` to hold at least one alpha, but got an empty sequence")
     grid = []

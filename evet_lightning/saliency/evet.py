@@ -297,7 +297,9 @@ class EVET:
         num_views = len(views)
         height, width = images.shape[-2:]
         valid = torch.stack([view.valid_mask(height, width, images.device) for view in views])  # (V, H, W)
-        grid = None if self.alpha != "auto" else torch.tensor(self.alpha_grid, device=images.device)
+        grid = (
+            None if self.alpha != "auto" else torch.tensor(self.alpha_grid, device=images.device, dtype=torch.float64)
+        )
         # Images are processed in groups whose views fill about one chunk, so memory follows the chunk size.
         group = max(1, self._chunk // num_views)
         parts: list[dict[str, Tensor]] = []

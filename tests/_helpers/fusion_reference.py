@@ -1,6 +1,6 @@
 """An independent plain-loop reference of EVET's fusion step, written straight from the paper.
 
-Oh et al. (WACV 2021) Eq. (2)-(7) plus design.md section 4, decisions 3-6. Python floats (float64) and
+Oh et al. (WACV 2021) Eq. (2)-(7) plus docs/design.md, decisions 2-4 and 7. Python floats (float64) and
 ``math`` only, loops over images ``b``, pixels ``(r, c)`` and views ``v``; no library code is reused.
 
 - Eq. (2): view ``v`` is kept when ``s_v > threshold * s_0``; view 0 is always kept.

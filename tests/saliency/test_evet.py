@@ -54,7 +54,7 @@ def test_result_fields_shapes_dtypes_devices(score_saliency, alpha):
         assert result.saliency_scores is None
     if alpha == "auto":
         num_alphas = len(result.alpha_grid)
-        expected["alpha_grid"] = ((num_alphas,), torch.float32)
+        expected["alpha_grid"] = ((num_alphas,), torch.float64)
         expected["alpha_scores"] = ((num_alphas, batch), torch.float32)
         assert result.alpha in result.alpha_grid.tolist()
     else:

@@ -203,7 +203,7 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
 
 
 def test_fuse_maps_is_public_api():
-    # design.md section 3 fixes `from evet_lightning.functional import fuse_maps`.
+    # The public API contract fixes `from evet_lightning.functional import fuse_maps`.
     import evet_lightning.functional as functional
 
     assert functional.fuse_maps is fuse_maps
