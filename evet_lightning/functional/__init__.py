@@ -2,6 +2,7 @@
 
 from evet_lightning.functional.average_difference import average_difference
 from evet_lightning.functional.average_drop import average_drop
+from evet_lightning.functional.deletion_insertion import curve_auc, deletion_curve, insertion_curve
 from evet_lightning.functional.energy_pointing_game import energy_pointing_game
 from evet_lightning.functional.fusion import fuse_maps
 from evet_lightning.functional.increase_in_confidence import increase_in_confidence
@@ -12,9 +13,12 @@ from evet_lightning.functional.win import win
 __all__ = [
     "average_difference",
     "average_drop",
+    "curve_auc",
+    "deletion_curve",
     "energy_pointing_game",
     "fuse_maps",
     "increase_in_confidence",
+    "insertion_curve",
     "perturb",
     "resolve_baseline",
     "stability_index",

@@ -2,6 +2,7 @@
 
 from evet_lightning.metrics.average_difference import AverageDifference
 from evet_lightning.metrics.average_drop import AverageDrop
+from evet_lightning.metrics.deletion_insertion import DeletionAUC, InsertionAUC
 from evet_lightning.metrics.energy_pointing_game import EnergyPointingGame
 from evet_lightning.metrics.increase_in_confidence import IncreaseInConfidence
 from evet_lightning.metrics.stability_index import StabilityIndex
@@ -10,8 +11,10 @@ from evet_lightning.metrics.win import Win
 __all__ = [
     "AverageDifference",
     "AverageDrop",
+    "DeletionAUC",
     "EnergyPointingGame",
     "IncreaseInConfidence",
+    "InsertionAUC",
     "StabilityIndex",
     "Win",
 ]
