@@ -2,47 +2,43 @@
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import math
-import operator
-import os
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
-from torchmetrics import Metric
-from torchmetrics.aggregation import SumMetric
 from typing_extensions import override
 
-from evet_lightning.data.batch import BatchUnpacker, check_images, check_labels, check_masks, unpack_batch
+from evet_lightning._validation import check_int
+from evet_lightning.callbacks.arguments import (
+    check_callable,
+    check_class_names,
+    check_fixed_alpha,
+    check_layer_names,
+    check_model,
+    check_prefix,
+    check_stability_transforms,
+    check_target,
+    explained_module,
+)
+from evet_lightning.callbacks.explaining import ExplainedSamples, explain_chunk, module_device
+from evet_lightning.callbacks.explanation_metrics import ExplanationMetrics, MetricsAnchor
+from evet_lightning.callbacks.image_logging import HeatmapStyle, log_heatmaps
+from evet_lightning.callbacks.sampling import SampleBuffer, in_validate, new_buffer, rank_quota
+from evet_lightning.data.batch import BatchUnpacker, check_images, read_batch, unpack_batch, unpack_with
 from evet_lightning.functional.fusion import DEFAULT_ALPHA
 from evet_lightning.functional.perturbation import Baseline, Normalization
-from evet_lightning.metrics import (
-    AverageDifference,
-    AverageDrop,
-    EnergyPointingGame,
-    IncreaseInConfidence,
-    StabilityIndex,
-    Win,
-)
-from evet_lightning.saliency.evet import EVET, CamSpec, EVETResult, check_evet_arguments
-from evet_lightning.saliency.transforms import AffineTransform, Rotate
-from evet_lightning.visualization.heatmaps import captions, heatmap_panel, write_png
+from evet_lightning.saliency.evet import EVET, CamSpec, EVETResult
+from evet_lightning.saliency.settings import EVETSettings, resolve_max_batch_size
+from evet_lightning.saliency.transforms import AffineTransform
 
-__all__ = ["BatchUnpacker", "EVETCallback", "unpack_batch"]
-
-log = logging.getLogger(__name__)
-
-_TARGET_CHOICES = ("label", "prediction")
-_RESULT_TENSORS = ("saliency", "original", "weights", "kept", "targets", "view_scores", "clean_scores", "finite")
+__all__ = ["BatchUnpacker", "EVETCallback", "rank_quota", "unpack_batch"]
 
 if TYPE_CHECKING:
 
@@ -56,181 +52,18 @@ else:
         _LightningCallback = object
 
 
-def _logger_classes(name: str) -> tuple[type, ...]:
-    """A logger class from both Lightning namespaces (``pytorch_lightning`` and ``lightning.pytorch``)."""
-    import pytorch_lightning.loggers as pl_loggers
+def _setting(name: str) -> Any:
+    """A property that reads ``self.settings.<name>``; setting it replaces ``self.settings`` (validated)."""
 
-    classes: list[type] = [getattr(pl_loggers, name)]
-    try:
-        import lightning.pytorch.loggers as lightning_loggers
+    def get(self: EVETCallback) -> Any:
+        return getattr(self.settings, name)
 
-        classes.append(getattr(lightning_loggers, name))
-    except ImportError:
-        pass
-    return tuple(classes)
+    def assign(self: EVETCallback, value: Any) -> None:
+        self.settings = self.settings.replace(**{name: value})
 
-
-# --------------------------------------------------------------------------------------------- samples
-
-
-@dataclass
-class _Batch:
-    """Samples collected from one validation batch (detached clones)."""
-
-    images: Tensor
-    labels: Tensor | None
-    masks: Tensor | None
-    positions: Tensor
-    """``(B,)`` float64: each sample's position in the single-process order (``rank + j * world_size``)."""
-
-
-@dataclass
-class _SampleBuffer:
-    """The first ``capacity`` samples this process sees in one validation epoch."""
-
-    capacity: int
-    rank: int = 0
-    world_size: int = 1
-    batches: list[_Batch] = field(default_factory=list)
-    count: int = 0
-
-    @property
-    def full(self) -> bool:
-        return self.count >= self.capacity
-
-    def add(self, images: Tensor, labels: Tensor | None, masks: Tensor | None) -> None:
-        take = min(self.capacity - self.count, images.shape[0])
-        if take <= 0:
-            return
-        index = torch.arange(self.count, self.count + take, dtype=torch.float64)
-        positions = self.rank + index * self.world_size
-        # Clones outside inference mode: inference tensors could not be used later outside it.
-        with torch.inference_mode(False):
-            self.batches.append(
-                _Batch(
-                    images[:take].detach().clone(),
-                    None if labels is None else labels[:take].detach().clone(),
-                    None if masks is None else masks[:take].detach().clone(),
-                    positions,
-                )
-            )
-        self.count += take
-
-    def chunks(self, size: int) -> Iterator[_Batch]:
-        """The samples in order, in chunks of at most ``size`` that share image shape and label/mask presence."""
-        pending: list[_Batch] = []
-
-        def signature(item: _Batch) -> tuple[object, ...]:
-            return (tuple(item.images.shape[1:]), item.labels is None, item.masks is None)
-
-        def merged() -> Iterator[_Batch]:
-            images = torch.cat([item.images for item in pending])
-            labels = None if pending[0].labels is None else torch.cat([item.labels for item in pending])  # type: ignore[misc]
-            masks = None if pending[0].masks is None else torch.cat([item.masks for item in pending])  # type: ignore[misc]
-            positions = torch.cat([item.positions for item in pending])
-            for start in range(0, images.shape[0], size):
-                stop = start + size
-                yield _Batch(
-                    images[start:stop],
-                    None if labels is None else labels[start:stop],
-                    None if masks is None else masks[start:stop],
-                    positions[start:stop],
-                )
-
-        for item in self.batches:
-            if pending and signature(item) != signature(pending[0]):
-                yield from merged()
-                pending = []
-            pending.append(item)
-        if pending:
-            yield from merged()
-
-
-def rank_quota(num_samples: int, world_size: int, rank: int, dataset_size: int | None = None) -> int:
-    """How many samples rank ``rank`` of ``world_size`` keeps so that the ranks together explain each sample once.
-
-    ``DistributedSampler`` (what Lightning injects for validation, unshuffled) gives rank ``r`` the dataset
-    indices ``r, r + W, r + 2W, ...``, padded with repeats of the first indices to equal length. Keeping the
-    first ``n // W + (r < n % W)`` samples of each rank, with ``n = min(num_samples, dataset_size)``, selects
-    exactly the first ``n`` indices, the same set as one process, and never a padding repeat.
-
-    Example:
-        >>> [rank_quota(9, 2, rank) for rank in range(2)]
-        [5, 4]
-        >>> [rank_quota(32, 2, rank, dataset_size=9) for rank in range(2)]  # never a padding repeat
-        [5, 4]
-    """
-    total = num_samples if dataset_size is None else min(num_samples, dataset_size)
-    return total // world_size + int(rank < total % world_size)
-
-
-def _first_val_dataset_size(trainer: pl.Trainer) -> int | None:
-    """Length of the first validation dataloader's dataset of the running stage, or ``None`` when unknown."""
-    loop = trainer.validate_loop if _in_validate(trainer) else trainer.fit_loop.epoch_loop.val_loop
-    combined = getattr(loop, "_combined_loader", None)
-    loaders = getattr(combined, "iterables", None)
-    if isinstance(loaders, (list, tuple)):
-        loaders = loaders[0] if loaders else None
-    elif isinstance(loaders, Mapping):
-        loaders = next(iter(loaders.values()), None)
-    dataset = getattr(loaders, "dataset", None)
-    if isinstance(dataset, torch.utils.data.IterableDataset):
-        return None
-    try:
-        return len(dataset)  # type: ignore[arg-type]
-    except TypeError:
-        return None
-
-
-def _in_validate(trainer: pl.Trainer) -> bool:
-    """``trainer.validate`` is running (``trainer.validating`` is also true in fit's validation loop)."""
-    return str(getattr(trainer.state.fn, "value", trainer.state.fn)) == "validate"
-
-
-def _fingerprint_terms(images: Tensor, positions: Tensor) -> Tensor:
-    """Per-sample checksums weighted by position; their sum identifies the selected samples (any process count)."""
-    flat = torch.nan_to_num(images.detach().flatten(1).to(torch.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    pixel_weights = torch.cos(torch.arange(flat.shape[1], dtype=torch.float64, device=flat.device) * 0.7548776662)
-    return (flat * pixel_weights).sum(dim=1) * (1.0 + positions.to(flat.device) * 0.6180339887)
-
-
-def _to_cpu(result: EVETResult) -> EVETResult:
-    """A detached CPU copy of ``result`` (no autograd graph, no device memory kept)."""
-    saliency_scores = result.saliency_scores
-    return dataclasses.replace(
-        result,
-        **{name: getattr(result, name).detach().cpu() for name in _RESULT_TENSORS},
-        saliency_scores=None if saliency_scores is None else saliency_scores.detach().cpu(),
+    return property(
+        get, assign, doc=f"EVET's ``{name}`` (see :class:`~evet_lightning.saliency.settings.EVETSettings`)."
     )
-
-
-@dataclass
-class _Heatmaps:
-    """What rank zero renders: the first ``log_images`` explained samples, on the CPU."""
-
-    images: list[Tensor] = field(default_factory=list)
-    original: list[Tensor] = field(default_factory=list)
-    saliency: list[Tensor] = field(default_factory=list)
-    targets: list[int] = field(default_factory=list)
-    clean: list[float] = field(default_factory=list)
-    original_scores: list[float] = field(default_factory=list)
-    evet_scores: list[float] = field(default_factory=list)
-
-    def add(self, images: Tensor, result: EVETResult, limit: int) -> None:
-        take = min(limit - len(self.images), images.shape[0])
-        if take <= 0:
-            return
-        assert result.saliency_scores is not None
-        self.images.extend(images[:take].detach().cpu())
-        self.original.extend(result.original[:take].detach().cpu())
-        self.saliency.extend(result.saliency[:take].detach().cpu())
-        self.targets.extend(result.targets[:take].tolist())
-        self.clean.extend(result.clean_scores[:take].tolist())
-        self.original_scores.extend(result.view_scores[0, :take].tolist())
-        self.evet_scores.extend(result.saliency_scores[:take].tolist())
-
-
-# --------------------------------------------------------------------------------------------- callback
 
 
 class EVETCallback(pl.Callback, _LightningCallback):
@@ -253,9 +86,12 @@ class EVETCallback(pl.Callback, _LightningCallback):
     - ``{prefix}/num_skipped``: samples left out because the image or its logits were not finite.
 
     All values are fractions in [0, 1] (x100 for the paper's percentages), computed over all processes; no
-    NaN is ever logged. Heatmaps ``image | original overlay | EVET overlay`` of the first ``log_images``
-    samples (rank zero's) go to W&B (``{prefix}/heatmaps``), to TensorBoard (``{prefix}/heatmaps/<i>``), or,
-    with any other logger or none, to PNG files under ``<log dir>/evet_heatmaps/epoch_XXX/``.
+    NaN is ever logged. Labelled heatmap sheets (columns ``image | Grad-CAM | EVET-Grad-CAM`` with the CAM's
+    name; the class explained, ``Y`` and each map's ``O`` under the row; small images enlarged to 192 pixels
+    a panel) of the first ``log_images`` samples (rank zero's) go to W&B (``{prefix}/heatmaps``, with the same
+    labels as captions), to TensorBoard (``{prefix}/heatmaps/<i>``), or, with any other logger or none, to PNG
+    files under ``<log dir>/evet_heatmaps/epoch_XXX/``. The last epoch's per-sample results are in
+    :attr:`last_samples`.
 
     The class explained (k) is the sample's label when the batch has one and ``target="label"``, else the
     model's prediction on the untransformed image. The model explained is the LightningModule itself (its
@@ -265,6 +101,9 @@ class EVETCallback(pl.Callback, _LightningCallback):
     through :class:`~evet_lightning.EVET`, which restores every module's mode, parameters' ``.grad`` and
     ``requires_grad``, hooks and RNG states; BatchNorm statistics are not updated (eval mode); global grad
     and inference mode are restored. It works under ``trainer.validate``'s inference mode and fit's no-grad.
+    The metrics ride along on the LightningModule between ``setup`` and ``teardown`` (an attribute
+    ``_evet_metrics_<prefix>`` that follows the module's device but holds no parameter, buffer or
+    ``state_dict`` entry; see :class:`~evet_lightning.callbacks.explanation_metrics.MetricsAnchor`).
 
     The class derives from ``pytorch_lightning.Callback`` and, when the ``lightning`` package is installed, also
     from ``lightning.pytorch.Callback`` (both declare the same hooks), so ``pytorch_lightning.Trainer`` and
@@ -300,7 +139,8 @@ class EVETCallback(pl.Callback, _LightningCallback):
         normalization: ``(mean, std)`` the images were normalized with: ``"black"`` is then black in pixels
             and heatmaps show the images in their true colours.
         max_batch_size: at most this many images (views) go through the model at once; also the number of
-            samples explained per EVET call.
+            samples explained per EVET call. ``"auto"``: see
+            :func:`~evet_lightning.saliency.settings.resolve_max_batch_size`.
         num_samples: how many validation samples to explain (in total over all processes), >= 1.
         every_n_epochs: explain every n-th validation run of ``trainer.fit`` (the first one included; with
             ``val_check_interval`` every validation run counts), >= 1. ``trainer.validate`` always explains.
@@ -315,6 +155,8 @@ class EVETCallback(pl.Callback, _LightningCallback):
         model: the module to explain: ``None`` for the LightningModule itself, a dotted attribute name of it
             (``"model"``), or a callable ``pl_module -> nn.Module`` (use a module-level function, not a lambda,
             if the callback must pickle, e.g. for ``strategy="ddp_spawn"``).
+        class_names: the name of each class by index, for the heatmaps' row labels (``"class 2: triangle"``);
+            ``None`` shows the index only, as does an index beyond the names.
 
     Raises:
         ValueError: in the constructor for any invalid argument; in ``setup`` for a layer name that is not in
@@ -345,7 +187,7 @@ class EVETCallback(pl.Callback, _LightningCallback):
         alpha: float = DEFAULT_ALPHA,
         baseline: Baseline = "black",
         normalization: Normalization = None,
-        max_batch_size: int = 64,
+        max_batch_size: int | Literal["auto"] = 64,
         num_samples: int = 32,
         every_n_epochs: int = 1,
         target: Literal["label", "prediction"] = "label",
@@ -354,10 +196,13 @@ class EVETCallback(pl.Callback, _LightningCallback):
         prefix: str = "evet",
         batch_unpacker: BatchUnpacker | None = None,
         model: str | Callable[[Any], nn.Module] | None = None,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
-        self.transforms = check_evet_arguments(
+        check_fixed_alpha(alpha)
+        self.settings = EVETSettings(
             cam=cam,
+            target_layers=check_layer_names(target_layers),
             transforms=transforms,
             threshold=threshold,
             alpha=alpha,
@@ -365,37 +210,17 @@ class EVETCallback(pl.Callback, _LightningCallback):
             normalization=normalization,
             max_batch_size=max_batch_size,
         )
-        _check_int("num_samples", num_samples, 1)
-        _check_int("every_n_epochs", every_n_epochs, 1)
-        _check_int("log_images", log_images, 0)
-        if target not in _TARGET_CHOICES:
-            raise ValueError(f"Expected `target` to be one of {_TARGET_CHOICES}, but got {target!r}")
-        if not isinstance(prefix, str) or not prefix.strip("/"):
-            raise ValueError(f"Expected `prefix` to be a non-empty string, but got {prefix!r}")
-        if batch_unpacker is not None and not callable(batch_unpacker):
-            raise ValueError(f"Expected `batch_unpacker` to be callable or None, but got {batch_unpacker!r}")
-        if model is not None and not isinstance(model, str) and not callable(model):
-            raise ValueError(
-                "Expected `model` to be None, an attribute name or a callable pl_module -> nn.Module, "
-                f"but got {model!r}"
-            )
-        self.cam = cam
-        self.cam_name = cam if isinstance(cam, str) else cam.__name__
-        self.target_layers = _check_layer_names(target_layers)
-        self.threshold = threshold
-        self.alpha = alpha
-        self.baseline = baseline
-        self.normalization = normalization
-        self.max_batch_size = max_batch_size
-        self.num_samples = num_samples
-        self.every_n_epochs = every_n_epochs
-        self.target = target
-        self.stability_transforms = _check_stability_transforms(stability_transforms)
-        self.log_images = log_images
-        self.prefix = prefix.strip("/")
-        self.batch_unpacker = batch_unpacker
-        self.model = model
-        self._metrics = self._build_metrics()
+        """EVET's settings, validated once: ``EVET(module, **settings.evet_kwargs())`` in ``setup``."""
+        self.num_samples = check_int("num_samples", num_samples, 1)
+        self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, 1)
+        self.log_images = check_int("log_images", log_images, 0)
+        self.target = check_target(target)
+        self.prefix = check_prefix(prefix)
+        self.batch_unpacker = check_callable("batch_unpacker", batch_unpacker)
+        self.model = check_model(model)
+        self.stability_transforms = check_stability_transforms(stability_transforms)
+        self.class_names = check_class_names(class_names)
+        self._metrics = ExplanationMetrics(self.prefix, stability=bool(self.stability_transforms))
         # Run state (plain values, saved in `state_dict`).
         self.validation_runs = 0
         self.epochs_explained = 0
@@ -406,15 +231,48 @@ class EVETCallback(pl.Callback, _LightningCallback):
         self._evet: EVET | None = None
         self._layers_resolved = False
         self._batch_checked = False
-        self._buffer: _SampleBuffer | None = None
-        self.last_results: list[EVETResult] = []
-        """The EVET results (on the CPU, one per chunk of samples) of the last explained epoch, this process."""
+        self._buffer: SampleBuffer | None = None
+        self.last_samples: ExplainedSamples | None = None
+        """Per-sample results of the last explained epoch on this process, on the CPU (``None`` before one)."""
         self.last_timing: dict[str, float] = {}
         """Wall seconds of the last explained epoch on this process: ``seconds`` (all the epoch-end work),
         ``evet_seconds`` (the EVET runs on the samples, stability runs excluded), ``num_samples`` and
         ``seconds_per_image`` (``evet_seconds / num_samples``)."""
 
-    # ----------------------------------------------------------------------------- identity and state
+    # ----------------------------------------------------------------------------- settings and identity
+
+    cam = _setting("cam")
+    threshold = _setting("threshold")
+    alpha = _setting("alpha")
+    baseline = _setting("baseline")
+    normalization = _setting("normalization")
+    max_batch_size = _setting("max_batch_size")
+
+    @property
+    def cam_name(self) -> str:
+        cam = self.settings.cam
+        return cam if isinstance(cam, str) else cam.__name__
+
+    @property
+    def target_layers(self) -> list[str] | None:
+        """The layer names the CAM explains, as a list (``None``: auto-detected in ``setup``)."""
+        names = self.settings.target_layers
+        return None if names is None else [names] if isinstance(names, str) else list(names)
+
+    @property
+    def transforms(self) -> list[AffineTransform]:
+        """EVET's transforms ``T_1 .. T_n``."""
+        return list(self.settings.transforms or ())
+
+    @property
+    def last_results(self) -> list[EVETResult]:
+        """The EVET results (on the CPU, one per chunk of samples) of the last explained epoch, this process."""
+        return [] if self.last_samples is None else self.last_samples.results
+
+    @property
+    def metric_keys(self) -> list[str]:
+        """Every key this callback can log (``energy_pointing_game`` only appears when masks are available)."""
+        return self._metrics.keys()
 
     @property
     @override
@@ -444,14 +302,9 @@ class EVETCallback(pl.Callback, _LightningCallback):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.update(
-            _evet=None, _layers_resolved=False, _batch_checked=False, _buffer=None, last_results=[], last_timing={}
+            _evet=None, _layers_resolved=False, _batch_checked=False, _buffer=None, last_samples=None, last_timing={}
         )
         return state
-
-    @property
-    def metric_keys(self) -> list[str]:
-        """Every key this callback can log (``energy_pointing_game`` only appears when masks are available)."""
-        return [f"{self.prefix}/{name}" for name in self._metrics if not name.startswith("_")]
 
     # ----------------------------------------------------------------------------- hooks
 
@@ -459,33 +312,15 @@ class EVETCallback(pl.Callback, _LightningCallback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage not in ("fit", "validate"):
             return
-        module = self._explained_module(pl_module)
-        self._evet = EVET(
-            module,
-            target_layers=self.target_layers,
-            cam=self.cam,
-            transforms=self.transforms,
-            threshold=self.threshold,
-            alpha=self.alpha,
-            baseline=self.baseline,
-            normalization=self.normalization,
-            max_batch_size=self.max_batch_size,
-        )
-        self._layers_resolved = self._batch_checked = False
-        if trainer.world_size > 1:
-            # Our values are already global (torchmetrics syncs on compute), so logging them with sync_dist=False
-            # is right; silence Lightning's generic advice to use sync_dist=True, for our keys only.
-            warnings.filterwarnings(
-                "ignore", message=rf"It is recommended to use `self\.log\('{re.escape(self.prefix)}/"
-            )
-        example = getattr(pl_module, "example_input_array", None)
-        if isinstance(example, Tensor) and example.ndim == 4 and example.is_floating_point():
-            self._resolve_layers(example.to(_module_device(module)))
+        self._prepare(trainer, pl_module)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._evet = None  # holds the model: drop it between runs
-        self._buffer = None
+        self._release(pl_module)
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._release(pl_module)  # Lightning skips `teardown` when a run fails
 
     @override
     def on_train_batch_start(
@@ -493,29 +328,13 @@ class EVETCallback(pl.Callback, _LightningCallback):
     ) -> None:
         if self._layers_resolved or self._evet is None:
             return
-        # No sanity check ran (num_sanity_val_steps=0): find the layer before the first training step.
-        try:
-            images = check_images(self._unpack(batch)[0])
-        except ValueError:
-            return  # a training batch we cannot read: the first validation batch resolves the layer instead
-        self._resolve_layers(images)
+        self._resolve_layers_from_training_batch(batch)
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self._evet is None:
             return
-        if _in_validate(trainer):
-            explain = True  # an evaluation run always explains; the cadence counts fit's validation runs
-        else:
-            explain = self.validation_runs % self.every_n_epochs == 0
-            self.validation_runs += 1
-        self._buffer = None
-        if not explain:
-            return
-        world_size, rank = trainer.world_size, trainer.global_rank
-        dataset_size = _first_val_dataset_size(trainer) if world_size > 1 else None
-        capacity = rank_quota(self.num_samples, world_size, rank, dataset_size)
-        self._buffer = _SampleBuffer(capacity=capacity, rank=rank, world_size=world_size)
+        self._buffer = new_buffer(trainer, self.num_samples) if self._explains_this_run(trainer) else None
 
     @override
     def on_validation_batch_end(
@@ -530,83 +349,38 @@ class EVETCallback(pl.Callback, _LightningCallback):
         if dataloader_idx != 0 or self._evet is None:
             return
         if trainer.sanity_checking:
-            if not self._batch_checked:  # fail early on a batch we cannot read or a model with no CAM layer
-                images, _, _ = self._read_batch(batch)
-                self._resolve_layers(images)
-                self._batch_checked = True
-            return
-        if self._buffer is None or self._buffer.full:
-            return
-        self._buffer.add(*self._read_batch(batch))
+            self._check_sanity_batch(batch)
+        elif self._buffer is not None and not self._buffer.full:
+            self._buffer.add(*self._read_batch(batch))
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self._buffer is None or self._evet is None:
             return
-        buffer, self._buffer = self._buffer, None
-        start = time.perf_counter()
-        heatmaps = _Heatmaps()
-        with torch.inference_mode(False), torch.no_grad():
-            for metric in self._metrics.values():
-                metric.to(_module_device(self._evet.model))
-            self._explain(buffer, heatmaps if trainer.is_global_zero else None)
-            values = self._compute_and_reset()
-        for key, value in values.items():
-            pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False, rank_zero_only=False)
-        self.epochs_explained += 1
-        self._log_heatmaps(trainer, heatmaps)
-        self.last_timing["seconds"] = time.perf_counter() - start
+        self._run_explanation(trainer, pl_module)
 
-    # ----------------------------------------------------------------------------- helpers
+    # ----------------------------------------------------------------------------- setup and samples
 
-    def _build_metrics(self) -> dict[str, Metric]:
-        """Ordered metrics; every process computes them in this order. ``_``-names are bookkeeping, not logged."""
-        metrics: dict[str, Metric] = {
-            "_explained": SumMetric(nan_strategy="error"),
-            "_masked": SumMetric(nan_strategy="error"),
-            "_fingerprint": SumMetric(nan_strategy="error").set_dtype(torch.float64),
-            "num_skipped": SumMetric(nan_strategy="error"),
-        }
-        for method in ("original", "evet"):
-            metrics[f"{method}/average_drop"] = AverageDrop()
-            metrics[f"{method}/increase_in_confidence"] = IncreaseInConfidence()
-            metrics[f"{method}/energy_pointing_game"] = EnergyPointingGame()
-            if self.stability_transforms:
-                metrics[f"{method}/stability_index"] = StabilityIndex()
-        metrics["win"] = Win()
-        metrics["average_difference"] = AverageDifference()
-        return metrics
-
-    def _explained_module(self, pl_module: pl.LightningModule) -> nn.Module:
-        if self.model is None:
-            module: object = pl_module
-        elif isinstance(self.model, str):
-            try:
-                module = operator.attrgetter(self.model)(pl_module)
-            except AttributeError as error:
-                raise ValueError(
-                    f"Expected `model={self.model!r}` to name an attribute of the module: {error}"
-                ) from None
-        else:
-            module = self.model(pl_module)
-        if not isinstance(module, nn.Module):
-            raise ValueError(f"Expected `model` to give an nn.Module, but got {type(module).__name__}")
-        return module
-
-    def _unpack(self, batch: Any) -> tuple[Any, Any, Any]:
-        unpacked = unpack_batch(batch) if self.batch_unpacker is None else self.batch_unpacker(batch)
-        if not isinstance(unpacked, tuple) or len(unpacked) != 3:
-            raise ValueError(
-                f"Expected `batch_unpacker` to return (images, labels or None, masks or None), but got {unpacked!r}"
+    def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Build EVET for the explained module, register the metrics on the module, resolve the layer early."""
+        module = explained_module(pl_module, self.model)
+        self._evet = EVET(module, **self.settings.evet_kwargs())
+        self._layers_resolved = self._batch_checked = False
+        MetricsAnchor.attach(pl_module, self.prefix, self._metrics)
+        if trainer.world_size > 1:
+            # Our values are already global (torchmetrics syncs on compute), so logging them with sync_dist=False
+            # is right; silence Lightning's generic advice to use sync_dist=True, for our keys only.
+            warnings.filterwarnings(
+                "ignore", message=rf"It is recommended to use `self\.log\('{re.escape(self.prefix)}/"
             )
-        return unpacked
+        example = getattr(pl_module, "example_input_array", None)
+        if isinstance(example, Tensor) and example.ndim == 4 and example.is_floating_point():
+            self._resolve_layers(example.to(module_device(module)))
 
-    def _read_batch(self, batch: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        images, labels, masks = self._unpack(batch)
-        images = check_images(images)
-        labels = None if labels is None or self.target == "prediction" else check_labels(labels, images.shape[0])
-        masks = None if masks is None else check_masks(masks, images)
-        return images, labels, masks
+    def _release(self, pl_module: pl.LightningModule) -> None:
+        self._evet = None  # holds the model: drop it between runs
+        self._buffer = None
+        MetricsAnchor.detach(pl_module, self.prefix)
 
     def _resolve_layers(self, images: Tensor) -> None:
         if self._evet is None or self._layers_resolved:
@@ -615,101 +389,79 @@ class EVETCallback(pl.Callback, _LightningCallback):
         self._layers_resolved = True
         rank_zero_info(f"EVETCallback: explaining {self.cam_name} at layer(s) {names or '(input gradient)'}")
 
-    def _explain(self, buffer: _SampleBuffer, heatmaps: _Heatmaps | None) -> None:
-        """Run EVET on the buffered samples chunk by chunk and update every metric (empty updates included)."""
-        assert self._evet is not None
-        device = _module_device(self._evet.model)
-        metrics = self._metrics
-        self.last_results = []
-        explained = skipped = masked = 0
-        evet_seconds = 0.0
-        fingerprint = torch.zeros((), dtype=torch.float64, device=device)
-        for chunk in buffer.chunks(self.max_batch_size):
-            images = chunk.images.to(device)
-            labels = None if chunk.labels is None else chunk.labels.to(device)
-            start = _synchronized_time(device)
-            result = self._evet(images, labels, score_saliency=True)
-            evet_seconds += _synchronized_time(device) - start
-            assert result.saliency_scores is not None
-            keep = result.finite
-            fingerprint += _fingerprint_terms(images, chunk.positions).sum()
-            explained += int(keep.sum())
-            skipped += int((~keep).sum())
-            scores, original_scores, evet_scores = result.clean_scores, result.view_scores[0], result.saliency_scores
-            for method, masked_scores in (("original", original_scores), ("evet", evet_scores)):
-                metrics[f"{method}/average_drop"].update(scores[keep], masked_scores[keep])
-                metrics[f"{method}/increase_in_confidence"].update(scores[keep], masked_scores[keep])
-            metrics["win"].update(evet_scores[keep], original_scores[keep])
-            metrics["average_difference"].update(evet_scores[keep], original_scores[keep])
-            if chunk.masks is not None:
-                mask = chunk.masks.to(device)[keep]
-                masked += int(keep.sum())
-                metrics["original/energy_pointing_game"].update(result.original[keep], mask)
-                metrics["evet/energy_pointing_game"].update(result.saliency[keep], mask)
-            self._update_stability(images, result)
-            self.last_results.append(_to_cpu(result))
-            if heatmaps is not None:
-                heatmaps.add(chunk.images, result, self.log_images)
+    def _resolve_layers_from_training_batch(self, batch: Any) -> None:
+        """No sanity check ran (``num_sanity_val_steps=0``): find the layer before the first training step."""
+        try:
+            images = check_images(unpack_with(batch, self.batch_unpacker)[0])
+        except ValueError:
+            return  # a training batch we cannot read: the first validation batch resolves the layer instead
+        self._resolve_layers(images)
+
+    def _check_sanity_batch(self, batch: Any) -> None:
+        """Fail early, in the sanity check, on a batch we cannot read or a model with no CAM layer."""
+        if not self._batch_checked:
+            self._resolve_layers(self._read_batch(batch)[0])
+            self._batch_checked = True
+
+    def _read_batch(self, batch: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        return read_batch(batch, self.batch_unpacker, use_labels=self.target == "label")
+
+    def _explains_this_run(self, trainer: pl.Trainer) -> bool:
+        """``trainer.validate`` always explains; fit's validation runs follow ``every_n_epochs``."""
+        if in_validate(trainer):
+            return True
+        explains = self.validation_runs % self.every_n_epochs == 0
+        self.validation_runs += 1
+        return explains
+
+    # ----------------------------------------------------------------------------- explain, score, log
+
+    def _run_explanation(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The epoch-end work: explain the buffered samples, score them, log the values and the heatmaps."""
+        assert self._buffer is not None
+        buffer, self._buffer = self._buffer, None
+        start = time.perf_counter()
+        with torch.inference_mode(False), torch.no_grad():
+            samples = self._explain(buffer)
+            self._update_metrics(samples)
+            values = self._compute_metrics()
+        for key, value in values.items():
+            pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False, rank_zero_only=False)
+        self.epochs_explained += 1
+        self.last_samples = samples.to_cpu()
+        style = HeatmapStyle(self.cam_name, self.class_names, self.settings.normalization)
+        log_heatmaps(trainer, self.last_samples, f"{self.prefix}/heatmaps", self.log_images, style)
         self.last_timing = {
-            "evet_seconds": evet_seconds,
+            "evet_seconds": samples.evet_seconds,
             "num_samples": float(buffer.count),
-            "seconds_per_image": evet_seconds / max(buffer.count, 1),
+            "seconds_per_image": samples.evet_seconds / max(buffer.count, 1),
+            "seconds": time.perf_counter() - start,
         }
-        self._update_empty_metrics(device)
-        metrics["_explained"].update(torch.tensor(float(explained), device=device))
-        metrics["_masked"].update(torch.tensor(float(masked), device=device))
-        metrics["_fingerprint"].update(fingerprint)
-        metrics["num_skipped"].update(torch.tensor(float(skipped), device=device))
 
-    def _update_stability(self, images: Tensor, result: EVETResult) -> None:
-        """Stability index of J and J* under each stability transform T, on T's valid pixels."""
+    def _explain(self, buffer: SampleBuffer) -> ExplainedSamples:
+        """EVET on every buffered sample, chunk by chunk, on the explained model's device."""
         assert self._evet is not None
-        height, width = images.shape[-2:]
-        for transform in self.stability_transforms:
-            # One EVET run on T(x) gives both maps: its view 0 is J(T(x)) min-max normalized (as
-            # `min_max_normalize(evet.explain(T(x)).maps)` would be, without a second CAM pass), and J*(T(x)).
-            transformed = self._evet(transform.forward(images), result.targets)
-            keep = result.finite & transformed.finite
-            back_original = transform.inverse(transformed.original.unsqueeze(1)).squeeze(1)
-            back_evet = transform.inverse(transformed.saliency.unsqueeze(1)).squeeze(1)
-            valid = transform.valid_mask(height, width, images.device).expand(int(keep.sum()), -1, -1)
-            self._metrics["original/stability_index"].update(result.original[keep], back_original[keep], valid)
-            self._metrics["evet/stability_index"].update(result.saliency[keep], back_evet[keep], valid)
+        evet, device = self._evet, module_device(self._evet.model)
+        max_batch_size = self.settings.max_batch_size
 
-    def _update_empty_metrics(self, device: torch.device) -> None:
-        """Give metrics that saw no sample on this process an empty update: they still sync, without a warning."""
-        empty_scores = torch.zeros(0, device=device)
-        empty_maps = torch.zeros(0, 1, 1, device=device)
-        for name, metric in self._metrics.items():
-            if metric.update_called or name.startswith("_") or name == "num_skipped":
-                continue
-            if isinstance(metric, (AverageDrop, IncreaseInConfidence, Win, AverageDifference)):
-                metric.update(empty_scores, empty_scores)
-            elif isinstance(metric, EnergyPointingGame):
-                metric.update(empty_maps, empty_maps.bool())
-            elif isinstance(metric, StabilityIndex):
-                metric.update(empty_maps, empty_maps)
+        def chunk_size(images: Tensor) -> int:
+            return resolve_max_batch_size(max_batch_size, images[:0].to(device))  # by shape and device type
 
-    def _compute_and_reset(self) -> dict[str, Tensor]:
-        """Compute every metric (synced across processes, same order everywhere), then reset them all."""
-        metrics = self._metrics
-        explained = float(metrics["_explained"].compute())
-        masked = float(metrics["_masked"].compute())
-        fingerprint = float(metrics["_fingerprint"].compute())
-        values = {f"{self.prefix}/num_skipped": metrics["num_skipped"].compute().float()}
-        if explained > 0:
-            for name, metric in metrics.items():
-                if name.startswith("_") or name == "num_skipped":
-                    continue
-                if name.endswith("energy_pointing_game") and masked == 0:
-                    continue
-                values[f"{self.prefix}/{name}"] = metric.compute().float()
-        else:
+        chunks = [explain_chunk(evet, batch, device, self.stability_transforms) for batch in buffer.chunks(chunk_size)]
+        return ExplainedSamples.from_chunks(chunks)
+
+    def _update_metrics(self, samples: ExplainedSamples) -> None:
+        for chunk in samples.chunks:
+            self._metrics.update(chunk)
+        self._metrics.finish_epoch()
+
+    def _compute_metrics(self) -> dict[str, Tensor]:
+        """Compute every metric (synced across processes, same order everywhere), reset them, check the samples."""
+        values, counts = self._metrics.compute()
+        if counts.explained == 0:
             rank_zero_warn("EVETCallback: no sample could be explained this epoch; only num_skipped is logged")
-        for metric in metrics.values():
-            metric.reset()
-        self.last_num_samples = int(explained + float(values[f"{self.prefix}/num_skipped"]))
-        self._check_fingerprint(fingerprint)
+        self.last_num_samples = counts.explained + counts.skipped
+        self._check_fingerprint(counts.fingerprint)
         return values
 
     def _check_fingerprint(self, fingerprint: float) -> None:
@@ -720,101 +472,3 @@ class EVETCallback(pl.Callback, _LightningCallback):
                 "is the first validation dataloader shuffled or changed?"
             )
         self.fingerprint = fingerprint
-
-    def _log_heatmaps(self, trainer: pl.Trainer, heatmaps: _Heatmaps) -> None:
-        if self.log_images == 0:
-            return
-        loggers: list[Any] = list(trainer.loggers)
-        wandb_loggers: list[Any] = [lg for lg in loggers if isinstance(lg, _logger_classes("WandbLogger"))]
-        tensorboard_loggers: list[Any] = [lg for lg in loggers if isinstance(lg, _logger_classes("TensorBoardLogger"))]
-        # `trainer.log_dir` broadcasts: every process must ask for it, or none.
-        directory = None if wandb_loggers or tensorboard_loggers else trainer.log_dir or trainer.default_root_dir
-        if not trainer.is_global_zero or not heatmaps.images:
-            return
-        panels = _render(heatmaps, self.normalization)
-        texts = captions(heatmaps.targets, heatmaps.clean, heatmaps.original_scores, heatmaps.evet_scores)
-        step = trainer.global_step
-        for logger in wandb_loggers:
-            _guarded(_to_wandb, logger, f"{self.prefix}/heatmaps", panels, texts, step)
-        for logger in tensorboard_loggers:
-            _guarded(_to_tensorboard, logger, f"{self.prefix}/heatmaps", panels, texts, step)
-        if directory is not None:
-            folder = os.path.join(directory, "evet_heatmaps", f"epoch_{trainer.current_epoch:03d}")
-            for index, panel in enumerate(panels):
-                write_png(panel, os.path.join(folder, f"step_{step:06d}_sample_{index:02d}.png"))
-            log.info("EVETCallback: wrote %d heatmaps to %s", len(panels), folder)
-
-
-# --------------------------------------------------------------------------------------------- small helpers
-
-
-def _check_int(name: str, value: object, low: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"Expected `{name}` to be an integer >= {low}, but got {value!r}")
-
-
-def _check_layer_names(target_layers: object) -> list[str] | None:
-    """Layer names only: the callback keeps no reference to a model; the names are checked in ``setup``."""
-    if target_layers is None:
-        return None
-    names = [target_layers] if isinstance(target_layers, str) else target_layers
-    if not isinstance(names, Sequence) or not names or not all(isinstance(name, str) and name for name in names):
-        raise ValueError(
-            "Expected `target_layers` to be None or a non-empty layer name or sequence of layer names (dotted, as in "
-            f"`model.named_modules()`), but got {target_layers!r}"
-        )
-    return list(names)
-
-
-def _check_stability_transforms(transforms: Sequence[AffineTransform] | None) -> list[AffineTransform]:
-    if transforms is None:
-        return [Rotate(5.0)]
-    if isinstance(transforms, AffineTransform) or not isinstance(transforms, Sequence):
-        raise ValueError(f"Expected `stability_transforms` to be a sequence of transforms, but got {transforms!r}")
-    for transform in transforms:
-        if not isinstance(transform, AffineTransform):
-            raise ValueError(
-                f"Expected every item of `stability_transforms` to be an AffineTransform, but got {transform!r}"
-            )
-    return list(transforms)
-
-
-def _module_device(module: nn.Module) -> torch.device:
-    tensor = next(module.parameters(), None)
-    buffer = next(module.buffers(), None) if tensor is None else tensor
-    return torch.device("cpu") if buffer is None else buffer.device
-
-
-def _synchronized_time(device: torch.device) -> float:
-    """``time.perf_counter()`` after the device finished its queued work (CUDA is asynchronous)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
-def _render(heatmaps: _Heatmaps, normalization: Normalization) -> list[Tensor]:
-    """One ``(3, H, 3W)`` uint8 panel per sample (samples may differ in size)."""
-    return [
-        heatmap_panel(image.unsqueeze(0), original.unsqueeze(0), saliency.unsqueeze(0), normalization)[0]
-        for image, original, saliency in zip(heatmaps.images, heatmaps.original, heatmaps.saliency, strict=True)
-    ]
-
-
-def _to_wandb(logger: Any, key: str, panels: list[Tensor], texts: list[str], step: int) -> None:
-    logger.log_image(key=key, images=panels, caption=texts, step=step)
-
-
-def _to_tensorboard(logger: Any, key: str, panels: list[Tensor], texts: list[str], step: int) -> None:
-    """One image tag per sample, ``{key}/<i>``, with its caption as a text entry under the same tag."""
-    writer = logger.experiment
-    for index, (panel, text) in enumerate(zip(panels, texts, strict=True)):
-        writer.add_image(f"{key}/{index}", panel, global_step=step)
-        writer.add_text(f"{key}/{index}", text, global_step=step)
-
-
-def _guarded(function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-    """Call a logger; a failing logger costs its images (with a warning), never the metrics or the run."""
-    try:
-        function(*args, **kwargs)
-    except Exception as error:
-        rank_zero_warn(f"EVETCallback: logging heatmaps failed and was skipped: {type(error).__name__}: {error}")

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["BatchUnpacker", "check_images", "check_labels", "check_masks", "unpack_batch"]
+__all__ = ["BatchUnpacker", "check_images", "check_labels", "check_masks", "read_batch", "unpack_batch", "unpack_with"]
 
 #: ``batch -> (images (B, C, H, W), labels (B,) or None, masks (B, H, W) or None)``.
 BatchUnpacker = Callable[[Any], tuple[Tensor, Tensor | None, Tensor | None]]
@@ -92,3 +92,30 @@ def check_masks(masks: object, images: Tensor) -> Tensor:
     if masks.dtype == torch.bool:
         return masks
     return masks > 0.5 if masks.is_floating_point() else masks != 0
+
+
+def unpack_with(batch: Any, batch_unpacker: BatchUnpacker | None = None) -> tuple[Any, Any, Any]:
+    """``batch_unpacker(batch)`` (or :func:`unpack_batch` without one), checked to be a triple; parts unchecked."""
+    unpacked = unpack_batch(batch) if batch_unpacker is None else batch_unpacker(batch)
+    if not isinstance(unpacked, tuple) or len(unpacked) != 3:
+        raise ValueError(
+            f"Expected `batch_unpacker` to return (images, labels or None, masks or None), but got {unpacked!r}"
+        )
+    return unpacked
+
+
+def read_batch(
+    batch: Any, batch_unpacker: BatchUnpacker | None = None, *, use_labels: bool = True
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Unpack ``batch`` (see :func:`unpack_with`) and check each part; ``use_labels=False`` drops the labels.
+
+    Example:
+        >>> images, labels, masks = read_batch((torch.zeros(2, 3, 4, 4), torch.tensor([[0], [1]])))
+        >>> labels.tolist(), masks
+        ([0, 1], None)
+    """
+    images, labels, masks = unpack_with(batch, batch_unpacker)
+    images = check_images(images)
+    labels = None if labels is None or not use_labels else check_labels(labels, images.shape[0])
+    masks = None if masks is None else check_masks(masks, images)
+    return images, labels, masks

@@ -8,7 +8,7 @@ import json
 import os
 import random
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning.pytorch as L
@@ -25,6 +25,20 @@ from evet_lightning.models import SmallCNN
 
 IMAGE_SIZE = 32
 NUM_CLASSES = 4
+
+#: What every callback test's Trainer has unless the test says otherwise: one short, quiet epoch
+#: (the ``make_trainer`` fixture of ``conftest.py`` adds ``default_root_dir=tmp_path``).
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "max_epochs": 1,
+    "limit_train_batches": 2,
+    "logger": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "enable_checkpointing": False,
+}
+
+#: The type of the ``make_trainer`` fixture: ``make_trainer(callbacks=(), *, trainer_class=pl.Trainer, **options)``.
+TrainerFactory = Callable[..., Any]
 
 
 def shapes_loader(

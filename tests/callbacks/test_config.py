@@ -9,11 +9,18 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from evet_lightning import EVETCallback
-from evet_lightning.callbacks.evet_callback import rank_quota
+from evet_lightning import EVET, EVETCallback
+from evet_lightning.callbacks.sampling import rank_quota
 from evet_lightning.data.batch import unpack_batch
+from evet_lightning.saliency.settings import EVETSettings
 from evet_lightning.saliency.transforms import HorizontalFlip, Rotate
-from tests.callbacks._modules import Classifier, ExampleInputClassifier, MLPClassifier, shapes_loader
+from tests.callbacks._modules import (
+    Classifier,
+    ExampleInputClassifier,
+    MLPClassifier,
+    TrainerFactory,
+    shapes_loader,
+)
 
 
 @pytest.mark.parametrize(
@@ -38,6 +45,12 @@ from tests.callbacks._modules import Classifier, ExampleInputClassifier, MLPClas
         ({"stability_transforms": ["rotate"]}, "`stability_transforms`"),
         ({"batch_unpacker": "x"}, "`batch_unpacker`"),
         ({"model": 3}, "`model`"),
+        ({"alpha": "auto"}, "`alpha`"),
+        ({"max_batch_size": "all"}, "`max_batch_size`"),
+        ({"normalization": ((0.5,), (0.0,))}, "`normalization`"),
+        ({"class_names": "cat"}, "`class_names`"),
+        ({"class_names": []}, "`class_names`"),
+        ({"class_names": ["cat", 2]}, "`class_names`"),
     ],
 )
 def test_invalid_configuration_raises_in_constructor(kwargs: dict[str, Any], message: str) -> None:
@@ -62,11 +75,36 @@ def test_defaults_and_state_key() -> None:
     assert "evet/evet/stability_index" not in EVETCallback(stability_transforms=[]).metric_keys
 
 
+def test_evet_settings_are_built_once_and_back_the_attributes() -> None:
+    callback = EVETCallback(
+        alpha=0.25, target_layers="model.features", transforms=[HorizontalFlip()], max_batch_size="auto"
+    )
+    settings = callback.settings
+    assert isinstance(settings, EVETSettings)
+    assert (settings.alpha, settings.target_layers, tuple(settings.transforms or ())) == (
+        0.25,
+        ("model.features",),
+        (HorizontalFlip(),),
+    )
+    assert (callback.alpha, callback.target_layers, callback.transforms) == (
+        0.25,
+        ["model.features"],
+        [HorizontalFlip()],
+    )
+    assert callback.max_batch_size == "auto" and callback.cam == "GradCAM" and callback.baseline == "black"
+    callback.threshold = 0.9  # assigning replaces the settings, validated again
+    assert callback.settings.threshold == 0.9 and callback.settings.alpha == 0.25
+    with pytest.raises(ValueError, match="`threshold`"):
+        callback.threshold = 2.0
+    evet = EVET(Classifier(), **callback.settings.evet_kwargs())
+    assert (evet.alpha, evet.threshold, evet.transforms) == (0.25, 0.9, [HorizontalFlip()])
+
+
 def test_pickle_and_state_dict_round_trip() -> None:
     callback = EVETCallback(num_samples=4, stability_transforms=[HorizontalFlip()], model="model")
     callback.validation_runs, callback.epochs_explained, callback.fingerprint = 3, 2, 1.25
     clone = pickle.loads(pickle.dumps(callback))
-    assert clone.state_dict() == callback.state_dict()
+    assert clone.state_dict() == callback.state_dict() and clone.settings == callback.settings
     assert clone.stability_transforms == [HorizontalFlip()] and clone.model == "model"
     fresh = EVETCallback(num_samples=4)
     fresh.load_state_dict(callback.state_dict())
@@ -101,30 +139,16 @@ def test_rank_quota_selects_each_sample_once() -> None:
                 assert sorted(selected) == list(range(min(num_samples, dataset_size)))
 
 
-def _trainer(tmp_path: Any, **kwargs: Any) -> pl.Trainer:
-    options: dict[str, Any] = {
-        "max_epochs": 1,
-        "limit_train_batches": 2,
-        "logger": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "enable_checkpointing": False,
-        "default_root_dir": tmp_path,
-    }
-    options.update(kwargs)
-    return pl.Trainer(**options)
-
-
-def test_unknown_layer_name_raises_at_setup(tmp_path: Any) -> None:
+def test_unknown_layer_name_raises_at_setup(make_trainer: TrainerFactory) -> None:
     model = Classifier()
-    trainer = _trainer(tmp_path, callbacks=[EVETCallback(target_layers="model.features.block9", num_samples=2)])
+    trainer = make_trainer([EVETCallback(target_layers="model.features.block9", num_samples=2)])
     with pytest.raises(ValueError, match="block9"):
         trainer.fit(model, shapes_loader(8), shapes_loader(4))
     assert model.training_steps == 0
 
 
-def test_model_argument_must_give_a_module(tmp_path: Any) -> None:
-    trainer = _trainer(tmp_path, callbacks=[EVETCallback(model="no_such_attribute", num_samples=2)])
+def test_model_argument_must_give_a_module(make_trainer: TrainerFactory) -> None:
+    trainer = make_trainer([EVETCallback(model="no_such_attribute", num_samples=2)])
     model = Classifier()
     with pytest.raises(ValueError, match="no_such_attribute"):
         trainer.fit(model, shapes_loader(8), shapes_loader(4))
@@ -132,16 +156,16 @@ def test_model_argument_must_give_a_module(tmp_path: Any) -> None:
 
 
 @pytest.mark.parametrize("sanity_steps", [2, 0])
-def test_model_without_spatial_layer_fails_before_training(tmp_path: Any, sanity_steps: int) -> None:
+def test_model_without_spatial_layer_fails_before_training(make_trainer: TrainerFactory, sanity_steps: int) -> None:
     """With a sanity check the first sanity batch finds no layer; without one, the first training batch does."""
     model = MLPClassifier()
-    trainer = _trainer(tmp_path, callbacks=[EVETCallback(num_samples=2)], num_sanity_val_steps=sanity_steps)
+    trainer = make_trainer([EVETCallback(num_samples=2)], num_sanity_val_steps=sanity_steps)
     with pytest.raises(ValueError, match="4-D spatial output"):
         trainer.fit(model, shapes_loader(8), shapes_loader(4))
     assert model.training_steps == 0
 
 
-def test_example_input_array_resolves_layer_in_setup(tmp_path: Any) -> None:
+def test_example_input_array_resolves_layer_in_setup(make_trainer: TrainerFactory) -> None:
     callback = EVETCallback(num_samples=2)
     model = ExampleInputClassifier()
     seen: list[Any] = []
@@ -150,19 +174,20 @@ def test_example_input_array_resolves_layer_in_setup(tmp_path: Any) -> None:
         def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
             seen.append(None if callback._evet is None else callback._evet.target_layer_names)
 
-    trainer = _trainer(tmp_path, callbacks=[callback, Spy()], num_sanity_val_steps=0, limit_train_batches=1)
+    expected = EVET(ExampleInputClassifier()).resolve_target_layers(model.example_input_array)  # the engine's pick
+    trainer = make_trainer([callback, Spy()], num_sanity_val_steps=0, limit_train_batches=1)
     trainer.fit(model, shapes_loader(4), shapes_loader(2))
-    assert seen == [["model.features"]]
+    assert seen == [expected] and expected[0].startswith("model.features")
 
 
-def test_unreadable_batch_fails_in_sanity_check(tmp_path: Any) -> None:
+def test_unreadable_batch_fails_in_sanity_check(make_trainer: TrainerFactory) -> None:
     """Float labels with target='label': a clear error in the sanity check, before any training step."""
 
     def float_labels(batch: Any) -> tuple[torch.Tensor, torch.Tensor, None]:
         return batch[0], batch[1].float(), None
 
     model = Classifier()
-    trainer = _trainer(tmp_path, callbacks=[EVETCallback(num_samples=2, batch_unpacker=float_labels)])
+    trainer = make_trainer([EVETCallback(num_samples=2, batch_unpacker=float_labels)])
     with pytest.raises(ValueError, match="integer class indices"):
         trainer.fit(model, shapes_loader(8), shapes_loader(4))
     assert model.training_steps == 0

@@ -10,12 +10,20 @@ import pytest
 import pytorch_lightning as pl
 
 from evet_lightning import EVETCallback
-from tests.callbacks._modules import DumpMetrics, FrozenClassifier, rank_metrics_path, shapes_loader
+from tests.callbacks._modules import DumpMetrics, FrozenClassifier, TrainerFactory, rank_metrics_path, shapes_loader
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-def _run(tmp_path: Any, num_samples: int, val_size: int, batch_size: int, devices: int, fit: bool) -> dict[str, float]:
+def _run(
+    make_trainer: TrainerFactory,
+    tmp_path: Any,
+    num_samples: int,
+    val_size: int,
+    batch_size: int,
+    devices: int,
+    fit: bool,
+) -> dict[str, float]:
     """Validate (or fit one frozen step, then validate) a seeded model; returns the ``evet/`` values, checked
     equal on every rank."""
     pl.seed_everything(0)
@@ -23,17 +31,11 @@ def _run(tmp_path: Any, num_samples: int, val_size: int, batch_size: int, device
     out_dir = str(tmp_path / f"devices{devices}_fit{fit}")
     os.makedirs(out_dir, exist_ok=True)
     options: dict[str, Any] = {"strategy": "ddp_spawn", "devices": devices} if devices > 1 else {"devices": 1}
-    trainer = pl.Trainer(
+    trainer = make_trainer(
+        [EVETCallback(num_samples=num_samples, log_images=2), DumpMetrics(out_dir)],
         accelerator="cpu",
-        max_epochs=1,
         limit_train_batches=1,
         num_sanity_val_steps=0,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-        callbacks=[EVETCallback(num_samples=num_samples, log_images=2), DumpMetrics(out_dir)],
         **options,
     )
     loader = shapes_loader(val_size, batch_size=batch_size)
@@ -56,11 +58,11 @@ def _run(tmp_path: Any, num_samples: int, val_size: int, batch_size: int, device
     ids=["validate_even_8_of_12", "fit_uneven_9_of_9", "validate_rank1_idle"],
 )
 def test_two_processes_log_the_single_process_values(
-    tmp_path: Any, num_samples: int, val_size: int, batch_size: int, fit: bool
+    make_trainer: TrainerFactory, tmp_path: Any, num_samples: int, val_size: int, batch_size: int, fit: bool
 ) -> None:
     """Even split; uneven split in fit's validation (5 + 4: the padding repeat is not explained twice); a rank
     with nothing to explain (its shard is only a padding repeat). Same values as one process; nobody hangs."""
-    single = _run(tmp_path, num_samples, val_size, batch_size, devices=1, fit=False)
-    double = _run(tmp_path, num_samples, val_size, batch_size, devices=2, fit=fit)
+    single = _run(make_trainer, tmp_path, num_samples, val_size, batch_size, devices=1, fit=False)
+    double = _run(make_trainer, tmp_path, num_samples, val_size, batch_size, devices=2, fit=fit)
     assert set(double) == set(single)
     assert double == pytest.approx(single, abs=1e-5)

@@ -27,6 +27,7 @@ from tests.callbacks._modules import (
     DictBatches,
     DictClassifier,
     RecordingLogger,
+    TrainerFactory,
     shapes_loader,
 )
 
@@ -49,30 +50,16 @@ ALL_KEYS = {
 }
 
 
-def _trainer(tmp_path: Any, callbacks: list[Any], **kwargs: Any) -> pl.Trainer:
-    options: dict[str, Any] = {
-        "max_epochs": 1,
-        "limit_train_batches": 2,
-        "logger": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "enable_checkpointing": False,
-        "default_root_dir": tmp_path,
-    }
-    options.update(kwargs)
-    return pl.Trainer(callbacks=callbacks, **options)
-
-
 def _evet_values(metrics: dict[str, Any]) -> dict[str, float]:
     return {key: float(value) for key, value in metrics.items() if key.startswith(f"{PREFIX}/")}
 
 
 @pytest.mark.parametrize("inference_mode", [True, False])
-def test_fit_and_validate_log_every_key_finite(tmp_path: Any, inference_mode: bool) -> None:
+def test_fit_and_validate_log_every_key_finite(make_trainer: TrainerFactory, inference_mode: bool) -> None:
     """Regression: a naive CAM fails under no_grad/inference_mode ("does not require grad", "inference tensors")."""
     pl.seed_everything(0)
     callback = EVETCallback(num_samples=6, log_images=0)
-    trainer = _trainer(tmp_path, [callback], inference_mode=inference_mode)
+    trainer = make_trainer([callback], inference_mode=inference_mode)
     trainer.fit(Classifier(), shapes_loader(8), shapes_loader(8))
     fitted = _evet_values(trainer.callback_metrics)
     assert set(fitted) == ALL_KEYS
@@ -91,10 +78,10 @@ def test_fit_and_validate_log_every_key_finite(tmp_path: Any, inference_mode: bo
     assert timing["seconds_per_image"] == pytest.approx(timing["evet_seconds"] / 6)
 
 
-def test_same_maps_under_fit_validation_and_validate(tmp_path: Any) -> None:
+def test_same_maps_under_fit_validation_and_validate(make_trainer: TrainerFactory) -> None:
     pl.seed_everything(0)
     callback = EVETCallback(num_samples=5, log_images=0)
-    trainer = _trainer(tmp_path, [callback])
+    trainer = make_trainer([callback])
     trainer.fit(Classifier(), shapes_loader(8), shapes_loader(8, batch_size=3))
     fit_maps = [(r.original, r.saliency, r.targets) for r in callback.last_results]
     fit_values = _evet_values(trainer.callback_metrics)
@@ -110,11 +97,11 @@ def test_same_maps_under_fit_validation_and_validate(tmp_path: Any) -> None:
     assert _evet_values(results[0]) == pytest.approx(fit_values, abs=1e-6)
 
 
-def test_logged_values_match_the_metric_definitions(tmp_path: Any) -> None:
+def test_logged_values_match_the_metric_definitions(make_trainer: TrainerFactory) -> None:
     """Each key gets the right inputs: recompute from the explained maps and scores with the functional metrics."""
     pl.seed_everything(0)
     callback = EVETCallback(num_samples=7, log_images=0, max_batch_size=16)
-    trainer = _trainer(tmp_path, [callback])
+    trainer = make_trainer([callback])
     loader = shapes_loader(10, batch_size=4)
     module = Classifier()
     values = _evet_values(trainer.validate(module, dataloaders=loader, verbose=False)[0])
@@ -123,7 +110,7 @@ def test_logged_values_match_the_metric_definitions(tmp_path: Any) -> None:
     masks = torch.stack([loader.dataset[i][2] for i in range(7)])
     labels = torch.stack([loader.dataset[i][1] for i in range(7)])
     # stability index, independently: J(T(x)) from a plain CAM pass, J*(T(x)) from EVET, both mapped back
-    evet, rotate = EVET(module), Rotate(5.0)
+    evet, rotate = EVET(module, **callback.settings.evet_kwargs()), Rotate(5.0)
     rotated = rotate.forward(images)
     cam_back = rotate.inverse(min_max_normalize(evet.explain(rotated, labels).maps).unsqueeze(1)).squeeze(1)
     evet_back = rotate.inverse(evet(rotated, labels).saliency.unsqueeze(1)).squeeze(1)
@@ -147,11 +134,11 @@ def test_logged_values_match_the_metric_definitions(tmp_path: Any) -> None:
         assert values[f"{PREFIX}/{name}"] == pytest.approx(float(value), abs=1e-6), name
 
 
-def test_prediction_target_dict_batches_without_masks_and_submodule(tmp_path: Any) -> None:
+def test_prediction_target_dict_batches_without_masks_and_submodule(make_trainer: TrainerFactory) -> None:
     """Dict batches with no mask: no pointing game; target='prediction' explains the argmax; model='model'."""
     pl.seed_everything(0)
     callback = EVETCallback(num_samples=4, log_images=0, target="prediction", model="model")
-    trainer = _trainer(tmp_path, [callback])
+    trainer = make_trainer([callback])
     module = DictClassifier()
     values = _evet_values(trainer.validate(module, dataloaders=DataLoader(DictBatches(6), batch_size=4))[0])
     assert set(values) == {key for key in ALL_KEYS if "energy_pointing_game" not in key}
@@ -161,7 +148,7 @@ def test_prediction_target_dict_batches_without_masks_and_submodule(tmp_path: An
     assert torch.equal(callback.last_results[0].targets, predicted)
 
 
-def test_bare_tensor_batches_and_a_non_finite_sample_is_skipped(tmp_path: Any) -> None:
+def test_bare_tensor_batches_and_a_non_finite_sample_is_skipped(make_trainer: TrainerFactory) -> None:
     """A NaN image is skipped and counted; every logged value stays finite."""
     images = torch.stack([shapes_loader(6).dataset[i][0] for i in range(6)])
     images[2] = float("nan")
@@ -171,7 +158,7 @@ def test_bare_tensor_batches_and_a_non_finite_sample_is_skipped(tmp_path: Any) -
             self(batch)
 
     callback = EVETCallback(num_samples=6, log_images=2)
-    trainer = _trainer(tmp_path, [callback])
+    trainer = make_trainer([callback])
     loader = DataLoader(images, batch_size=4)  # bare tensors: no labels, no masks
     values = _evet_values(trainer.validate(TensorClassifier(), dataloaders=loader, verbose=False)[0])
     assert values[f"{PREFIX}/num_skipped"] == 1.0
@@ -180,7 +167,7 @@ def test_bare_tensor_batches_and_a_non_finite_sample_is_skipped(tmp_path: Any) -
     assert callback.last_num_samples == 6
 
 
-def test_every_n_epochs_and_only_the_first_dataloader(tmp_path: Any) -> None:
+def test_every_n_epochs_and_only_the_first_dataloader(make_trainer: TrainerFactory) -> None:
     pl.seed_everything(0)
     callback = EVETCallback(num_samples=3, log_images=0, every_n_epochs=2)
     logger = RecordingLogger()
@@ -190,7 +177,7 @@ def test_every_n_epochs_and_only_the_first_dataloader(tmp_path: Any) -> None:
             super().validation_step(batch, batch_idx)
 
     first, second = shapes_loader(4, seed=1), shapes_loader(4, seed=7)
-    trainer = _trainer(tmp_path, [callback], max_epochs=3, limit_train_batches=1, logger=logger)
+    trainer = make_trainer([callback], max_epochs=3, limit_train_batches=1, logger=logger)
     trainer.fit(TwoLoaders(), shapes_loader(4), [first, second])
     assert logger.epochs_with(f"{PREFIX}/win") == [0, 2]
     assert logger.epochs_with("val_loss/dataloader_idx_0") == [0, 1, 2]
@@ -202,23 +189,23 @@ def test_every_n_epochs_and_only_the_first_dataloader(tmp_path: Any) -> None:
     assert torch.equal(callback.last_results[0].targets, labels)
 
 
-def test_subset_larger_than_validation_set(tmp_path: Any) -> None:
+def test_subset_larger_than_validation_set(make_trainer: TrainerFactory) -> None:
     callback = EVETCallback(num_samples=32, log_images=0)
     x = torch.stack([shapes_loader(3).dataset[i][0] for i in range(3)])
     y = torch.stack([shapes_loader(3).dataset[i][1] for i in range(3)])
-    trainer = _trainer(tmp_path, [callback])
+    trainer = make_trainer([callback])
     trainer.validate(Classifier(), dataloaders=DataLoader(TensorDataset(x, y), batch_size=2), verbose=False)
     assert callback.last_num_samples == 3
 
 
-def test_inference_mode_run_then_no_grad_run_with_the_same_callback(tmp_path: Any) -> None:
+def test_inference_mode_run_then_no_grad_run_with_the_same_callback(make_trainer: TrainerFactory) -> None:
     """Metric states reset under inference mode would be inference tensors, unusable in a later no_grad run."""
     callback = EVETCallback(num_samples=2, log_images=0)
     module = Classifier()
     for inference_mode in (True, False, True):
-        trainer = _trainer(tmp_path, [callback], inference_mode=inference_mode)
+        trainer = make_trainer([callback], inference_mode=inference_mode)
         values = _evet_values(trainer.validate(module, dataloaders=shapes_loader(2), verbose=False)[0])
         assert set(values) == ALL_KEYS
-    trainer = _trainer(tmp_path, [callback], inference_mode=False)
+    trainer = make_trainer([callback], inference_mode=False)
     trainer.fit(module, shapes_loader(4), shapes_loader(2))
     assert callback.epochs_explained == 4

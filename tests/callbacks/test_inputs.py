@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from evet_lightning import EVETCallback
-from tests.callbacks._modules import Classifier, shapes_loader
+from tests.callbacks._modules import Classifier, TrainerFactory, shapes_loader
 
 
 class Stream(IterableDataset[tuple[Tensor, Tensor]]):
@@ -42,9 +42,9 @@ def _values(results: list[dict[str, float]]) -> dict[str, float]:
     return {key: value for key, value in results[0].items() if key.startswith("evet/")}
 
 
-def test_iterable_grayscale_non_square_batch_of_one(tmp_path: Any) -> None:
+def test_iterable_grayscale_non_square_batch_of_one(make_trainer: TrainerFactory) -> None:
     callback = EVETCallback(num_samples=4, log_images=2, stability_transforms=[])
-    trainer = pl.Trainer(logger=False, enable_progress_bar=False, default_root_dir=tmp_path, callbacks=[callback])
+    trainer = make_trainer([callback])
     images = DataLoader(Stream(), batch_size=1)
     values = _values(trainer.validate(GreyClassifier(), dataloaders=images, verbose=False))
     assert "evet/evet/stability_index" not in values and "evet/win" in values
@@ -54,9 +54,9 @@ def test_iterable_grayscale_non_square_batch_of_one(tmp_path: Any) -> None:
     assert result.saliency.shape == (4, 24, 40)
 
 
-def test_fast_dev_run(tmp_path: Any) -> None:
+def test_fast_dev_run(make_trainer: TrainerFactory) -> None:
     callback = EVETCallback(num_samples=8, log_images=1)
-    trainer = pl.Trainer(fast_dev_run=True, enable_progress_bar=False, default_root_dir=tmp_path, callbacks=[callback])
+    trainer = make_trainer([callback], fast_dev_run=True)
     trainer.fit(Classifier(), shapes_loader(4, seed=0), shapes_loader(8))
     assert callback.last_num_samples == 4  # fast_dev_run validates one batch
     assert math.isfinite(float(trainer.callback_metrics["evet/evet/average_drop"]))

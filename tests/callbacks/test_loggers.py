@@ -1,4 +1,4 @@
-"""Heatmaps: rendering, and delivery to W&B (offline), TensorBoard, CSVLogger and no logger."""
+"""Heatmaps delivered to W&B (offline), TensorBoard, CSVLogger and no logger: labelled, enlarged sheets."""
 
 from __future__ import annotations
 
@@ -13,75 +13,49 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from torchvision.io import decode_png, read_image
 
 from evet_lightning import EVETCallback
-from evet_lightning.visualization.heatmaps import captions, denormalize, heatmap_panel, jet_colormap, overlay
-from tests.callbacks._modules import Classifier, shapes_loader
+from evet_lightning.data import SyntheticShapes
+from evet_lightning.visualization.heatmaps import MIN_PANEL_SIZE, SheetLayout, class_label
+from tests.callbacks._modules import NUM_CLASSES, Classifier, TrainerFactory, shapes_loader
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
 
 IMAGE_SIZE = 32
 NUM_IMAGES = 3
+CLASS_NAMES = SyntheticShapes(num_samples=1, num_classes=NUM_CLASSES).classes
+#: One labelled row per sample: 32-pixel images enlarged 6x to 192-pixel panels, the class and Y under the
+#: image, O under each map, and the footnote.
+SHEET = SheetLayout.for_panels(rows=1, panel_height=192, panel_width=192, caption_lines=2, footnote_lines=2)
 
 
-def _validate(tmp_path: Any, logger: Any, **callback_kwargs: Any) -> pl.Trainer:
+def _validate(make_trainer: TrainerFactory, logger: Any, **callback_kwargs: Any) -> pl.Trainer:
     pl.seed_everything(0)
     callback = EVETCallback(num_samples=4, log_images=NUM_IMAGES, **callback_kwargs)
-    trainer = pl.Trainer(
-        logger=logger,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=[callback],
-    )
+    trainer = make_trainer([callback], logger=logger)
     trainer.validate(Classifier(), dataloaders=shapes_loader(4), verbose=False)
     return trainer
 
 
+def _row_labels() -> list[str]:
+    """The row labels of the logged samples: the first validation samples' classes, by name."""
+    dataset = shapes_loader(4).dataset
+    return [class_label(int(dataset[index][1]), CLASS_NAMES) for index in range(NUM_IMAGES)]
+
+
 def _assert_heatmap(image: torch.Tensor) -> None:
+    """A labelled sheet: 192-pixel panels for the 32-pixel images, whose pixels are 6 x 6 blocks."""
+    assert SHEET.panel_width == MIN_PANEL_SIZE
     assert image.dtype == torch.uint8
-    assert tuple(image.shape) == (3, IMAGE_SIZE, 3 * IMAGE_SIZE)
-
-
-def test_jet_colormap_and_panel_values() -> None:
-    colours = jet_colormap(torch.tensor([[0.0, 0.25, 0.5, 0.75, 1.0, float("nan")]]))[:, 0]
-    expected = torch.tensor(
-        [
-            [0.0, 0.0, 0.5, 1.0, 0.5, 0.0],  # red
-            [0.0, 0.5, 1.0, 0.5, 0.0, 0.0],  # green
-            [0.5, 1.0, 0.5, 0.0, 0.0, 0.5],  # blue; NaN shows as 0 (dark blue)
-        ]
-    )
-    torch.testing.assert_close(colours, expected)
-    image = torch.rand(1, 3, 5, 7)
-    saliency = torch.rand(1, 5, 7)
-    blended = overlay(image, saliency, opacity=0.25)
-    torch.testing.assert_close(blended, 0.75 * image + 0.25 * jet_colormap(saliency))
-    panel = heatmap_panel(image, saliency, torch.zeros(1, 5, 7))
-    _assert_panel_shape(panel, 5, 7)
-    torch.testing.assert_close(panel[0, :, :, :7], (image[0] * 255).round().to(torch.uint8), rtol=0, atol=1)
-
-
-def _assert_panel_shape(panel: torch.Tensor, height: int, width: int) -> None:
-    assert panel.dtype == torch.uint8 and tuple(panel.shape) == (1, 3, height, 3 * width)
-
-
-def test_panel_denormalizes_and_handles_grey_and_nan() -> None:
-    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
-    pixels = torch.rand(2, 3, 6, 6)
-    normalized = (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
-    torch.testing.assert_close(denormalize(normalized, (mean, std)), pixels)
-    panel = heatmap_panel(normalized, torch.rand(2, 6, 6), torch.rand(2, 6, 6), normalization=(mean, std))
-    torch.testing.assert_close(panel[:, :, :, :6], (pixels * 255).round().to(torch.uint8), rtol=0, atol=1)
-    grey = heatmap_panel(
-        torch.full((1, 1, 4, 4), float("nan")), torch.full((1, 4, 4), float("nan")), torch.ones(1, 4, 4)
-    )
-    assert grey.shape == (1, 3, 4, 12)
-    assert captions([2], [0.91234], [0.5], [0.75]) == ["class 2, p(x)=0.912, original 0.500 -> EVET 0.750"]
-    with pytest.raises(ValueError, match="same size"):
-        heatmap_panel(torch.rand(1, 3, 4, 4), torch.rand(1, 4, 5), torch.rand(1, 4, 5))
+    assert tuple(image.shape) == (3, SHEET.height, SHEET.width)
+    top, left = SHEET.panel_box(0, 0)
+    panel = image[:, top : top + SHEET.panel_height, left : left + SHEET.panel_width]
+    blocks = panel.reshape(3, IMAGE_SIZE, 6, IMAGE_SIZE, 6)
+    assert torch.equal(blocks, blocks[:, :, :1, :, :1].expand_as(blocks))
 
 
 @pytest.mark.timeout(120)
-def test_wandb_offline_writes_heatmap_pngs(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wandb_offline_writes_heatmap_pngs(
+    make_trainer: TrainerFactory, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import wandb
 
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -89,7 +63,7 @@ def test_wandb_offline_writes_heatmap_pngs(tmp_path: Any, monkeypatch: pytest.Mo
     monkeypatch.setenv("WANDB_SILENT", "true")
     logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="evet-tests")
     try:
-        trainer = _validate(tmp_path, logger)
+        trainer = _validate(make_trainer, logger, class_names=CLASS_NAMES)
         run_dir = logger.experiment.dir
     finally:
         wandb.finish()
@@ -100,26 +74,35 @@ def test_wandb_offline_writes_heatmap_pngs(tmp_path: Any, monkeypatch: pytest.Mo
     assert len(images) == NUM_IMAGES
     for path in images:
         _assert_heatmap(read_image(path))
+    (run_file,) = glob.glob(os.path.join(os.path.dirname(run_dir), "*.wandb"))
+    with open(run_file, "rb") as handle:
+        logged = handle.read()
+    for label in _row_labels():  # the captions label the columns and each row
+        assert b"image | Grad-CAM (O = " in logged and f"; {label}, Y = ".encode() in logged
 
 
-def test_tensorboard_event_file_holds_the_image_tags(tmp_path: Any) -> None:
+def test_tensorboard_event_file_holds_the_image_tags(make_trainer: TrainerFactory, tmp_path: Any) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     logger = TensorBoardLogger(str(tmp_path), name="tb")
-    _validate(tmp_path, logger)
+    _validate(make_trainer, logger, class_names=CLASS_NAMES)
     logger.experiment.flush()
-    accumulator = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
+    accumulator = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "tensors": 0})
     accumulator.Reload()
     tags = accumulator.Tags()["images"]
     assert tags == [f"evet/heatmaps/{index}" for index in range(NUM_IMAGES)]
     encoded = accumulator.Images("evet/heatmaps/0")[0].encoded_image_string
     _assert_heatmap(decode_png(torch.frombuffer(bytearray(encoded), dtype=torch.uint8)))
+    for index, label in enumerate(_row_labels()):
+        (text,) = accumulator.Tensors(f"evet/heatmaps/{index}/text_summary")
+        caption = text.tensor_proto.string_val[0].decode()
+        assert caption.startswith("image | Grad-CAM (O = ") and caption.endswith(f"; {label}, Y = {caption[-5:]}")
 
 
 @pytest.mark.parametrize("use_csv", [True, False], ids=["csv_logger", "no_logger"])
-def test_png_files_under_the_log_dir(tmp_path: Any, use_csv: bool) -> None:
+def test_png_files_under_the_log_dir(make_trainer: TrainerFactory, tmp_path: Any, use_csv: bool) -> None:
     logger: Any = CSVLogger(str(tmp_path), name="csv") if use_csv else False
-    trainer = _validate(tmp_path, logger, normalization=((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
+    trainer = _validate(make_trainer, logger, normalization=((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
     log_dir = logger.log_dir if use_csv else str(tmp_path)
     files = sorted(glob.glob(os.path.join(log_dir, "evet_heatmaps", "epoch_000", "*.png")))
     assert [os.path.basename(path) for path in files] == [f"step_000000_sample_{i:02d}.png" for i in range(NUM_IMAGES)]
@@ -132,15 +115,15 @@ def test_png_files_under_the_log_dir(tmp_path: Any, use_csv: bool) -> None:
     assert "evet/win" in trainer.callback_metrics
 
 
-def test_log_images_zero_writes_nothing(tmp_path: Any) -> None:
+def test_log_images_zero_writes_nothing(make_trainer: TrainerFactory, tmp_path: Any) -> None:
     callback = EVETCallback(num_samples=2, log_images=0)
-    trainer = pl.Trainer(logger=False, enable_progress_bar=False, default_root_dir=tmp_path, callbacks=[callback])
+    trainer = make_trainer([callback])
     trainer.validate(Classifier(), dataloaders=shapes_loader(2), verbose=False)
     assert not os.path.exists(os.path.join(tmp_path, "evet_heatmaps"))
     assert "evet/win" in trainer.callback_metrics
 
 
-def test_a_failing_logger_costs_only_its_images(tmp_path: Any) -> None:
+def test_a_failing_logger_costs_only_its_images(make_trainer: TrainerFactory, tmp_path: Any) -> None:
     class BrokenWriter:
         """Lightning's own calls succeed; writing an image fails."""
 
@@ -157,5 +140,5 @@ def test_a_failing_logger_costs_only_its_images(tmp_path: Any) -> None:
             return BrokenWriter()
 
     with pytest.warns(UserWarning, match="no disk"):
-        trainer = _validate(tmp_path, BrokenTensorBoard(str(tmp_path)))
+        trainer = _validate(make_trainer, BrokenTensorBoard(str(tmp_path)))
     assert "evet/win" in trainer.callback_metrics

@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 
 from evet_lightning import EVETCallback
-from tests.callbacks._modules import Classifier, LitClassifier, shapes_loader
+from tests.callbacks._modules import Classifier, LitClassifier, TrainerFactory, shapes_loader
 
 KEYS = ("evet/original/average_drop", "evet/evet/stability_index", "evet/win", "evet/evet/energy_pointing_game")
 
@@ -22,20 +22,11 @@ def test_callback_is_a_callback_of_both_namespaces() -> None:
 
 
 @pytest.mark.parametrize("namespace", ["pytorch_lightning", "lightning.pytorch"])
-def test_fit_and_validate_log_the_keys(tmp_path: Any, namespace: str) -> None:
+def test_fit_and_validate_log_the_keys(make_trainer: TrainerFactory, tmp_path: Any, namespace: str) -> None:
     trainer_class: Any = pl.Trainer if namespace == "pytorch_lightning" else L.Trainer
     module: Any = Classifier() if namespace == "pytorch_lightning" else LitClassifier()
     callback = EVETCallback(num_samples=3, log_images=1)
-    trainer = trainer_class(
-        max_epochs=1,
-        limit_train_batches=2,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-        callbacks=[callback],
-    )
+    trainer = make_trainer([callback], trainer_class=trainer_class)
     trainer.fit(module, shapes_loader(8, seed=0), shapes_loader(4))
     assert all(math.isfinite(float(trainer.callback_metrics[key])) for key in KEYS)
     (results,) = trainer.validate(module, dataloaders=shapes_loader(4), verbose=False)

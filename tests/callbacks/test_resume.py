@@ -10,33 +10,26 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from evet_lightning import EVETCallback
-from tests.callbacks._modules import Classifier, shapes_loader
+from tests.callbacks._modules import Classifier, TrainerFactory, shapes_loader
 
 
-def _trainer(tmp_path: Any, callback: EVETCallback, max_epochs: int, **kwargs: Any) -> pl.Trainer:
-    return pl.Trainer(
-        max_epochs=max_epochs,
-        limit_train_batches=2,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=[callback, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)],
-        **kwargs,
-    )
+def _trainer(make_trainer: TrainerFactory, tmp_path: Any, callback: EVETCallback, max_epochs: int) -> pl.Trainer:
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
+    return make_trainer([callback, checkpoints], max_epochs=max_epochs, enable_checkpointing=True)
 
 
-def _first_run(tmp_path: Any) -> EVETCallback:
+def _first_run(make_trainer: TrainerFactory, tmp_path: Any) -> EVETCallback:
     pl.seed_everything(0)
     callback = EVETCallback(num_samples=5, log_images=0, every_n_epochs=2)
-    _trainer(tmp_path, callback, max_epochs=3).fit(Classifier(), shapes_loader(8, seed=0), shapes_loader(8))
+    trainer = _trainer(make_trainer, tmp_path, callback, max_epochs=3)
+    trainer.fit(Classifier(), shapes_loader(8, seed=0), shapes_loader(8))
     # validation runs 1 and 3 were explained
     assert callback.state_dict()["validation_runs"] == 3 and callback.state_dict()["epochs_explained"] == 2
     return callback
 
 
-def test_resume_restores_state_and_explains_the_same_samples(tmp_path: Any) -> None:
-    first = _first_run(tmp_path)
+def test_resume_restores_state_and_explains_the_same_samples(make_trainer: TrainerFactory, tmp_path: Any) -> None:
+    first = _first_run(make_trainer, tmp_path)
     resumed = EVETCallback(num_samples=5, log_images=0, every_n_epochs=2)
     loaded: list[dict[str, Any]] = []
 
@@ -44,7 +37,7 @@ def test_resume_restores_state_and_explains_the_same_samples(tmp_path: Any) -> N
         def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
             loaded.append(resumed.state_dict())
 
-    trainer = _trainer(tmp_path, resumed, max_epochs=5)
+    trainer = _trainer(make_trainer, tmp_path, resumed, max_epochs=5)
     trainer.callbacks.append(Spy())
     trainer.fit(Classifier(), shapes_loader(8, seed=0), shapes_loader(8), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     assert loaded == [first.state_dict()]
@@ -56,10 +49,10 @@ def test_resume_restores_state_and_explains_the_same_samples(tmp_path: Any) -> N
     assert torch.equal(resumed.last_results[0].targets, labels)
 
 
-def test_resume_with_different_samples_warns(tmp_path: Any) -> None:
-    first = _first_run(tmp_path)
+def test_resume_with_different_samples_warns(make_trainer: TrainerFactory, tmp_path: Any) -> None:
+    first = _first_run(make_trainer, tmp_path)
     resumed = EVETCallback(num_samples=5, log_images=0, every_n_epochs=2)
-    trainer = _trainer(tmp_path, resumed, max_epochs=5)
+    trainer = _trainer(make_trainer, tmp_path, resumed, max_epochs=5)
     shuffled = shapes_loader(8, shuffle=True, seed=3)
     with pytest.warns(UserWarning, match="differ from those before the checkpoint"):
         trainer.fit(Classifier(), shapes_loader(8, seed=0), shuffled, ckpt_path=tmp_path / "ckpt" / "last.ckpt")

@@ -13,6 +13,7 @@ from evet_lightning import EVETCallback
 from tests.callbacks._modules import (
     Classifier,
     RssRecorder,
+    TrainerFactory,
     count_graph_tensors,
     iterate_tensors,
     probes,
@@ -20,18 +21,8 @@ from tests.callbacks._modules import (
 )
 
 
-def _fit(tmp_path: Any, model: Classifier, callbacks: list[Any], **kwargs: Any) -> pl.Trainer:
-    options: dict[str, Any] = {
-        "max_epochs": 1,
-        "logger": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "enable_checkpointing": False,
-        "default_root_dir": tmp_path,
-        "deterministic": True,
-    }
-    options.update(kwargs)
-    trainer = pl.Trainer(callbacks=callbacks, **options)
+def _fit(make_trainer: TrainerFactory, model: Classifier, callbacks: list[Any], **options: Any) -> pl.Trainer:
+    trainer = make_trainer(callbacks, deterministic=True, **options)
     trainer.fit(model, shapes_loader(32, seed=0, batch_size=4, shuffle=True), shapes_loader(8, batch_size=4))
     return trainer
 
@@ -60,14 +51,14 @@ def _seeded_model(**kwargs: Any) -> Classifier:
     return Classifier(**kwargs)
 
 
-def test_gradient_accumulation_weights_bit_identical(tmp_path: Any) -> None:
+def test_gradient_accumulation_weights_bit_identical(make_trainer: TrainerFactory, tmp_path: Any) -> None:
     """Validation falls mid-accumulation (interval 2, accumulation 4); dropout makes any RNG use visible."""
     options = {"accumulate_grad_batches": 4, "val_check_interval": 2, "limit_train_batches": 8, "max_epochs": 2}
     reference = _seeded_model()
-    _fit(tmp_path / "reference", reference, [], **options)
+    _fit(make_trainer, reference, [], default_root_dir=tmp_path / "reference", **options)
     model = _seeded_model()
     callback = EVETCallback(num_samples=4, log_images=0)
-    trainer = _fit(tmp_path / "with_callback", model, [callback], **options)
+    trainer = _fit(make_trainer, model, [callback], default_root_dir=tmp_path / "with_callback", **options)
     assert callback.epochs_explained == 8  # 4 validations per epoch, every one explained
     assert "evet/win" in trainer.callback_metrics
     for (name, param), (_, expected) in zip(model.state_dict().items(), reference.state_dict().items(), strict=True):
@@ -81,7 +72,7 @@ def test_gradient_accumulation_weights_bit_identical(tmp_path: Any) -> None:
     [{}, {"freeze_backbone": True}, {"eval_block": True}],
     ids=["batchnorm", "frozen_backbone", "partly_eval"],
 )
-def test_hook_leaves_model_optimizer_and_rng_untouched(tmp_path: Any, variant: dict[str, bool]) -> None:
+def test_hook_leaves_model_optimizer_and_rng_untouched(make_trainer: TrainerFactory, variant: dict[str, bool]) -> None:
     """Across the callback's epoch-end work (mid-accumulation): params, BN buffers, .grad tensors, requires_grad,
     training flags, hooks, optimizer state, RNG states (torch, numpy, random), grad and inference mode."""
     before, after = probes(count_graphs=not variant)  # also: no new autograd graph outlives the hook
@@ -89,7 +80,7 @@ def test_hook_leaves_model_optimizer_and_rng_untouched(tmp_path: Any, variant: d
     model = _seeded_model(**variant)
     flags = TrainingFlags()
     trainer = _fit(
-        tmp_path,
+        make_trainer,
         model,
         [before, callback, after, flags],
         accumulate_grad_batches=4,
@@ -109,9 +100,9 @@ def test_hook_leaves_model_optimizer_and_rng_untouched(tmp_path: Any, variant: d
     assert flags.seen == [expected, expected]
 
 
-def test_bf16_mixed_runs_and_values_are_finite(tmp_path: Any) -> None:
+def test_bf16_mixed_runs_and_values_are_finite(make_trainer: TrainerFactory) -> None:
     callback = EVETCallback(num_samples=4, log_images=0)
-    trainer = _fit(tmp_path, _seeded_model(), [callback], precision="bf16-mixed", limit_train_batches=2)
+    trainer = _fit(make_trainer, _seeded_model(), [callback], precision="bf16-mixed", limit_train_batches=2)
     values = {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("evet/")}
     assert len(values) == 11 and all(math.isfinite(value) for value in values.values())
     (result,) = callback.last_results
@@ -119,24 +110,15 @@ def test_bf16_mixed_runs_and_values_are_finite(tmp_path: Any) -> None:
     assert bool(torch.isfinite(result.saliency).all())
 
 
-def test_memory_is_bounded_over_many_epochs_and_no_graph_is_retained(tmp_path: Any) -> None:
+def test_memory_is_bounded_over_many_epochs_and_no_graph_is_retained(make_trainer: TrainerFactory) -> None:
     """110 validation epochs: the RSS floor of epochs 100-110 is less than 8 MB above that of epochs 5-15
     (measured: -1.5 to +3 MB, the allocator's noise; keeping each epoch's EVET results, a leak of about 40 kB
     of tensors per epoch, measured +14 to +24 MB), and no tensor with an autograd graph survives the hook
     (neither held by the callback nor anywhere in the process)."""
     recorder = RssRecorder()
     callback = EVETCallback(num_samples=8, log_images=0)
-    trainer = pl.Trainer(
-        max_epochs=110,
-        limit_train_batches=1,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-        callbacks=[callback, recorder],
+    trainer = make_trainer(
+        [callback, recorder], max_epochs=110, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0
     )
     trainer.fit(_seeded_model(), shapes_loader(4, seed=0), shapes_loader(8, batch_size=8))
     assert callback.epochs_explained == 110 and callback.last_num_samples == 8

@@ -1,0 +1,181 @@
+"""Out-of-fold choice of EVET's alpha for the callback (docs/design.md, decision 11).
+
+The explained samples are split into two folds by their global position (even and odd indices of the samples
+chosen, the same with any number of processes). The per-alpha sums of each fold are reduced across processes
+(a torchmetrics :class:`~torchmetrics.Metric`), each fold's alpha is chosen on the *other* fold, and each
+sample's EVET map is the blend at its fold's alpha, so no logged score grades its own selection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from evet_lightning.functional.alpha import AlphaCurve, AlphaObjective, alpha_curve, choose_alpha
+from evet_lightning.functional.fusion import blend
+
+__all__ = ["FoldAlphaSums", "FoldChoice", "OutOfFoldAlpha", "sample_folds"]
+
+_NUM_FOLDS = 2
+_SUM_FIELDS = ("drop", "increase", "energy")
+_ORIGINAL_FIELDS = ("original_drop", "original_increase", "original_energy")
+
+
+def sample_folds(num_local: int, rank: int, world_size: int, device: torch.device | None = None) -> Tensor:
+    """``(num_local,)`` fold (0 or 1) of each of this rank's samples, by global position.
+
+    With Lightning's unshuffled ``DistributedSampler``, this rank's k-th sample is dataset index
+    ``k * world_size + rank`` (decision 13); its fold is that index modulo 2, whatever ``world_size`` is.
+
+    Example:
+        >>> sample_folds(3, rank=0, world_size=1).tolist(), sample_folds(3, rank=1, world_size=2).tolist()
+        ([0, 1, 0], [1, 1, 1])
+    """
+    positions = torch.arange(num_local, device=device) * world_size + rank
+    return positions % _NUM_FOLDS
+
+
+class FoldAlphaSums(Metric):
+    """Per-fold, per-alpha sums of :class:`~evet_lightning.functional.alpha.AlphaCurve`, summed over processes."""
+
+    full_state_update = False
+    drop: Tensor
+    increase: Tensor
+    energy: Tensor
+    original_drop: Tensor
+    original_increase: Tensor
+    original_energy: Tensor
+    num_samples: Tensor
+    masked: Tensor
+
+    def __init__(self, alphas: Sequence[float], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.alphas = tuple(float(alpha) for alpha in alphas)
+        num_alphas = len(self.alphas)
+        for name in _SUM_FIELDS:
+            self.add_state(name, torch.zeros(_NUM_FOLDS, num_alphas, dtype=torch.float64), dist_reduce_fx="sum")
+        for name in (*_ORIGINAL_FIELDS, "num_samples", "masked"):
+            self.add_state(name, torch.zeros(_NUM_FOLDS, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, fold: int, curve: AlphaCurve) -> None:  # type: ignore[override]
+        """Add ``curve`` (the sums of some samples of ``fold``) to that fold."""
+        for name in (*_SUM_FIELDS, *_ORIGINAL_FIELDS):
+            value = getattr(curve, name)
+            if value is not None:
+                getattr(self, name)[fold] += value.to(self.device, torch.float64)
+        self.num_samples[fold] += curve.num_samples.to(self.device, torch.float64)
+        if curve.energy is not None:
+            self.masked[fold] += curve.num_samples.to(self.device, torch.float64)
+
+    def compute(self) -> list[AlphaCurve]:
+        """One curve per fold; the pointing-game sums only when every summed sample had a mask."""
+        curves = []
+        alphas = torch.tensor(self.alphas, dtype=torch.float64, device=self.device)
+        with_masks = bool((self.masked == self.num_samples).all()) and bool((self.num_samples > 0).any())
+        for fold in range(_NUM_FOLDS):
+            curves.append(
+                AlphaCurve(
+                    alphas,
+                    self.num_samples[fold],
+                    self.drop[fold],
+                    self.increase[fold],
+                    self.energy[fold] if with_masks else None,
+                    self.original_drop[fold],
+                    self.original_increase[fold],
+                    self.original_energy[fold] if with_masks else None,
+                )
+            )
+        return curves
+
+
+class FoldChoice(NamedTuple):
+    """What :meth:`OutOfFoldAlpha.choose` decided for one epoch."""
+
+    alphas: tuple[float, float]
+    """The alpha each fold's maps use (chosen on the other fold)."""
+    indices: tuple[int, int]
+    """Their indices in the grid."""
+    curve: AlphaCurve
+    """Both folds' sums together: the epoch's per-alpha trade-off curve (for plots)."""
+    objectives: tuple[Tensor, Tensor]
+    """The objective values each choice minimized (fold 0's maps: computed on fold 1, and vice versa)."""
+
+    @property
+    def mean_alpha(self) -> float:
+        """The mean of the two folds' alphas: the logged ``{prefix}/alpha``."""
+        return (self.alphas[0] + self.alphas[1]) / 2
+
+
+class OutOfFoldAlpha:
+    """Collect per-sample, per-alpha scores of one epoch; choose each fold's alpha on the other fold.
+
+    Usage per epoch: :meth:`add` for each EVET result (``alpha="auto"``) with the samples' folds, then
+    :meth:`choose` (every rank, the same number of times: it syncs), then :meth:`saliency` / :meth:`scores` per
+    result, then :meth:`reset`.
+    """
+
+    def __init__(self, alphas: Sequence[float], objective: AlphaObjective) -> None:
+        self.sums = FoldAlphaSums(alphas)
+        self.objective = objective
+
+    def to(self, device: torch.device) -> OutOfFoldAlpha:
+        self.sums = self.sums.to(device)
+        return self
+
+    def add(
+        self,
+        folds: Tensor,
+        clean_scores: Tensor,
+        alpha_scores: Tensor,
+        original_scores: Tensor,
+        finite: Tensor,
+        alpha_energy: Tensor | None = None,
+        original_energy: Tensor | None = None,
+    ) -> None:
+        """Sum one chunk's per-alpha scores into each sample's fold."""
+        grid = torch.tensor(self.sums.alphas, dtype=torch.float64)
+        for fold in range(_NUM_FOLDS):
+            include = finite & (folds == fold)
+            curve = alpha_curve(
+                grid,
+                clean_scores,
+                alpha_scores,
+                original_scores,
+                alpha_energy=alpha_energy,
+                original_energy=original_energy,
+                include=include,
+            )
+            self.sums.update(fold, curve)
+
+    def choose(self) -> FoldChoice:
+        """Each fold's alpha, chosen on the other fold's sums (reduced across processes)."""
+        fold_curves = self.sums.compute()
+        choices = [choose_alpha(fold_curves[1 - fold], self.objective) for fold in range(_NUM_FOLDS)]
+        alphas = tuple(self.sums.alphas[index] for index, _ in choices)
+        return FoldChoice(
+            (alphas[0], alphas[1]),
+            (choices[0][0], choices[1][0]),
+            fold_curves[0].merge(fold_curves[1]),
+            (choices[0][1], choices[1][1]),
+        )
+
+    @staticmethod
+    def saliency(choice: FoldChoice, folds: Tensor, mean: Tensor, sigma: Tensor, finite: Tensor) -> Tensor:
+        """``(B, H, W)`` each sample's EVET map at its fold's alpha (zeros for non-finite samples)."""
+        maps = [blend(mean, sigma, alpha) for alpha in choice.alphas]
+        fold_of = folds.view(-1, 1, 1).to(mean.device)
+        out = torch.where(fold_of == 0, maps[0], maps[1])
+        return out.masked_fill(~finite.view(-1, 1, 1).to(mean.device), 0.0)
+
+    @staticmethod
+    def scores(choice: FoldChoice, folds: Tensor, alpha_scores: Tensor) -> Tensor:
+        """``(B,)`` ``f_k(Phi(x, J*))`` of each sample's map at its fold's alpha (already computed by EVET)."""
+        index = torch.tensor(choice.indices, device=alpha_scores.device)[folds.to(alpha_scores.device)]
+        return alpha_scores.gather(0, index.view(1, -1)).squeeze(0)
+
+    def reset(self) -> None:
+        self.sums.reset()
