@@ -20,10 +20,16 @@ def model_state_guard(model: nn.Module, *, protect_grads: bool) -> Iterator[None
 
     Restored in ``finally`` (errors propagate): the module tree and its forward/backward hooks (third-party
     code may swap layers or leak hooks when it fails), every submodule's ``training`` flag, every parameter's
-    ``requires_grad``, the global RNG states of torch (CPU and CUDA) and ``random`` (numpy's is
+    ``requires_grad``, every buffer, the global RNG states of torch (CPU and CUDA) and ``random`` (numpy's is
     guarded by the pytorch-grad-cam adapter, the only code here that could draw from it), and, when
     ``protect_grads`` is set, every parameter's ``.grad`` (the same tensor object with its old values, or
     ``None``). Code that only calls ``torch.autograd.grad`` never writes ``.grad`` and can skip that copy.
+
+    Buffers: a forward pass in eval mode can still change them. Examples are a step counter a model keeps,
+    and QAT ``FakeQuantize`` observers after ``torch.ao.quantization.prepare_qat``, which update ``scale``,
+    ``zero_point`` and their min/max statistics whatever the mode. Each buffer is cloned once on entry. On exit the
+    same tensor object is put back in its module and gets its old shape (observers ``resize_`` theirs) and values.
+    Inference tensors are skipped: no code outside inference mode can change them.
     """
     modules = list(model.modules())
     training = [(module, module.training) for module in modules]
@@ -36,6 +42,12 @@ def model_state_guard(model: nn.Module, *, protect_grads: bool) -> Iterator[None
         for param in model.parameters():
             grad = param.grad
             grads.append((param, grad, None if grad is None else grad.detach().clone()))
+    buffers = [(module, dict(module._buffers)) for module in modules]
+    buffer_values = [
+        (buffer, buffer.detach().clone())
+        for buffer in {id(b): b for _, saved in buffers for b in saved.values() if b is not None}.values()
+        if not buffer.is_inference()
+    ]
     torch_rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     python_rng = random.getstate()
@@ -54,6 +66,18 @@ def model_state_guard(model: nn.Module, *, protect_grads: bool) -> Iterator[None
                 current.update(saved_hooks)
         for module, flag in training:
             module.training = flag
+        for module, saved_buffers in buffers:
+            current_buffers = module._buffers
+            if current_buffers.keys() != saved_buffers.keys() or any(
+                current_buffers[name] is not buffer for name, buffer in saved_buffers.items()
+            ):
+                current_buffers.clear()
+                current_buffers.update(saved_buffers)
+        with torch.no_grad():
+            for buffer, saved_values in buffer_values:
+                if buffer.shape != saved_values.shape:
+                    buffer.resize_(saved_values.shape)
+                buffer.copy_(saved_values)
         for param, flag in requires_grad:
             param.requires_grad_(flag)
         for param, grad, values in grads:

@@ -2,6 +2,9 @@
 
 from evet_lightning.saliency.evet import EVET, EVETResult
 from evet_lightning.saliency.explainers import Explainer, Explanation, GradientExplainer, NativeCAM
+from evet_lightning.saliency.outputs import logits_from_output
+from evet_lightning.saliency.reshape import swin_reshape_transform, vit_reshape_transform
+from evet_lightning.saliency.settings import EVETSettings
 from evet_lightning.saliency.transforms import (
     AffineTransform,
     Compose,
@@ -18,6 +21,7 @@ __all__ = [
     "AffineTransform",
     "Compose",
     "EVETResult",
+    "EVETSettings",
     "Explainer",
     "Explanation",
     "GradientExplainer",
@@ -27,5 +31,8 @@ __all__ = [
     "Rotate",
     "Scale",
     "Shear",
+    "logits_from_output",
     "paper_transforms",
+    "swin_reshape_transform",
+    "vit_reshape_transform",
 ]

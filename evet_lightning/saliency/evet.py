@@ -87,7 +87,10 @@ class EVET:
         model: a classifier returning logits ``(B, K)``. It is left exactly as found: see
             :func:`~evet_lightning._model_state.model_state_guard`; saliency is computed in eval mode.
         target_layers: module(s) or dotted name(s) of the layer(s) a CAM explains; ``None`` auto-detects the
-            last module producing a 4-D spatial map (reported in the log at INFO). Ignored for ``"Gradient"``.
+            layer an expert would pick (the last feature map before global pooling; for ViTs the last block's
+            first norm; the last stage of Swin, ConvNeXt, MaxViT: see :mod:`evet_lightning.saliency.layers` and
+            docs/design.md, decision 17), reported in the log at INFO. A module called several times is
+            explained at its last call. Ignored for ``"Gradient"``.
         cam: a pytorch-grad-cam CAM class, its name (``"GradCAM"``, ``"ScoreCAM"``, ...), or ``"Gradient"``.
             GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM and LayerCAM are computed natively in torch
             (head-only gradients, batched on the device); other classes run through pytorch-grad-cam.
@@ -205,18 +208,32 @@ class EVET:
             return []
         if self._layers is None:
             with torch.inference_mode(False), model_state_guard(self.model, protect_grads=False):
-                self._layers = resolve_target_layers(self.model, self.target_layers, sample[:1].clone())
+                self._layers = resolve_target_layers(
+                    self.model,
+                    self.target_layers,
+                    sample[:1].clone(),
+                    reshape_transform=self.reshape_transform,
+                    output_transform=self.output_transform,
+                )
         return [name for name, _ in self._layers]
 
     def _explainer(self) -> Explainer:
         if self.cam_name == "Gradient":
-            return GradientExplainer()
+            return GradientExplainer(output_transform=self.output_transform)
         assert self._layers is not None
         modules = [module for _, module in self._layers]
         if self._native:
-            return NativeCAM(self.cam_name, modules)
+            return NativeCAM(
+                self.cam_name, modules, reshape_transform=self.reshape_transform, output_transform=self.output_transform
+            )
         assert self._cam_class is not None
-        return GradCamLibraryExplainer(self._cam_class, modules, batch_size=self._chunk)
+        return GradCamLibraryExplainer(
+            self._cam_class,
+            modules,
+            batch_size=self._chunk,
+            reshape_transform=self.reshape_transform,
+            output_transform=self.output_transform,
+        )
 
     def explain(self, images: Tensor, targets: Tensor | None = None) -> Explanation:
         """The un-enhanced method J on ``images`` alone (no transforms), in chunks; model left as found."""
@@ -228,7 +245,7 @@ class EVET:
                 return self._run_explainer(self._explainer(), images, targets)
 
     def _check_call(
-        self, images: Tensor, targets: Tensor | None, masks: Tensor | None
+        self, images: Tensor, targets: Tensor | None, masks: Tensor | None, alpha: float | str | None = None
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         if not isinstance(images, Tensor) or images.ndim != 4:
             shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
@@ -252,7 +269,7 @@ class EVET:
                 shape = tuple(masks.shape) if isinstance(masks, Tensor) else type(masks).__name__
                 raise ValueError(f"Expected `masks` to have shape {expected} like the images, but got {shape}")
             masks = masks.to(images.device).bool() if masks.dtype == torch.bool else masks.to(images.device) > 0.5
-        if self.alpha_objective == "energy_pointing_game" and self.alpha == "auto" and masks is None:
+        if self.alpha_objective == "energy_pointing_game" and alpha == "auto" and masks is None:
             raise ValueError(
                 "Expected `masks=` in the call with `alpha_objective='energy_pointing_game'`: it needs object masks"
             )
@@ -276,29 +293,41 @@ class EVET:
         *,
         masks: Tensor | None = None,
         score_saliency: bool = False,
+        alpha: float | Literal["auto"] | None = None,
     ) -> EVETResult:
         """Run EVET on ``images (B, C, H, W)`` for ``targets (B,)`` (``None``: the argmax class).
 
         ``masks (B, H, W)``: object masks, for ``alpha_objective="energy_pointing_game"`` and the per-alpha
         pointing game in ``result.alpha_curve``. ``score_saliency=True`` also computes ``f_k(Phi(x, J*(x)))``
         (one more forward pass per image; free with ``alpha="auto"``, which scores every alpha's map anyway).
+        ``alpha`` overrides the engine's alpha for this call (a number, or ``"auto"``).
         Works under ``torch.inference_mode()`` and ``torch.no_grad()``; the model is left as found.
         """
-        images, targets, masks = self._check_call(images, targets, masks)
+        alpha = self.alpha if alpha is None else self.settings.replace(alpha=alpha).alpha
+        images, targets, masks = self._check_call(images, targets, masks, alpha)
         with torch.inference_mode(False), torch.enable_grad():
             images = images.clone()  # an inference tensor cannot enter autograd
             self.resolve_target_layers(images)
             with model_state_guard(self.model, protect_grads=not self._native):
-                return self._run(images, targets, masks, score_saliency)
+                return self._run(images, targets, masks, score_saliency, alpha)
 
-    def _run(self, images: Tensor, targets: Tensor | None, masks: Tensor | None, score_saliency: bool) -> EVETResult:
+    def _run(
+        self,
+        images: Tensor,
+        targets: Tensor | None,
+        masks: Tensor | None,
+        score_saliency: bool,
+        alpha_setting: float | Literal["auto"],
+    ) -> EVETResult:
         explainer = self._explainer()
         views: list[AffineTransform] = [Identity(), *self.transforms]
         num_views = len(views)
         height, width = images.shape[-2:]
         valid = torch.stack([view.valid_mask(height, width, images.device) for view in views])  # (V, H, W)
         grid = (
-            None if self.alpha != "auto" else torch.tensor(self.alpha_grid, device=images.device, dtype=torch.float64)
+            None
+            if alpha_setting != "auto"
+            else torch.tensor(self.alpha_grid, device=images.device, dtype=torch.float64)
         )
         # Images are processed in groups whose views fill about one chunk, so memory follows the chunk size.
         group = max(1, self._chunk // num_views)
@@ -307,12 +336,16 @@ class EVET:
             stop = start + group
             group_targets = None if targets is None else targets[start:stop]
             group_masks = None if masks is None else masks[start:stop]
-            parts.append(self._run_group(explainer, views, valid, images[start:stop], group_targets, group_masks, grid))
+            parts.append(
+                self._run_group(
+                    explainer, views, valid, images[start:stop], group_targets, group_masks, grid, alpha_setting
+                )
+            )
         out = {key: torch.cat([part[key] for part in parts], dim=1 if key in _VIEW_FIRST else 0) for key in parts[0]}
         zero = ~out["finite"].view(-1, 1, 1)
         curve = objective = None
         if grid is None:
-            alpha = float(self.alpha)
+            alpha = float(alpha_setting)
             saliency = out["saliency"]
         else:
             curve = alpha_curve(
@@ -379,6 +412,7 @@ class EVET:
         targets: Tensor | None,
         masks: Tensor | None,
         grid: Tensor | None,
+        alpha_setting: float | Literal["auto"],
     ) -> dict[str, Tensor]:
         num_views, batch = len(views), images.shape[0]
         if targets is None:
@@ -424,7 +458,7 @@ class EVET:
             "sigma": fused.sigma,
         }
         if grid is None:
-            out["saliency"] = blend(fused.mean, fused.sigma, float(self.alpha)).masked_fill(zero, 0.0)
+            out["saliency"] = blend(fused.mean, fused.sigma, float(alpha_setting)).masked_fill(zero, 0.0)
             return out
         # alpha="auto": the EVET map at every alpha of the grid, scored with one forward pass each.
         candidates = blend(fused.mean, fused.sigma, grid).masked_fill(zero, 0.0)  # (A, b, H, W)

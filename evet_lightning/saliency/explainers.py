@@ -11,7 +11,7 @@
   :mod:`evet_lightning.saliency.grad_cam_adapter`.
 
 The score of class k is its logit (pytorch-grad-cam's ``ClassifierOutputTarget``). Explainers expect to be
-called with gradients enabled, outside inference mode, inside :func:`~evet_lightning.saliency._guard.model_state_guard`.
+called with gradients enabled, outside inference mode, inside :func:`~evet_lightning._model_state.model_state_guard`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from evet_lightning.functional.fusion import min_max_normalize
+from evet_lightning.saliency.outputs import OutputTransform, logits_from_output
+from evet_lightning.saliency.reshape import FeatureMapReader, ReshapeTransform
 
 __all__ = ["NATIVE_CAMS", "Explainer", "Explanation", "GradientExplainer", "NativeCAM"]
 
@@ -106,34 +108,63 @@ def _target_scores(logits: Tensor, targets: Tensor) -> Tensor:
     return logits.gather(1, targets.view(-1, 1)).sum()
 
 
-class NativeCAM:
-    """A gradient CAM computed in torch; ``method`` is one of :data:`NATIVE_CAMS`."""
+def _no_gradient_message(name: str) -> str:
+    return (
+        f"Expected the logits to depend on the output of target layer {name!r} (on its last call, if it runs several "
+        "times per forward pass), but they do not; choose a layer the logits are computed from"
+    )
 
-    def __init__(self, method: str, target_layers: Sequence[nn.Module]) -> None:
+
+class NativeCAM:
+    """A gradient CAM computed in torch; ``method`` is one of :data:`NATIVE_CAMS`.
+
+    The map is that of each target layer's own output: the hook hands the rest of the network a copy, so an
+    in-place operation right after the layer cannot change the activation the CAM weights. torchvision's
+    DenseNet applies ``F.relu(..., inplace=True)`` to ``features.norm5``, so there it is the map of the
+    BatchNorm output, and so are its gradients. pytorch-grad-cam keeps a reference instead: it weights
+    the post-ReLU values with the gradient of the pre-ReLU ones. The two maps differ by 0.1 to 0.3 (largest
+    absolute difference) on densenet121. This package's pytorch-grad-cam adapter hands the library the
+    layer's own output, so both backends agree.
+
+    A target layer that runs several times in one forward pass (an activation module shared by every block) is
+    explained at its last call, on both backends. To explain an earlier call, target a module that produces that
+    tensor. Outputs that are not ``(B, C, H, W)`` feature maps are read with ``reshape_transform``, or without one
+    by :func:`~evet_lightning.saliency.reshape.infer_layout`. ``output_transform`` extracts the logits from the
+    model's output (:func:`~evet_lightning.saliency.outputs.logits_from_output`).
+    """
+
+    def __init__(
+        self,
+        method: str,
+        target_layers: Sequence[nn.Module],
+        *,
+        reshape_transform: ReshapeTransform | None = None,
+        output_transform: OutputTransform | None = None,
+    ) -> None:
         if method not in NATIVE_CAMS:
             raise ValueError(f"Expected `method` to be one of {sorted(NATIVE_CAMS)}, but got {method!r}")
         self.method = method
         self.target_layers = list(target_layers)
+        self.reshape_transform = reshape_transform
+        self.output_transform = output_transform
 
-    def _forward(self, model: nn.Module, images: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Forward pass whose graph starts at the first target layer's output (a leaf requiring grad)."""
+    def _forward(self, model: nn.Module, images: Tensor, reader: FeatureMapReader) -> tuple[Tensor, list[Tensor]]:
+        """Forward pass whose graph starts at the first target layer's output (a leaf requiring grad).
+
+        Returns the logits and each target layer's output at its last call.
+        """
         activations: dict[int, Tensor] = {}
 
         def hook(index: int) -> Callable[[nn.Module, object, object], Tensor]:
             def capture(module: nn.Module, inputs: object, output: object) -> Tensor:
-                if index in activations:
-                    raise ValueError(
-                        f"Expected target layer {module.__class__.__name__} to run once per forward pass, "
-                        "but it ran twice; choose a layer that is not reused"
-                    )
-                if not isinstance(output, Tensor) or output.ndim != 4:
-                    shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-                    raise ValueError(f"Expected the target layer to output a (B, C, H, W) tensor, but got {shape}")
+                reader.check(output, module)
+                assert isinstance(output, Tensor)
                 if not (torch.is_grad_enabled() and output.requires_grad):
-                    # The layers below ran without autograd: start the graph here, for the head only.
+                    # The layers below ran without autograd: start the graph here, for the head only. A later call of
+                    # a reused layer already requires grad; its gradient then flows through the calls after it.
                     output = output.detach().requires_grad_(True)
                     torch.set_grad_enabled(True)
-                activations[index] = output
+                activations[index] = output  # a reused layer: the last call wins
                 # The network gets a copy: an in-place op downstream (ReLU(inplace=True), `out += identity`)
                 # must neither fail on the leaf nor change the activation the CAM is computed from.
                 return output.clone()
@@ -143,17 +174,20 @@ class NativeCAM:
         handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(self.target_layers)]
         try:
             with torch.no_grad():  # restores the caller's grad mode on exit, whatever the hooks set
-                logits = model(images)
+                logits = logits_from_output(model(images), self.output_transform)
         finally:
             for handle in handles:
                 handle.remove()
-        missing = [i for i in range(len(self.target_layers)) if i not in activations]
+        missing = [reader.name(layer) for i, layer in enumerate(self.target_layers) if i not in activations]
         if missing:
-            raise ValueError(f"Expected every target layer to run in the forward pass, but layer(s) {missing} did not")
+            raise ValueError(
+                f"Expected every target layer to run in the forward pass, but {', '.join(map(repr, missing))} did not"
+            )
         return logits, [activations[i] for i in range(len(self.target_layers))]
 
     def __call__(self, model: nn.Module, images: Tensor, targets: Tensor | None) -> Explanation:
-        logits, activations = self._forward(model, images)
+        reader = FeatureMapReader(model, images, self.reshape_transform)
+        logits, activations = self._forward(model, images, reader)
         targets = _resolve_targets(logits, targets)
         score = _target_scores(logits, targets)
         if not score.requires_grad:
@@ -162,10 +196,13 @@ class NativeCAM:
         height, width = images.shape[-2:]
         per_layer = []
         with torch.no_grad():
-            for activation, grad in zip(activations, grads, strict=True):
-                activation = activation.detach().float()
-                grad = torch.zeros_like(activation) if grad is None else grad.float()
-                cam = NATIVE_CAMS[self.method](activation, grad).clamp_min(0)
+            for layer, activation, grad in zip(self.target_layers, activations, grads, strict=True):
+                if grad is None:
+                    raise ValueError(_no_gradient_message(reader.name(layer)))
+                activation = activation.detach()
+                feature_map = reader(activation, layer).float()
+                feature_grad = reader(grad, layer).float()
+                cam = NATIVE_CAMS[self.method](feature_map, feature_grad).clamp_min(0)
                 cam = _scale_like_grad_cam(cam)
                 if cam.shape[-2:] != (height, width):
                     cam = F.interpolate(cam.unsqueeze(1), size=(height, width), mode="bilinear", align_corners=False)
@@ -176,11 +213,17 @@ class NativeCAM:
 
 
 class GradientExplainer:
-    """Vanilla gradient saliency (Simonyan et al.): ``max_c |d logit_k / d x_c|``, min-max normalized."""
+    """Vanilla gradient saliency (Simonyan et al.): ``max_c |d logit_k / d x_c|``, min-max normalized.
+
+    ``output_transform`` extracts the logits from the model's output, as in :class:`NativeCAM`.
+    """
+
+    def __init__(self, *, output_transform: OutputTransform | None = None) -> None:
+        self.output_transform = output_transform
 
     def __call__(self, model: nn.Module, images: Tensor, targets: Tensor | None) -> Explanation:
         inputs = images.detach().clone().requires_grad_(True)
-        logits = model(inputs)
+        logits = logits_from_output(model(inputs), self.output_transform)
         targets = _resolve_targets(logits, targets)
         (grad,) = torch.autograd.grad(_target_scores(logits, targets), inputs)
         maps = min_max_normalize(grad.detach().abs().amax(dim=1).float())

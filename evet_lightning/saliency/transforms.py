@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from evet_lightning._validation import real_number
+
 __all__ = [
     "AffineTransform",
     "Compose",
@@ -53,6 +55,23 @@ def _about_centre(linear: Tensor, height: int, width: int) -> Tensor:
     centre = torch.tensor([cx, cy], dtype=torch.float64)
     matrix[:2, 2] = centre - linear @ centre
     return matrix
+
+
+def _inverse(dst_from_src: Tensor, transform: object) -> Tensor:
+    """``src_from_dst``; ``ValueError`` when the matrix is singular or it or its inverse overflows float32."""
+    src_from_dst, info = torch.linalg.inv_ex(dst_from_src)
+    finite = bool(torch.isfinite(dst_from_src.float()).all() and torch.isfinite(src_from_dst.float()).all())
+    if int(info) != 0 or not finite:
+        raise ValueError(
+            f"Expected {transform!r} to be an invertible affine map whose matrix and inverse are finite in float32, "
+            f"but its matrix is {dst_from_src[:2].tolist()}"
+        )
+    return src_from_dst
+
+
+def _check_invertible(transform: AffineTransform) -> None:
+    """Raise at construction for a transform whose matrix cannot be inverted (the linear part decides)."""
+    _inverse(transform.matrix(2, 2), transform)
 
 
 def _sample_positions(dst_size: tuple[int, int], src_from_dst: Tensor) -> Tensor:
@@ -131,14 +150,16 @@ class AffineTransform:
     def forward(self, images: Tensor) -> Tensor:
         """Transform ``(B, C, H, W)`` images; pixels with no pre-image are 0."""
         dst_from_src = self.matrix(*images.shape[-2:])
-        return warp_affine(images, torch.linalg.inv(dst_from_src))
+        return warp_affine(images, _inverse(dst_from_src, self))
 
     def inverse(self, maps: Tensor) -> Tensor:
         """Map ``(B, C, H, W)`` maps of the transformed frame back to the original frame.
 
         Pixels outside :meth:`valid_mask` are 0 and carry no evidence.
         """
-        return warp_affine(maps, self.matrix(*maps.shape[-2:]))
+        dst_from_src = self.matrix(*maps.shape[-2:])
+        _inverse(dst_from_src, self)
+        return warp_affine(maps, dst_from_src)
 
     def valid_mask(self, height: int, width: int, device: torch.device | str | None = None) -> Tensor:
         """``(H, W)`` bool: original-frame pixels whose image under the transform lies inside the canvas.
@@ -189,9 +210,11 @@ class Scale(AffineTransform):
     _factor: float
 
     def __init__(self, factor: float) -> None:
-        if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
+        number = real_number(factor)
+        if number is None or number <= 0:
             raise ValueError(f"Expected `factor` to be a positive finite float, but got {factor!r}")
-        object.__setattr__(self, "_factor", float(factor))
+        object.__setattr__(self, "_factor", number)
+        _check_invertible(self)
 
     @property
     def factor(self) -> float:
@@ -211,9 +234,10 @@ class Rotate(AffineTransform):
     _angle: float
 
     def __init__(self, angle: float) -> None:
-        if not (isinstance(angle, (int, float)) and math.isfinite(angle)):
+        number = real_number(angle)
+        if number is None:
             raise ValueError(f"Expected `angle` to be a finite float, but got {angle!r}")
-        object.__setattr__(self, "_angle", float(angle))
+        object.__setattr__(self, "_angle", number)
 
     @property
     def angle(self) -> float:
@@ -237,9 +261,11 @@ class Shear(AffineTransform):
     _factor: float
 
     def __init__(self, factor: float) -> None:
-        if not (isinstance(factor, (int, float)) and math.isfinite(factor)):
+        number = real_number(factor)
+        if number is None:
             raise ValueError(f"Expected `factor` to be a finite float, but got {factor!r}")
-        object.__setattr__(self, "_factor", float(factor))
+        object.__setattr__(self, "_factor", number)
+        _check_invertible(self)
 
     @property
     def factor(self) -> float:
@@ -272,6 +298,7 @@ class Compose(AffineTransform):
             if not isinstance(transform, AffineTransform):
                 raise ValueError(f"Expected every item of `transforms` to be an AffineTransform, but got {transform!r}")
         object.__setattr__(self, "_transforms", transforms)
+        _check_invertible(self)
 
     @property
     def transforms(self) -> tuple[AffineTransform, ...]:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LeftRightModel", "TinyCNN", "tiny_cnn"]
+__all__ = [
+    "LeftRightModel",
+    "SharedActivationCNN",
+    "TinyCNN",
+    "TinyViT",
+    "shared_activation_cnn",
+    "tiny_cnn",
+    "tiny_vit",
+]
 
 
 class TinyCNN(nn.Module):
@@ -71,3 +79,78 @@ class LeftRightModel(nn.Module):
         left = maps[:, 0, :, :half].mean(dim=(1, 2))
         right = maps[:, 1, :, half:].mean(dim=(1, 2))
         return 4.0 * torch.stack([left, 1.0 - right], dim=1)
+
+
+class SharedActivationCNN(nn.Module):
+    """One ``SiLU`` instance, ``body.act``, applied after the stem and again after the head conv (as EfficientNet ports
+    do); ``separate=True`` gives the second use its own module, ``body.head_act``, with identical weights elsewhere.
+
+    The second call's output (``(B, 6, H/2, W/2)``) is the last feature map; the first call's is ``(B, 4, H, W)``.
+    ``vector_last=True`` applies ``body.act`` a third time, to the pooled ``(B, 6)`` vector.
+    """
+
+    def __init__(self, separate: bool = False, vector_last: bool = False) -> None:
+        super().__init__()
+        self.body = nn.Module()
+        self.body.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.body.head = nn.Conv2d(4, 6, 3, padding=1, stride=2)
+        self.body.act = nn.SiLU()
+        self.body.head_act = nn.SiLU() if separate else self.body.act
+        self.fc = nn.Linear(6, 3)
+        self.vector_last = vector_last
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = self.body.act(self.body.stem(images))
+        x = self.body.head_act(self.body.head(x)).mean(dim=(2, 3))
+        if self.vector_last:
+            x = self.body.act(x)
+        return self.fc(x)
+
+
+def shared_activation_cnn(seed: int = 0, **kwargs: bool) -> SharedActivationCNN:
+    """A seeded :class:`SharedActivationCNN` in eval mode (the global RNG is left untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return SharedActivationCNN(**kwargs).eval()
+
+
+class TinyViT(nn.Module):
+    """A one-block ViT: ``prefix_tokens`` learned tokens, then 4 x 4 patches; pre-norm attention; head on token 0.
+
+    ``blocks.0.norm1`` is what a CAM should explain (the final ``norm`` has zero gradient on the patch tokens).
+    """
+
+    def __init__(self, prefix_tokens: int = 1, dim: int = 24, image_size: int = 16, num_classes: int = 3) -> None:
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, dim, 4, stride=4)
+        self.prefix = nn.Parameter(torch.randn(1, prefix_tokens, dim) * 0.02)
+        self.pos_embed = nn.Parameter(torch.randn(1, prefix_tokens + (image_size // 4) ** 2, dim) * 0.02)
+        self.blocks = nn.Sequential(_Block(dim))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, images: Tensor) -> Tensor:
+        tokens = self.patch_embed(images).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.prefix.expand(tokens.shape[0], -1, -1), tokens], dim=1) + self.pos_embed
+        return self.head(self.norm(self.blocks(tokens))[:, 0])
+
+
+class _Block(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, num_heads=2, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        normed = self.norm1(tokens)
+        tokens = tokens + self.attn(normed, normed, normed, need_weights=False)[0]
+        return tokens + self.mlp(self.norm2(tokens))
+
+
+def tiny_vit(seed: int = 0, **kwargs: int) -> TinyViT:
+    """A seeded :class:`TinyViT` in eval mode (the global RNG is left untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return TinyViT(**kwargs).eval()

@@ -8,9 +8,11 @@ import torch
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from evet_lightning import EVET
+from evet_lightning._model_state import model_state_guard
 from evet_lightning.saliency.explainers import NATIVE_CAMS, GradientExplainer, NativeCAM
+from evet_lightning.saliency.grad_cam_adapter import GradCamLibraryExplainer
 from evet_lightning.saliency.transforms import HorizontalFlip, Rotate
-from tests.saliency._models import TinyCNN, tiny_cnn
+from tests.saliency._models import TinyCNN, shared_activation_cnn, tiny_cnn
 
 NATIVE_NAMES = ["GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM"]
 
@@ -95,16 +97,107 @@ def test_native_cam_on_layer_followed_by_in_place_op():
         torch.testing.assert_close(maps, expected, atol=1e-5, rtol=0)
 
 
-def test_native_cam_rejects_layer_that_runs_twice():
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1))
-    shared = model[0]
+def _explain(explainer, model, images, targets=None):
+    with model_state_guard(model, protect_grads=True):
+        return explainer(model, images, targets)
 
-    class Twice(torch.nn.Module):
-        def forward(self, images):
-            return shared(shared(images)).mean(dim=(2, 3))
 
-    with pytest.raises(ValueError, match="twice"):
-        NativeCAM("GradCAM", [shared])(Twice(), torch.randn(1, 3, 8, 8), None)
+@pytest.mark.parametrize("cam_name", ["GradCAM", "LayerCAM"])
+@pytest.mark.parametrize("use_targets", [True, False])
+def test_reused_layer_is_explained_at_its_last_call_on_both_backends(cam_name, use_targets):
+    # `body.act` runs after the stem and after the head conv; the reference gives the second use its own module.
+    shared, separate = shared_activation_cnn(seed=2), shared_activation_cnn(seed=2, separate=True)
+    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    targets = torch.tensor([2, 0]) if use_targets else None
+    expected = _explain(NativeCAM(cam_name, [separate.body.head_act]), separate, images, targets).maps
+    native = _explain(NativeCAM(cam_name, [shared.body.act]), shared, images, targets).maps
+    library_class = getattr(pytorch_grad_cam, cam_name)
+    library = _explain(GradCamLibraryExplainer(library_class, [shared.body.act]), shared, images, targets).maps
+    torch.testing.assert_close(native, expected, atol=1e-6, rtol=0)
+    assert float((library - expected).abs().max()) < 1e-4
+    # The first call gives another map: the comparisons above can fail.
+    first_use = _explain(NativeCAM(cam_name, [separate.body.act]), separate, images, targets).maps
+    assert float((first_use - expected).abs().max()) > 0.1
+
+
+def test_pytorch_grad_cam_alone_explains_the_first_call_of_a_reused_layer():
+    # Why the adapter replaces the library's ActivationsAndGradients: on its own, the library weights the first
+    # call's activations (4 channels, 16 x 16) with the first gradient it stored.
+    model = shared_activation_cnn(seed=2)
+    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    cam = pytorch_grad_cam.GradCAM(model=model, target_layers=[model.body.act])
+    try:
+        cam(input_tensor=images.clone().requires_grad_(True), targets=None)
+        assert cam.activations_and_grads.activations[0].shape == (2, 4, 16, 16)
+    finally:
+        cam.activations_and_grads.release()
+    library = _explain(GradCamLibraryExplainer(pytorch_grad_cam.GradCAM, [model.body.act]), model, images)
+    native = _explain(NativeCAM("GradCAM", [model.body.act]), model, images)
+    assert float((library.maps - native.maps).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("backend", ["native", "library"])
+def test_reused_layer_errors_name_the_dotted_layer(backend):
+    # The last call of `body.act` is on the pooled (B, 6) vector: not a feature map.
+    model = shared_activation_cnn(vector_last=True)
+    layer = model.body.act
+    explainer = (
+        NativeCAM("GradCAM", [layer])
+        if backend == "native"
+        else GradCamLibraryExplainer(pytorch_grad_cam.GradCAM, [layer])
+    )
+    with pytest.raises(ValueError, match=r"'body\.act'") as error:
+        _explain(explainer, model, torch.randn(2, 3, 16, 16))
+    assert "SiLU" not in str(error.value)
+
+
+class _SideBranch(torch.nn.Module):
+    """``features.5`` runs a second time on a branch the logits do not use."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = tiny_cnn(seed=3)
+
+    def forward(self, images):
+        logits = self.net(images)
+        self.net.features(images)
+        return logits
+
+
+@pytest.mark.parametrize("backend", ["native", "library"])
+def test_last_call_the_logits_do_not_depend_on_is_an_error_naming_the_layer(backend):
+    model = _SideBranch()
+    layer = model.net.features[5]
+    explainer = (
+        NativeCAM("GradCAM", [layer])
+        if backend == "native"
+        else GradCamLibraryExplainer(pytorch_grad_cam.GradCAM, [layer])
+    )
+    with pytest.raises(ValueError, match=r"'net\.features\.5'.*last call"):
+        _explain(explainer, model, torch.randn(2, 3, 16, 16))
+
+
+class _WithUnusedLayer(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = tiny_cnn(seed=3)
+        self.net.spare = torch.nn.Conv2d(3, 3, 1)  # registered, never called
+
+    def forward(self, images):
+        return self.net(images)
+
+
+@pytest.mark.parametrize("backend", ["native", "library"])
+def test_layer_that_does_not_run_is_an_error_naming_it(backend):
+    model = _WithUnusedLayer()
+    layers = [model.net.features[5], model.net.spare]
+    explainer = (
+        NativeCAM("GradCAM", layers)
+        if backend == "native"
+        else GradCamLibraryExplainer(pytorch_grad_cam.GradCAM, layers)
+    )
+    with pytest.raises(ValueError, match=r"'net\.spare' did not"):
+        _explain(explainer, model, torch.randn(2, 3, 16, 16))
 
 
 def test_native_cam_unknown_method():

@@ -76,6 +76,7 @@ def _snapshot(model: nn.Module) -> dict:
         "training": [(name, module.training) for name, module in model.named_modules()],
         "modules": [(name, id(module)) for name, module in model.named_modules()],
         "state": {name: value.clone() for name, value in model.state_dict().items()},
+        "buffers": [(name, id(buffer)) for name, buffer in model.named_buffers()],
         "grads": [(name, p.grad, None if p.grad is None else p.grad.clone()) for name, p in model.named_parameters()],
         "requires_grad": [(name, p.requires_grad) for name, p in model.named_parameters()],
         "hooks": [
@@ -95,6 +96,7 @@ def _assert_unchanged(model: nn.Module, before: dict) -> None:
     assert after["training"] == before["training"]
     assert after["modules"] == before["modules"]
     assert after["state"].keys() == before["state"].keys()
+    assert after["buffers"] == before["buffers"]  # the same tensor objects (an optimizer or EMA may hold them)
     for name, value in before["state"].items():
         assert after["state"][name].dtype == value.dtype, name
         assert torch.equal(after["state"][name], value), name  # bit-identical, incl. num_batches_tracked
@@ -160,14 +162,98 @@ class SharedLayerCNN(nn.Module):
         return self.fc(features.mean(dim=(2, 3)))
 
 
-def test_model_state_is_restored_when_the_target_layer_runs_twice():
+@pytest.mark.parametrize("backend", ["auto", "pytorch-grad-cam"])
+def test_model_state_is_restored_with_a_reused_target_layer(backend):
     model = SharedLayerCNN().train()
     model.stem[1].eval()
     model(_images()).sum().backward()
     model.fc.weight.grad = None
     before = _snapshot(model)
-    with pytest.raises(ValueError, match="twice"):
-        EVET(model, target_layers="shared", transforms=TRANSFORMS)(_images())
+    result = EVET(model, target_layers="shared", transforms=TRANSFORMS, backend=backend)(_images())
+    assert torch.isfinite(result.saliency).all() and float(result.original.max()) == 1.0
+    _assert_unchanged(model, before)
+
+
+class CountingCNN(StatefulCNN):
+    """Counts its forward passes in a buffer and replaces another buffer's tensor on every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("forward_calls", torch.zeros((), dtype=torch.long))
+        self.register_buffer("last_mean", torch.zeros(()))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.forward_calls += 1
+        self.last_mean = images.detach().mean()  # a new tensor object in the module's buffers
+        return super().forward(images)
+
+
+@pytest.mark.parametrize(("cam", "backend"), PATHS, ids=PATH_IDS)
+def test_buffers_changed_by_forward_are_restored(cam, backend):
+    probe = CountingCNN().eval()
+    last_mean = probe.last_mean
+    probe(_images())  # what the guard must undo: a forward in eval mode changes both buffers
+    assert int(probe.forward_calls) == 1 and probe.last_mean is not last_mean
+    model = CountingCNN().eval()
+    before = _snapshot(model)
+    result = _evet(model, cam, backend)(_images(), None)
+    assert torch.isfinite(result.saliency).all()
+    _assert_unchanged(model, before)
+    assert int(model.forward_calls) == 0
+
+
+class QATNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.quant = torch.ao.quantization.QuantStub()
+        self.body = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU())
+        self.dequant = torch.ao.quantization.DeQuantStub()
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.dequant(self.body(self.quant(images)))
+        return self.fc(features.mean(dim=(2, 3)))
+
+
+def _qat_model() -> QATNet:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = QATNet()
+        model.qconfig = torch.ao.quantization.get_default_qat_qconfig("x86")
+        torch.ao.quantization.prepare_qat(model.train(), inplace=True)
+        model(torch.randn(4, 3, 12, 12))  # observers have statistics, as after some training steps
+    return model
+
+
+_QAT_DEPRECATED = pytest.mark.filterwarnings(
+    "ignore:torch.ao.quantization is deprecated:DeprecationWarning", "ignore:Please use quant_min:UserWarning"
+)
+
+
+@_QAT_DEPRECATED
+@pytest.mark.filterwarnings("ignore::RuntimeWarning:pytorch_grad_cam")  # AblationCAM divides by a 0 score of a QAT head
+@pytest.mark.parametrize(("cam", "backend"), PATHS, ids=PATH_IDS)
+def test_qat_observers_are_restored(cam, backend):
+    model = _qat_model()
+    probe = _qat_model().eval()
+    before_probe = _snapshot(probe)
+    probe(3 * _images())  # FakeQuantize observes in eval mode too: scale, zero_point, min/max change
+    changed = [
+        name for name, value in probe.state_dict().items() if not torch.equal(value, before_probe["state"][name])
+    ]
+    assert any("activation_post_process" in name for name in changed)
+    before = _snapshot(model)
+    layers = None if cam == "Gradient" else "body"
+    result = EVET(model, target_layers=layers, cam=cam, transforms=TRANSFORMS, backend=backend)(3 * _images())
+    assert torch.isfinite(result.saliency).all()
+    _assert_unchanged(model, before)
+
+
+@_QAT_DEPRECATED
+def test_auto_detection_leaves_qat_observers_as_found():
+    model = _qat_model()
+    before = _snapshot(model)
+    assert EVET(model, transforms=TRANSFORMS).resolve_target_layers(3 * _images()) == ["body"]
     _assert_unchanged(model, before)
 
 

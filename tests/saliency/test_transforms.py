@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -241,5 +242,58 @@ def test_paper_transforms_are_the_seven_of_section_4_in_order():
     ],
 )
 def test_invalid_parameters_raise_value_error(build):
+    with pytest.raises(ValueError, match="Expected"):
+        build()
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: Compose([Scale(1e-200), Scale(1e-200)]),  # the product underflows to a singular matrix
+        lambda: Compose([Scale(1e200), Scale(1e200)]),  # overflows
+        lambda: Scale(1e-300),  # invertible in float64, but its inverse overflows the float32 sampling grid
+        lambda: Shear(1e300),
+    ],
+)
+def test_transform_whose_matrix_cannot_be_inverted_is_rejected_at_construction(build):
+    with pytest.raises(ValueError, match="invertible"):
+        build()
+
+
+def test_custom_transform_with_a_singular_matrix_raises_value_error_when_used():
+    class Collapse(AffineTransform):
+        __slots__ = ()
+
+        def matrix(self, height, width):
+            return torch.zeros(3, 3, dtype=torch.float64)
+
+    images = torch.rand(1, 1, 4, 4)
+    with pytest.raises(ValueError, match="invertible"):
+        Collapse()(images)
+    with pytest.raises(ValueError, match="invertible"):
+        Collapse().inverse(images)
+
+
+@pytest.mark.parametrize(
+    ("build", "expected"),
+    [
+        (lambda: Scale(np.float32(0.5)), Scale(0.5)),
+        (lambda: Scale(np.int64(2)), Scale(2.0)),
+        (lambda: Rotate(np.int64(10)), Rotate(10.0)),
+        (lambda: Rotate(np.float16(90)), Rotate(90.0)),
+        (lambda: Shear(np.float64(0.25)), Shear(0.25)),
+        (lambda: Scale(torch.tensor(0.5)), Scale(0.5)),
+    ],
+)
+def test_numpy_and_tensor_scalars_are_accepted(build, expected):
+    transform = build()
+    assert transform == expected
+    assert type(next(iter(transform._params().values()))) is float
+
+
+@pytest.mark.parametrize(
+    "build", [lambda: Scale(True), lambda: Rotate(np.bool_(True)), lambda: Shear("0.2"), lambda: Rotate(1j)]
+)
+def test_bools_and_non_numbers_are_rejected(build):
     with pytest.raises(ValueError, match="Expected"):
         build()
