@@ -1,5 +1,6 @@
-"""Embedded datasets: synthetic shapes with exact object masks, and real photographs with ImageNet labels."""
+"""Datasets: synthetic shapes with exact object masks, real photographs with ImageNet labels, image folders."""
 
+from evet_lightning.data.image_folder import ImageFolderWithMasks
 from evet_lightning.data.photos import PHOTOS, Photo, SamplePhotos
 from evet_lightning.data.synthetic import (
     SHAPE_NAMES,
@@ -14,6 +15,7 @@ __all__ = [
     "background_dropout",
     "PHOTOS",
     "SHAPE_NAMES",
+    "ImageFolderWithMasks",
     "Photo",
     "SamplePhotos",
     "ShapeSpec",

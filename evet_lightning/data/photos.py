@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
-from evet_lightning.models.efficientnet_lite import (
+from evet_lightning.imagenet import (
     EXTRA_HINT,
     IMAGENET_CATEGORIES,
     LITE0_INPUT_SIZE,

@@ -35,11 +35,22 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models import EfficientNet_B0_Weights
 from torchvision.ops import StochasticDepth
+
+# Re-exported: these ImageNet facts live below both data/ and models/ (see evet_lightning.imagenet).
+from evet_lightning.imagenet import (
+    EXTRA_HINT,
+    IMAGENET_CATEGORIES,
+    LITE0_INPUT_SIZE,
+    LITE0_MEAN,
+    LITE0_NORMALIZATION,
+    LITE0_STD,
+    MissingExtraError,
+)
 
 __all__ = [
     "CAM_TARGET_LAYER",
+    "EXTRA_HINT",
     "IMAGENET_CATEGORIES",
     "LITE0_INPUT_SIZE",
     "LITE0_MEAN",
@@ -53,20 +64,9 @@ __all__ = [
     "efficientnet_lite0_weights_path",
 ]
 
-#: Side of the square images Lite0 was trained and evaluated on.
-LITE0_INPUT_SIZE = 224
-#: Per-channel normalization of ``[0, 1]`` RGB images: ``(image - mean) / std`` maps them to ``[-1, 1]``.
-LITE0_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
-LITE0_STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
-#: ``(mean, std)`` as :class:`evet_lightning.EVET` takes it (``normalization=``), so "black" means black pixels.
-LITE0_NORMALIZATION: tuple[tuple[float, float, float], tuple[float, float, float]] = (LITE0_MEAN, LITE0_STD)
 #: Dotted name of the module Grad-CAM should explain (the head's ReLU6, ``(B, 1280, H/32, W/32)``).
 CAM_TARGET_LAYER = "_head_act"
-#: The 1000 ImageNet-1k class names in logit order. torchvision keeps them in its weights' metadata;
-#: reading the metadata downloads nothing.
-IMAGENET_CATEGORIES: list[str] = list(EfficientNet_B0_Weights.IMAGENET1K_V1.meta["categories"])
 
-EXTRA_HINT = "pip install 'evet-lightning[pretrained]'"
 _BN_EPS = 1e-3
 # TensorFlow's BN decay 0.99 is PyTorch's momentum 0.01; it only matters when fine-tuning.
 _BN_MOMENTUM = 0.01
@@ -82,10 +82,6 @@ _STAGES: tuple[tuple[int, int, int, int, int], ...] = (
     (6, 5, 2, 192, 4),
     (6, 3, 1, 320, 1),
 )
-
-
-class MissingExtraError(ImportError):
-    """An optional extra (``evet-lightning[pretrained]``) that a feature needs is not installed."""
 
 
 def efficientnet_lite0_weights_path() -> Path:

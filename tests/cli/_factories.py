@@ -30,3 +30,8 @@ def broken() -> nn.Module:
 
 
 NOT_CALLABLE = 5
+
+
+def softmax_cnn() -> nn.Module:
+    """:func:`tiny_cnn` followed by a softmax: it outputs probabilities, not logits."""
+    return nn.Sequential(tiny_cnn(), nn.Softmax(dim=1))

@@ -141,3 +141,16 @@ def test_missing_extra_raises_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> 
 def test_rejects_bad_num_classes() -> None:
     with pytest.raises(ValueError, match="Expected `num_classes` to be a positive integer, but got 0"):
         EfficientNetLite0(num_classes=0)
+
+
+def test_imagenet_facts_are_the_shared_ones() -> None:
+    """The model and the photos use one set of ImageNet facts, from the module below both (no data <-> models)."""
+    from evet_lightning import imagenet
+    from evet_lightning.data import photos
+    from evet_lightning.models import efficientnet_lite
+
+    for name in ("IMAGENET_CATEGORIES", "LITE0_INPUT_SIZE", "LITE0_NORMALIZATION", "MissingExtraError", "EXTRA_HINT"):
+        assert getattr(efficientnet_lite, name) is getattr(imagenet, name), name
+        assert getattr(photos, name) is getattr(imagenet, name), name
+    assert len(imagenet.IMAGENET_CATEGORIES) == 1000
+    assert imagenet.IMAGENET_NORMALIZATION == IMAGENET_NORMALIZATION

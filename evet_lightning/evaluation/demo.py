@@ -1,0 +1,235 @@
+"""``evet-lightning demo``: train a small CNN on synthetic shapes with :class:`~evet_lightning.EVETCallback` attached.
+
+Finished work is never lost to a later failure: ``metrics.json`` is rewritten after every validation epoch, and
+at the end the metrics, the checkpoint and the plot are written before the logger is closed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from evet_lightning.callbacks import EVETCallback
+from evet_lightning.evaluation.config import DemoConfig
+from evet_lightning.evaluation.devices import check_accelerator
+from evet_lightning.evaluation.errors import UsageError
+from evet_lightning.evaluation.names import METRIC_NAMES, PREFIX
+from evet_lightning.evaluation.outputs import check_output, heatmap_sheet, prepare_output, write_text
+from evet_lightning.evaluation.runner import quiet_lightning
+from evet_lightning.evaluation.settings import make_callback, settings_from_config
+from evet_lightning.saliency.settings import EVETSettings
+from evet_lightning.visualization.heatmaps import write_png
+
+__all__ = ["DEMO_EPOCH_KEYS", "DemoResult", "epoch_table_markdown", "run_demo"]
+
+
+@dataclass
+class DemoResult:
+    """The per-epoch history and the files ``run_demo`` wrote."""
+
+    history: list[dict[str, float]]
+    files: dict[str, str]
+    seconds: float
+
+
+#: Keys of each ``metrics.json`` epoch record besides the callback's ``evet/...`` keys.
+DEMO_EPOCH_KEYS = ("epoch", "global_step", "val_acc", "val_loss", "train_loss")
+
+
+class _EpochHistory(pl.Callback):
+    """Records every logged scalar after each (non-sanity) validation run, rewrites ``metrics.json`` with the
+    epochs so far, and renders the callback's heatmaps."""
+
+    def __init__(
+        self,
+        evet_callback: EVETCallback,
+        images: Tensor,
+        folder: Path,
+        rows: int,
+        settings: dict[str, Any],
+        start: float,
+    ) -> None:
+        self.evet_callback = evet_callback
+        self.images = images
+        self.folder = folder
+        self.rows = rows
+        self.settings = settings
+        self.start = start
+        self.history: list[dict[str, float]] = []
+
+    def write_metrics(self, complete: bool) -> Path:
+        """``metrics.json``: the settings, the seconds so far, whether training finished, and the epochs."""
+        payload = {
+            "config": self.settings,
+            "seconds": time.perf_counter() - self.start,
+            "complete": complete,
+            "epochs": self.history,
+        }
+        return write_text(self.folder / "metrics.json", json.dumps(payload, indent=2) + "\n")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        record: dict[str, float] = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
+        for key, value in trainer.callback_metrics.items():
+            if isinstance(value, Tensor) and value.numel() == 1:
+                record[key] = float(value)
+        self.history.append(record)
+        if not trainer.is_global_zero:
+            return
+        self.write_metrics(complete=False)
+        results = self.evet_callback.last_results
+        if results and self.rows > 0:
+            original = torch.cat([result.original for result in results])[: self.rows]
+            saliency = torch.cat([result.saliency for result in results])[: self.rows]
+            sheet = heatmap_sheet(self.images[: original.shape[0]], original, saliency)
+            write_png(sheet, self.folder / "heatmaps" / f"epoch_{trainer.current_epoch:03d}.png")
+
+
+def _demo_logger(config: DemoConfig, folder: Path) -> Any:
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+
+    if config.logger == "csv":
+        return CSVLogger(save_dir=os.fspath(folder), name="csv")
+    if config.logger == "tensorboard":
+        try:
+            return TensorBoardLogger(save_dir=os.fspath(folder), name="tensorboard")
+        except ModuleNotFoundError as error:
+            raise UsageError(f"--logger tensorboard needs tensorboard: {error}") from None
+    if config.logger != "wandb":
+        raise UsageError(f"--logger must be wandb, tensorboard or csv, not {config.logger!r}")
+    if config.wandb_online:
+        import wandb
+
+        if not wandb.login(prompt=False):  # checks for stored credentials, never prompts
+            raise UsageError("--wandb-online needs a W&B login: run `wandb login` first (or drop --wandb-online)")
+    else:
+        os.environ["WANDB_MODE"] = "offline"
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return WandbLogger(
+        project="evet-lightning", name="demo", save_dir=os.fspath(folder), offline=not config.wandb_online
+    )
+
+
+def _check_demo_options(config: DemoConfig) -> EVETSettings:
+    """Options that do not apply, invalid EVET settings, a device that is not there and an unwritable output are
+    errors before any work (and before the output folder is created); returns the callback's EVET settings."""
+    if config.wandb_online and config.logger != "wandb":
+        raise UsageError(f"--wandb-online only applies to --logger wandb, not to --logger {config.logger}")
+    settings = settings_from_config(config, cam=config.cam)
+    check_accelerator(config.accelerator)
+    check_output(config.output)
+    return settings
+
+
+def run_demo(config: DemoConfig) -> DemoResult:
+    """Train :class:`ShapesClassifier` on synthetic shapes with :class:`EVETCallback` attached; write the results.
+
+    Writes to ``config.output``: ``metrics.json`` (settings, ``complete`` and one record per epoch: ``epoch``,
+    ``global_step``, ``val_acc``, ``val_loss``, ``train_loss`` (last step) and every ``evet/...`` key the
+    callback logged; rewritten after every epoch), ``metrics.png`` (every metric over the epochs, original vs
+    EVET), ``heatmaps/epoch_XXX.png`` (image | original | EVET for the first samples the callback explained),
+    ``model.ckpt`` (``evaluate --model`` loads it) and the logger's folder (``wandb/`` offline run,
+    ``tensorboard/`` or ``csv/``). With W&B or TensorBoard the callback also logs its heatmaps there.
+
+    Raises:
+        UsageError: an option that does not apply, an accelerator this machine lacks, an output folder that
+            cannot be written, or an invalid setting; all before training starts.
+    """
+    from evet_lightning.data import SyntheticShapesDataModule
+    from evet_lightning.models import ShapesClassifier
+    from evet_lightning.visualization.plots import plot_metric_history
+
+    start = time.perf_counter()
+    evet_settings = _check_demo_options(config)
+    folder = prepare_output(config.output)
+    logger = _demo_logger(config, folder)
+    try:
+        pl.seed_everything(config.seed, verbose=False)
+        try:
+            datamodule = SyntheticShapesDataModule(
+                train_samples=config.train_samples,
+                val_samples=config.val_samples,
+                image_size=config.image_size,
+                batch_size=config.batch_size,
+                seed=config.seed,
+            )
+            classifier = ShapesClassifier(width=config.width)
+            evet_callback = make_callback(
+                evet_settings, num_samples=config.num_samples, log_images=min(8, config.num_samples)
+            )
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        rows = min(4, config.num_samples, config.val_samples)
+        images = torch.stack([datamodule.val_set[index][0] for index in range(rows)])
+        settings = {key: value for key, value in asdict(config).items() if key != "progress"}
+        history = _EpochHistory(evet_callback, images, folder, rows, settings, start)
+        with quiet_lightning():
+            trainer = pl.Trainer(
+                max_epochs=config.max_epochs,
+                accelerator=config.accelerator,
+                devices=1,
+                logger=logger,
+                callbacks=[evet_callback, history],
+                enable_checkpointing=False,
+                enable_model_summary=False,
+                enable_progress_bar=config.progress,
+                default_root_dir=os.fspath(folder),
+                log_every_n_steps=1,
+            )
+            trainer.fit(classifier, datamodule=datamodule)
+        files = {"metrics": os.fspath(history.write_metrics(complete=True))}
+        files["checkpoint"] = os.fspath(folder / "model.ckpt")
+        trainer.save_checkpoint(files["checkpoint"], weights_only=False)
+        files["plot"] = os.fspath(plot_metric_history(history.history, folder / "metrics.png"))
+        files["heatmaps"] = os.fspath(folder / "heatmaps")
+        if config.logger == "wandb":
+            files["wandb"] = os.fspath(Path(logger.experiment.dir).parent)
+        else:
+            files[config.logger] = os.fspath(logger.log_dir)
+    finally:
+        if config.logger == "wandb":
+            import wandb
+
+            wandb.finish()
+    return DemoResult(history=history.history, files=files, seconds=time.perf_counter() - start)
+
+
+def epoch_table_markdown(history: Sequence[Mapping[str, float]], prefix: str = PREFIX) -> str:
+    """Per-epoch markdown table: validation accuracy and each metric as ``original -> EVET`` (in %)."""
+    names = [name for name in METRIC_NAMES if any(f"{prefix}/original/{name}" in record for record in history)]
+    arrows = {"average_drop": "↓"}
+    units = {"stability_index": ""}
+    header = [
+        "epoch",
+        "val acc (%)",
+        *(f"{name.replace('_', ' ')}{units.get(name, ' (%)')} {arrows.get(name, '↑')}" for name in names),
+        "win EVET>orig (%)",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---:"] * len(header)) + " |"]
+    for record in history:
+        cells = [str(int(record["epoch"])), _format_percent(record.get("val_acc"))]
+        for name in names:
+            original, enhanced = record.get(f"{prefix}/original/{name}"), record.get(f"{prefix}/evet/{name}")
+            show = _format_fraction if name == "stability_index" else _format_percent
+            cells.append(f"{show(original)} -> {show(enhanced)}")
+        cells.append(_format_percent(record.get(f"{prefix}/win")))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _format_percent(value: float | None) -> str:
+    return "-" if value is None else f"{100.0 * value:.1f}"
+
+
+def _format_fraction(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

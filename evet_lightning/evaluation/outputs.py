@@ -1,0 +1,140 @@
+"""Where results go: the output folder (checked before any work), the tables files and the heatmap sheets.
+
+Every file is written whole or not at all (written beside, then renamed), so a failure while writing never
+leaves a half-written table, and the previous version of the file survives.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from evet_lightning.evaluation.errors import UsageError
+from evet_lightning.evaluation.records import MethodRun
+from evet_lightning.evaluation.tables import EvaluationResult
+from evet_lightning.functional.perturbation import Normalization
+from evet_lightning.visualization.heatmaps import heatmap_panel, write_png
+
+__all__ = ["check_output", "heatmap_sheet", "prepare_output", "write_heatmap_sheet", "write_tables", "write_text"]
+
+
+def check_output(path: str | os.PathLike[str], flag: str = "--output") -> Path:
+    """Check, without creating anything, that the folder ``path`` exists or can be created, and can be written.
+
+    Raises:
+        UsageError: ``path`` (or a parent) is an existing file, or the folder (or its nearest existing parent)
+            cannot be written to.
+    """
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{flag} {os.fspath(path)} is a file, not a folder")
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {os.fspath(path)} cannot be created: {existing} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise UsageError(f"{flag} {os.fspath(path)} cannot be written: {error.strerror or error}") from None
+    return folder
+
+
+def prepare_output(path: str | os.PathLike[str], flag: str = "--output") -> Path:
+    """:func:`check_output`, then create the folder (and its parents).
+
+    Raises:
+        UsageError: as :func:`check_output`, or the folder cannot be created.
+    """
+    folder = check_output(path, flag)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"{flag} {os.fspath(path)} cannot be created: {error.strerror or error}") from None
+    return folder
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to ``path`` atomically: into a temporary file beside it, then renamed over it."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # open() keeps the umask's permissions
+    try:
+        with temporary.open("w", newline="") as file:
+            file.write(text)
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def write_tables(result: EvaluationResult, output: str | os.PathLike[str]) -> dict[str, str]:
+    """Write ``tables.json`` (tables, per-method validate dicts, settings), ``tables.csv`` and ``tables.md``.
+
+    ``tables.json`` says whether the result is ``complete``; ``methods`` lists the requested methods and
+    ``validate`` those that finished. ``alpha`` is the setting (``"auto"`` or the fixed number);
+    ``alpha_by_method`` holds each finished method's alpha (the chosen one for auto, with both folds' alphas and
+    the last epoch's per-alpha curve); ``target_layers`` and ``layout`` say which layer the CAMs explained and
+    how its output was read as a map.
+    """
+    folder = Path(output)
+    payload = {
+        "model": result.model,
+        "data": result.data,
+        "num_samples": result.num_samples,
+        "alpha": result.alpha,
+        "methods": result.methods,
+        "complete": result.complete,
+        "accuracy": result.accuracy,
+        "settings": result.settings,
+        "target_layers": result.target_layers,
+        "layout": result.layout,
+        "alpha_by_method": result.alpha_by_method(),
+        "validate": {run.method: run.metrics for run in result.runs},
+        "tables": [asdict(table) for table in result.tables],
+    }
+    rows = io.StringIO()
+    writer = csv.DictWriter(rows, fieldnames=["table", "metric", "variant", "column", "value"])
+    writer.writeheader()
+    for table in result.tables:
+        writer.writerows(table.records())
+    paths = {
+        "json": write_text(folder / "tables.json", json.dumps(payload, indent=2) + "\n"),
+        "csv": write_text(folder / "tables.csv", rows.getvalue()),
+        "markdown": write_text(folder / "tables.md", result.markdown() + "\n"),
+    }
+    return {name: os.fspath(path) for name, path in paths.items()}
+
+
+def heatmap_sheet(
+    images: Tensor, original: Tensor, saliency: Tensor, normalization: Normalization = None, min_height: int = 128
+) -> Tensor:
+    """Rows ``image | original overlay | EVET overlay`` stacked vertically, ``(3, rows * H, 3 W)`` uint8.
+
+    Small images are enlarged (nearest neighbour) to at least ``min_height`` pixels per row.
+    """
+    panels = heatmap_panel(images, original, saliency, normalization)
+    factor = max(1, math.ceil(min_height / panels.shape[-2]))
+    panels = panels.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+    return torch.cat(list(panels), dim=-2)
+
+
+def write_heatmap_sheet(
+    run: MethodRun, images: Tensor, output: str | os.PathLike[str], normalization: Normalization = None
+) -> Path:
+    """``<output>/heatmaps/<method>.png``: image | original | EVET for the first ``len(images)`` samples."""
+    rows = min(run.original_maps.shape[0], images.shape[0])
+    path = Path(output) / "heatmaps" / f"{run.method}.png"
+    write_png(heatmap_sheet(images[:rows], run.original_maps[:rows], run.evet_maps[:rows], normalization), path)
+    return path

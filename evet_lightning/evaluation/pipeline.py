@@ -1,0 +1,265 @@
+"""``evet-lightning evaluate``: every check first, then one ``trainer.validate`` per method, then Tables 1-5.
+
+Order of work, so that a mistake costs nothing and a failure loses nothing:
+
+1. the methods, the accelerator and the output folder (can it be written?) are checked; nothing is created
+   until every check has passed, so a mistake leaves no empty folder behind;
+2. the model and the data are loaded, which rejects options that do not apply to them (``--weights`` or
+   ``--num-classes`` without a torchvision architecture, ``--masks`` without an image folder); an image
+   folder's files are decoded (a corrupt one is an error now);
+3. the memory the run will hold is estimated against what is available; the model runs on the first samples:
+   a spatial layer for each CAM (found once, with how its output reads as a map, and then given to every
+   method), labels among its classes, logits rather than probabilities (a warning); the callback is built once,
+   so an option it rejects is an error now;
+4. each method runs; right after it, the tables of the methods finished so far (``complete: false``) and its
+   heatmap sheet are written, so a later failure (or Ctrl+C) keeps every finished method on disk;
+5. Table 4's timing runs, and the complete tables are written.
+
+Every EVET option travels as one :class:`~evet_lightning.saliency.EVETSettings` (built from the config by
+:func:`~evet_lightning.evaluation.settings.settings_from_config`) to each method's callback and to Table 4's
+engine, so an option is never spelled out twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from evet_lightning.evaluation.checks import ExplainedLayer, check_memory, check_model_outputs, check_spatial_layer
+from evet_lightning.evaluation.config import DEFAULT_DELETION_STEPS, EvaluateConfig
+from evet_lightning.evaluation.data import EvaluationData, load_data
+from evet_lightning.evaluation.devices import check_accelerator
+from evet_lightning.evaluation.errors import UsageError
+from evet_lightning.evaluation.loading import EvaluationModel, load_model
+from evet_lightning.evaluation.names import default_methods, parse_methods
+from evet_lightning.evaluation.outputs import check_output, prepare_output, write_heatmap_sheet, write_tables
+from evet_lightning.evaluation.records import MethodRun, Timing
+from evet_lightning.evaluation.runner import evaluation_callback, run_method
+from evet_lightning.evaluation.settings import settings_from_config
+from evet_lightning.evaluation.tables import EvaluationResult, build_tables
+from evet_lightning.evaluation.timing import first_images, measure_timing
+from evet_lightning.saliency.settings import EVETSettings
+
+__all__ = ["evaluate", "run_evaluation"]
+
+log = logging.getLogger(__name__)
+
+
+def run_evaluation(config: EvaluateConfig) -> EvaluationResult:
+    """Everything ``evet-lightning evaluate`` does with ``config``: check, load, :func:`evaluate`, write.
+
+    Raises:
+        UsageError: any mistake in ``config`` (see the module docstring), before the first method runs.
+    """
+    methods = parse_methods(config.methods) if config.methods else default_methods(config.model, config.data)
+    if config.time_score_cam and "GradCAM" not in methods:
+        raise UsageError("--time-score-cam needs GradCAM in --methods")
+    if not config.deletion_insertion and config.deletion_steps != DEFAULT_DELETION_STEPS:
+        raise UsageError("--deletion-steps does not apply with --no-deletion-insertion")
+    check_accelerator(config.accelerator)
+    check_output(config.output)
+    settings = settings_from_config(config)  # imports --reshape-transform and --output-transform
+    model = load_model(config.model, weights=config.weights, num_classes=config.num_classes)
+    data = load_data(
+        config.data, model, config.num_samples, masks=config.masks, image_size=config.image_size, seed=config.seed
+    )
+    specs = {"reshape_transform": config.reshape_transform, "output_transform": config.output_transform}
+    return evaluate(
+        model,
+        data,
+        methods,
+        settings=settings,
+        batch_size=config.batch_size,
+        accelerator=config.accelerator,
+        progress=config.progress,
+        output=config.output,
+        heatmaps=config.heatmaps,
+        target=config.target,
+        time_score_cam=config.time_score_cam,
+        deletion_insertion=config.deletion_insertion,
+        deletion_steps=config.deletion_steps,
+        record={key: value for key, value in specs.items() if value is not None},
+    )
+
+
+def evaluate(
+    model: EvaluationModel,
+    data: EvaluationData,
+    methods: Sequence[str],
+    *,
+    settings: EVETSettings | None = None,
+    batch_size: int = 32,
+    accelerator: str = "auto",
+    progress: bool = True,
+    output: str | os.PathLike[str] | None = None,
+    heatmaps: int = 4,
+    target: Literal["label", "prediction"] = "label",
+    time_score_cam: bool = False,
+    deletion_insertion: bool = True,
+    deletion_steps: int = DEFAULT_DELETION_STEPS,
+    record: dict[str, Any] | None = None,
+) -> EvaluationResult:
+    """Run ``trainer.validate`` with :class:`~evet_lightning.EVETCallback` once per method and build Tables 1-6.
+
+    ``settings``: every EVET option (alpha, its grid and objective, chunk size, transforms, ...) but ``cam``, the
+    method; ``normalization`` is always the data's, and ``target_layers`` default to the model's own layer, else
+    to the layer auto-detected before the run (every CAM method explains that same layer). With GradCAM among the
+    methods and ScoreCAM too (or ``time_score_cam``, which skips Score-CAM's own, costly, EVET run: no Table 3
+    then), Table 4 times Grad-CAM* and the un-enhanced Score-CAM alike
+    (:func:`~evet_lightning.evaluation.time_per_image`) on the same samples. ``deletion_insertion``: Table 6, the
+    deletion and insertion AUCs (``deletion_steps`` steps) the callback logs. With ``output``, writes
+    ``tables.json``, ``tables.csv``, ``tables.md`` after every method (``complete`` says whether all ran) and one
+    heatmap sheet per method (``heatmaps/<method>.png``, the first ``heatmaps`` samples: image | original | EVET).
+    ``record``: more settings to write to ``tables.json`` (the command line's transform specs).
+
+    Raises:
+        UsageError: no samples, a CAM with no spatial layer, labels outside the model's classes (with
+            ``target="label"``), more samples than memory holds, an unwritable ``output``, a missing device, an
+            objective that needs masks on data without them, or an option the callback rejects.
+    """
+    if len(data) == 0:
+        raise UsageError(f"--data {data.name} has no samples")
+    settings = settings or EVETSettings()
+    target_layers = model.target_layer if settings.target_layers is None else settings.target_layers
+    settings = settings.replace(normalization=data.normalization, target_layers=target_layers)
+    if settings.alpha == "auto" and settings.alpha_objective == "energy_pointing_game" and not data.has_masks:
+        raise UsageError(f"--alpha-objective energy_pointing_game needs object masks, and --data {data.name} has none")
+    check_accelerator(accelerator)
+    if output is not None:
+        check_output(output)
+    check_memory(data)
+    layer = check_spatial_layer(model, data, methods, settings)
+    if layer.names:
+        settings = settings.replace(target_layers=layer.names)  # every CAM and Table 4 explain this layer
+        log.info("evaluate: the CAM methods explain %s, read as %s", ", ".join(layer.names), layer.layout)
+    check_model_outputs(model, data, target, settings.output_transform)
+    options = {"target": target, "deletion_insertion": deletion_insertion, "deletion_steps": deletion_steps}
+    try:
+        evaluation_callback(settings.replace(cam=methods[0]), len(data), **options)  # type: ignore[arg-type]
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    folder = None if output is None else prepare_output(output)  # created once every check has passed
+    sheet_images = first_images(data, heatmaps) if folder is not None and heatmaps > 0 else None
+    context = _Context(
+        model,
+        data,
+        list(methods),
+        settings,
+        layer,
+        {**_settings_record(settings, target, deletion_insertion, deletion_steps), **(record or {})},
+        deletion_steps if deletion_insertion else None,
+    )
+    runs: list[MethodRun] = []
+    files: dict[str, str] = {}
+    for method in methods:
+        log.info("evaluate: %s on %d samples", method, len(data))
+        run = run_method(
+            model,
+            data,
+            method,
+            settings=settings,
+            batch_size=batch_size,
+            accelerator=accelerator,
+            progress=progress,
+            root_dir=output,
+            target=target,
+            keep_maps=heatmaps,
+            deletion_insertion=deletion_insertion,
+            deletion_steps=deletion_steps,
+        )
+        runs.append(run)
+        if folder is not None:
+            files.update(write_tables(context.result(runs, complete=False), folder))
+            if sheet_images is not None:
+                path = write_heatmap_sheet(run, sheet_images, folder, data.normalization)
+                files[f"heatmaps/{method}"] = os.fspath(path)
+    timing = _timing(model, data, runs, time_score_cam, settings, accelerator)
+    result = context.result(runs, timing=timing)
+    if folder is not None:
+        result.files = {**files, **write_tables(result, folder)}  # the same keys: tables first, then heatmaps
+    return result
+
+
+def _timing(
+    model: EvaluationModel,
+    data: EvaluationData,
+    runs: Sequence[MethodRun],
+    time_score_cam: bool,
+    settings: EVETSettings,
+    accelerator: str,
+) -> Timing | None:
+    """Table 4, when GradCAM ran and ScoreCAM ran too (or ``time_score_cam`` asks for it without a run)."""
+    by_method = {run.method: run for run in runs}
+    if "GradCAM" not in by_method or not ("ScoreCAM" in by_method or time_score_cam):
+        return None
+    return measure_timing(model, data, by_method["GradCAM"], settings=settings, accelerator=accelerator)
+
+
+def _name(value: object) -> Any:
+    """A setting as JSON: numbers, text and lists as they are, a callable by its import path, else its repr."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (tuple, list)):
+        return [_name(item) for item in value]
+    qualname = getattr(value, "__qualname__", None)
+    if callable(value) and qualname is not None:
+        return f"{getattr(value, '__module__', '?')}:{qualname}"
+    return repr(value)
+
+
+def _settings_record(
+    settings: EVETSettings, target: str, deletion_insertion: bool, deletion_steps: int
+) -> dict[str, Any]:
+    """What ``tables.json`` records of the run's settings."""
+    names = ("alpha", "alpha_grid", "alpha_objective", "threshold", "baseline", "max_batch_size", "target_layers")
+    return {
+        **{name: _name(getattr(settings, name)) for name in names},
+        "transforms": len(settings.transforms or ()),
+        "reshape_transform": _name(settings.reshape_transform),
+        "output_transform": _name(settings.output_transform),
+        "target": target,
+        "deletion_insertion": deletion_insertion,
+        "deletion_steps": deletion_steps if deletion_insertion else None,
+    }
+
+
+@dataclass
+class _Context:
+    """What every (partial or final) result of one :func:`evaluate` call shares."""
+
+    model: EvaluationModel
+    data: EvaluationData
+    methods: list[str]
+    settings: EVETSettings
+    layer: ExplainedLayer
+    record: dict[str, Any]
+    deletion_steps: int | None
+
+    def result(
+        self, runs: Sequence[MethodRun], *, timing: Timing | None = None, complete: bool = True
+    ) -> EvaluationResult:
+        accuracies = [run.metrics["val_acc"] for run in runs if "val_acc" in run.metrics]
+        tables = build_tables(
+            runs,
+            has_masks=self.data.has_masks,
+            timing=timing,
+            dataset=self.data.name,
+            deletion_steps=self.deletion_steps,
+        )
+        return EvaluationResult(
+            model=self.model.name,
+            data=self.data.name,
+            num_samples=len(self.data),
+            alpha=self.settings.alpha,
+            methods=list(self.methods),
+            runs=list(runs),
+            tables=tables,
+            accuracy=accuracies[0] if accuracies else None,
+            complete=complete,
+            settings=self.record,
+            target_layers=list(self.layer.names),
+            layout=self.layer.layout,
+        )

@@ -1,0 +1,367 @@
+"""The paper's tables from the per-method runs, in its layout (Oh et al., WACV 2021, Sec. 4.2-4.4).
+
+All fractions are shown in % unless said otherwise:
+
+- Table 1, faithfulness: average drop (lower is better), increase in confidence and win (higher is better),
+  original method against EVET. "Win" of the *Original* row is the fraction of samples where the original map's
+  perturbed image keeps more target probability than the EVET map's; of the *w/ EVET* row, the reverse (ties
+  count for neither, so the two need not add up to 100).
+- Table 2, localization: energy-based pointing game, when the data carries object masks.
+- Table 3, EVET-Grad-CAM (Grad-CAM*) against Score-CAM: mean difference of the perturbed-image target
+  probabilities (a raw probability difference, not %) and win, for Grad-CAM and Grad-CAM*. Needs both GradCAM
+  and ScoreCAM among the methods; Score-CAM's scores are the un-enhanced ("original") scores of its own run.
+- Table 4, seconds per image: Grad-CAM* (the whole EVET pipeline) and the un-enhanced Score-CAM, timed on the
+  same samples.
+- Table 5, stability index of the original and the EVET maps, per method.
+- Table 6, deletion and insertion AUC (Petsiuk et al., RISE, BMVC 2018; docs/design.md, decision 16) of the
+  original and the EVET maps: deletion lower is better, insertion higher is better. Only when the callback
+  logged them (``evaluate``'s default; ``--no-deletion-insertion`` turns them off).
+
+Table 1 also shows the alpha of each method's EVET maps: with ``--alpha auto`` the one the callback chose
+(``evet/alpha``, the mean of the two folds' out-of-fold choices), else the fixed value.
+
+Each *w/ EVET* value that has an *Original* value to compare with is marked in the markdown: ✓ when EVET goes the
+better way for that metric, ✗ when it goes the other way, = when both print the same.
+
+The values are the ones ``trainer.validate`` returned; the few per-sample comparisons the callback does not log
+(the "Original" row of Win, Table 3) use the same functional metrics on the per-sample scores it kept.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from evet_lightning.evaluation.names import PREFIX, display_name
+from evet_lightning.evaluation.records import MethodRun, Timing
+from evet_lightning.functional import average_difference, win
+
+__all__ = ["Better", "EvaluationResult", "Table", "TableRow", "build_tables", "direction_mark"]
+
+#: Which way a metric is better.
+Better = Literal["lower", "higher"]
+
+
+def direction_mark(original: float | None, enhanced: float | None, better: Better, digits: int) -> str:
+    """``"✓"`` when ``enhanced`` is better than ``original`` (as printed with ``digits`` decimals), ``"✗"`` when it
+    is worse, ``"="`` when both print the same, ``""`` when either is missing.
+
+    Example:
+        >>> direction_mark(50.8, 32.6, "lower", 1), direction_mark(0.9, 0.8, "higher", 3), direction_mark(1, 1, "lower", 1)
+        ('✓', '✗', '=')
+    """  # noqa: E501
+    if original is None or enhanced is None or not (math.isfinite(original) and math.isfinite(enhanced)):
+        return ""
+    before, after = round(original, digits), round(enhanced, digits)
+    if before == after:
+        return "="
+    return "✓" if (after < before) == (better == "lower") else "✗"
+
+
+@dataclass
+class TableRow:
+    """One row: a label (blank for a metric's continuation rows), a variant (``Original`` / ``w/ EVET``), values.
+
+    ``digits`` overrides the table's number of decimals for this row. ``better``: this row (*w/ EVET*) is compared
+    with the row above it (*Original*), column by column, and each cell marked ✓/✗/= (:func:`direction_mark`).
+    """
+
+    metric: str
+    variant: str
+    values: list[float | None]
+    digits: int | None = None
+    better: Better | None = None
+
+
+@dataclass
+class Table:
+    """A table in the paper's layout. ``digits`` decimals; ``None`` values print as ``-``.
+
+    The variant column is shown only when some row has a variant; ``row_header`` names the first column.
+    ``better_column``: the last column (*w/ EVET*) is compared with the first (*Original*) in every row and
+    marked ✓/✗/= (Table 5's layout).
+    """
+
+    key: str
+    title: str
+    columns: list[str]
+    rows: list[TableRow]
+    digits: int = 1
+    notes: list[str] = field(default_factory=list)
+    row_header: str = "Metric"
+    better_column: Better | None = None
+
+    def cell(self, value: float | None, digits: int | None = None) -> str:
+        """A value as printed in the markdown table."""
+        if value is None or not math.isfinite(value):
+            return "-"
+        return f"{value:.{self.digits if digits is None else digits}f}"
+
+    def markdown(self) -> str:
+        """The table as GitHub markdown, with its title above and its notes below."""
+        variants = any(row.variant for row in self.rows)
+        header = [self.row_header, *([""] if variants else []), *self.columns]
+        lines = [
+            f"**{self.title}**",
+            "",
+            "| " + " | ".join(header) + " |",
+            "| " + " | ".join(["---"] * (2 if variants else 1) + ["---:"] * len(self.columns)) + " |",
+        ]
+        previous: TableRow | None = None
+        for row in self.rows:
+            labels = [row.metric, row.variant] if variants else [row.metric]
+            cells = [self.cell(value, row.digits) for value in row.values]
+            digits = self.digits if row.digits is None else row.digits
+            if row.better is not None and previous is not None:
+                for index, (before, after) in enumerate(zip(previous.values, row.values, strict=True)):
+                    cells[index] = _marked(cells[index], direction_mark(before, after, row.better, digits))
+            if self.better_column is not None and len(row.values) > 1:
+                mark = direction_mark(row.values[0], row.values[-1], self.better_column, digits)
+                cells[-1] = _marked(cells[-1], mark)
+            lines.append("| " + " | ".join([*labels, *cells]) + " |")
+            previous = row
+        lines.extend(["", *self.notes] if self.notes else [])
+        return "\n".join(lines)
+
+    def records(self) -> list[dict[str, Any]]:
+        """One flat record per cell: ``table, metric, variant, column, value`` (the CSV rows)."""
+        records = []
+        metric = ""
+        for row in self.rows:
+            metric = row.metric or metric
+            for column, value in zip(self.columns, row.values, strict=True):
+                records.append(
+                    {"table": self.key, "metric": metric, "variant": row.variant, "column": column, "value": value}
+                )
+        return records
+
+
+def _marked(cell: str, mark: str) -> str:
+    return f"{cell} {mark}" if mark else cell
+
+
+def _percent(value: float | None) -> float | None:
+    return None if value is None else 100.0 * value
+
+
+def build_tables(
+    runs: Sequence[MethodRun],
+    *,
+    has_masks: bool,
+    timing: Timing | None = None,
+    dataset: str = "",
+    deletion_steps: int | None = None,
+) -> list[Table]:
+    """Tables 1-6 from the per-method runs (Table 2 only with masks; 3 and 4 only with GradCAM and ScoreCAM;
+    6 only when the runs logged deletion and insertion AUCs, with ``deletion_steps`` steps when given)."""
+    columns = [display_name(run.method) for run in runs]
+    key = f"{PREFIX}/{{}}/{{}}"
+
+    def metric(name: str, variant: str) -> list[float | None]:
+        return [_percent(run.metrics.get(key.format(variant, name))) for run in runs]
+
+    original_wins = [100.0 * float(win(run.original_scores, run.evet_scores)) for run in runs]
+    evet_wins = [_percent(run.metrics.get(f"{PREFIX}/win")) for run in runs]
+    rows = [
+        TableRow("Average drop (%)", "Original", metric("average_drop", "original")),
+        TableRow("", "w/ EVET", metric("average_drop", "evet"), better="lower"),
+        TableRow("Increase in confidence (%)", "Original", metric("increase_in_confidence", "original")),
+        TableRow("", "w/ EVET", metric("increase_in_confidence", "evet"), better="higher"),
+        TableRow("Win (%)", "Original", original_wins),  # type: ignore[arg-type]
+        TableRow("", "w/ EVET", evet_wins, better="higher"),
+    ]
+    notes = [
+        "Win: share of samples whose perturbed-image target probability is higher with that map than "
+        "with the other (ties count for neither)."
+    ]
+    if any(run.alpha is not None for run in runs):
+        chosen = any(run.alpha_choice is not None for run in runs)
+        rows.append(TableRow("Alpha (chosen)" if chosen else "Alpha", "w/ EVET", [run.alpha for run in runs], 3))
+        if chosen:
+            notes.append(
+                "Alpha (chosen): the alpha of the EVET maps, chosen out of fold (each half of the samples uses the "
+                "alpha chosen on the other half; the mean of the two is shown)."
+            )
+    tables = [
+        Table(
+            "table1",
+            "Table 1: faithfulness (%), original vs EVET; average drop lower is better, increase in confidence "
+            "and win higher is better",
+            columns,
+            rows,
+            notes=notes,
+        )
+    ]
+    if has_masks:
+        tables.append(
+            Table(
+                "table2",
+                "Table 2: localization, energy-based pointing game (%); higher is better",
+                columns,
+                [
+                    TableRow("Energy-based pointing game (%)", "Original", metric("energy_pointing_game", "original")),
+                    TableRow("", "w/ EVET", metric("energy_pointing_game", "evet"), better="higher"),
+                ],
+            )
+        )
+    by_method = {run.method: run for run in runs}
+    if "GradCAM" in by_method and "ScoreCAM" in by_method:
+        tables.append(_score_cam_table(by_method["GradCAM"], by_method["ScoreCAM"]))
+    if timing is not None:
+        tables.append(_timing_table(timing, dataset))
+    tables.append(
+        Table(
+            "table5",
+            "Table 5: stability index under the callback's stability transforms (default: rotate by 5 degrees, "
+            "not one of EVET's); higher is better",
+            ["Original", "w/ EVET"],
+            [
+                TableRow(
+                    display_name(run.method),
+                    "",
+                    [
+                        run.metrics.get(key.format("original", "stability_index")),
+                        run.metrics.get(key.format("evet", "stability_index")),
+                    ],
+                )
+                for run in runs
+            ],
+            digits=3,
+            row_header="Method",
+            better_column="higher",
+        )
+    )
+    if any(key.format(variant, name) in run.metrics for run in runs for variant, name in _AUC_KEYS):
+        tables.append(_deletion_insertion_table(runs, columns, deletion_steps))
+    return tables
+
+
+_AUC_KEYS = tuple((variant, name) for name in ("deletion_auc", "insertion_auc") for variant in ("original", "evet"))
+
+
+def _deletion_insertion_table(runs: Sequence[MethodRun], columns: list[str], steps: int | None) -> Table:
+    """Table 6: the deletion and insertion AUCs the callback logged, original vs EVET, per method."""
+
+    def auc(name: str, variant: str) -> list[float | None]:
+        return [run.metrics.get(f"{PREFIX}/{variant}/{name}") for run in runs]
+
+    curve = "" if steps is None else f", {steps} steps"
+    return Table(
+        "table6",
+        f"Table 6: deletion / insertion AUC (RISE{curve}), original vs EVET; deletion lower is better, insertion "
+        "higher is better",
+        columns,
+        [
+            TableRow("Deletion AUC", "Original", auc("deletion_auc", "original")),
+            TableRow("", "w/ EVET", auc("deletion_auc", "evet"), better="lower"),
+            TableRow("Insertion AUC", "Original", auc("insertion_auc", "original")),
+            TableRow("", "w/ EVET", auc("insertion_auc", "evet"), better="higher"),
+        ],
+        digits=3,
+        notes=[
+            "Area under the target-class probability as the most salient pixels are replaced by the baseline "
+            "(deletion) or put back into a blurred image (insertion), step by step (docs/design.md, decision 16)."
+        ],
+    )
+
+
+def _score_cam_table(grad_cam: MethodRun, score_cam: MethodRun) -> Table:
+    """Table 3: O of Grad-CAM and of Grad-CAM* against O of the un-enhanced Score-CAM, sample by sample."""
+    if not torch.equal(grad_cam.targets, score_cam.targets):
+        raise RuntimeError("Grad-CAM and Score-CAM runs explained different classes; Table 3 needs the same ones")
+    reference = score_cam.original_scores
+    candidates = (grad_cam.original_scores, grad_cam.evet_scores)
+    return Table(
+        "table3",
+        "Table 3: Grad-CAM and Grad-CAM* (EVET-Grad-CAM) against Score-CAM on the perturbed-image target "
+        "probabilities; higher is better",
+        ["Grad-CAM", "Grad-CAM*"],
+        [
+            TableRow("Average difference", "", [float(average_difference(scores, reference)) for scores in candidates]),
+            TableRow("Win (%)", "", [100.0 * float(win(scores, reference)) for scores in candidates], digits=1),
+        ],
+        digits=4,
+        notes=["Average difference: mean of O(method) - O(Score-CAM), a probability difference (not %)."],
+    )
+
+
+def _timing_table(timing: Timing, dataset: str) -> Table:
+    """Table 4, with a note on the speed-up (or slow-down) of Grad-CAM* against Score-CAM."""
+    rows = [
+        TableRow("Grad-CAM*", "", list(timing.grad_cam_star)),
+        TableRow("Score-CAM", "", list(timing.score_cam)),
+    ]
+    if timing.callback is not None:
+        rows.append(TableRow("Grad-CAM* in EVETCallback (batched)", "", [timing.callback, None]))
+    notes = [
+        "Grad-CAM*: EVET(...)(image, target), the whole EVET pipeline; Score-CAM: the un-enhanced ScoreCAM, "
+        "EVET(...).explain(image, target); one image per call, same samples, same device."
+    ]
+    ratio = timing.score_cam[0] / timing.grad_cam_star[0] if timing.grad_cam_star[0] > 0 else math.inf
+    if ratio >= 1.0:
+        reduction = 100.0 * (1.0 - 1.0 / ratio)
+        notes.append(f"Grad-CAM* takes {reduction:.1f}% less time than Score-CAM ({ratio:.1f}x faster).")
+    else:
+        notes.append(
+            f"Grad-CAM* takes {100.0 * (1.0 / ratio - 1.0):.1f}% more time than Score-CAM ({1.0 / ratio:.1f}x "
+            "slower): Score-CAM's cost grows with the channels of the target layer, Grad-CAM*'s does not."
+        )
+    return Table(
+        "table4",
+        "Table 4: execution time (seconds per image)",
+        [f"{dataset or 'data'} mean", "std"],
+        rows,
+        digits=3,
+        notes=notes,
+        row_header="Method",
+    )
+
+
+@dataclass
+class EvaluationResult:
+    """Everything ``evaluate`` produced: the runs, the tables, and where it wrote files.
+
+    ``complete`` is ``False`` while methods are still to run: ``methods`` lists all requested, ``runs`` the
+    finished ones (``evaluate`` writes such a partial result after each method).
+    """
+
+    model: str
+    data: str
+    num_samples: int
+    alpha: float | str
+    methods: list[str]
+    runs: list[MethodRun]
+    tables: list[Table]
+    accuracy: float | None
+    files: dict[str, str] = field(default_factory=dict)
+    complete: bool = True
+    settings: dict[str, Any] = field(default_factory=dict)
+    """The EVET and evaluation settings of the run, as written to ``tables.json``."""
+    target_layers: list[str] = field(default_factory=list)
+    """The layer(s) every CAM method explained (dotted names in the model); empty for Gradient alone."""
+    layout: str | None = None
+    """How the layer's output was read as a map (e.g. ``"tokens (B, 1 + 14 x 14, C)"``)."""
+
+    def alpha_by_method(self) -> dict[str, dict[str, Any]]:
+        """Per finished method: ``alpha`` (the chosen one with ``--alpha auto``, else the fixed one) and, for auto,
+        ``folds`` (fold 0's and fold 1's alpha) and ``curve`` (the last epoch's per-alpha curve)."""
+        return {run.method: {"alpha": run.alpha, **(run.alpha_choice or {})} for run in self.runs}
+
+    def markdown(self) -> str:
+        """The header line and every table, as printed by ``evet-lightning evaluate``."""
+        accuracy = "" if self.accuracy is None else f", top-1 accuracy {100.0 * self.accuracy:.1f}%"
+        alpha = self.alpha if isinstance(self.alpha, str) else f"{self.alpha:g}"
+        header = (
+            f"EVET evaluation: model {self.model}, data {self.data}, {self.num_samples} samples{accuracy}, "
+            f"alpha {alpha}"
+        )
+        if self.target_layers:
+            layout = f" ({self.layout})" if self.layout else ""
+            header += f", CAM layer {', '.join(self.target_layers)}{layout}"
+        if not self.complete:
+            header += f" (partial: {len(self.runs)} of {len(self.methods)} methods finished)"
+        return "\n\n".join([header, *(table.markdown() for table in self.tables)])

@@ -1,0 +1,99 @@
+"""Table 4: seconds per image of Grad-CAM* (the whole EVET pipeline) and of the un-enhanced Score-CAM."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import statistics
+import time
+
+import torch
+from torch import Tensor
+
+from evet_lightning.data.batch import unpack_batch
+from evet_lightning.evaluation.data import EvaluationData
+from evet_lightning.evaluation.devices import accelerator_device
+from evet_lightning.evaluation.loading import EvaluationModel
+from evet_lightning.evaluation.records import MethodRun, Timing
+from evet_lightning.saliency.evet import EVET
+from evet_lightning.saliency.settings import EVETSettings
+
+__all__ = ["first_images", "measure_timing", "time_per_image"]
+
+
+def first_images(data: EvaluationData, count: int | None = None) -> Tensor:
+    """The images of the first ``count`` samples (default: all), stacked: ``(count, C, H, W)``."""
+    count = len(data) if count is None else min(count, len(data))
+    return torch.stack([unpack_batch(tuple(data.dataset[index]))[0] for index in range(count)])
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_per_image(
+    model: EvaluationModel,
+    images: Tensor,
+    targets: Tensor,
+    *,
+    cam: str = "ScoreCAM",
+    enhance: bool = False,
+    settings: EVETSettings | None = None,
+    accelerator: str = "auto",
+) -> tuple[float, float]:
+    """Seconds per image (mean, standard deviation over images) of ``cam`` through the engine, one image per call.
+
+    ``enhance=False`` times the un-enhanced method, ``EVET(...).explain(image, target)`` (view 0 only: one
+    Score-CAM); ``enhance=True`` the whole EVET pipeline ``EVET(...)(image, target)`` (with ``alpha="auto"``
+    that includes scoring every alpha of the grid). ``settings``: every EVET option but ``cam`` (default: the
+    model's target layer, EVET's defaults). One image per call, as in the paper's Table 4; the model runs on the
+    accelerator's device. One untimed warm-up call on the first image comes first (lazy initialization,
+    allocator), and pytorch-grad-cam's per-call progress bars are hidden.
+    """
+    device = accelerator_device(accelerator)
+    module = model.module.to(device)
+    settings = (settings or EVETSettings(target_layers=model.target_layer)).replace(cam=cam)
+    engine = EVET.from_settings(module, settings)
+    run = engine.__call__ if enhance else engine.explain
+    seconds = []
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            run(images[:1].to(device), targets[:1].to(device))
+            for index in range(images.shape[0]):
+                image, target = images[index : index + 1].to(device), targets[index : index + 1].to(device)
+                _synchronize(device)
+                start = time.perf_counter()
+                run(image, target)
+                _synchronize(device)
+                seconds.append(time.perf_counter() - start)
+    finally:
+        model.module.to("cpu")
+    return statistics.fmean(seconds), statistics.stdev(seconds) if len(seconds) > 1 else 0.0
+
+
+def measure_timing(
+    model: EvaluationModel,
+    data: EvaluationData,
+    grad_cam: MethodRun,
+    *,
+    settings: EVETSettings | None = None,
+    accelerator: str = "auto",
+) -> Timing:
+    """Table 4 on the samples Grad-CAM explained, with the classes it explained: Grad-CAM* and Score-CAM alike.
+
+    ``settings``: the run's EVET settings (default: the model's target layer and the data's normalization).
+    """
+    images, targets = first_images(data), grad_cam.targets
+    settings = settings or EVETSettings(target_layers=model.target_layer, normalization=data.normalization)
+
+    def seconds(cam: str, enhance: bool) -> tuple[float, float]:
+        return time_per_image(
+            model, images, targets, cam=cam, enhance=enhance, settings=settings, accelerator=accelerator
+        )
+
+    return Timing(
+        grad_cam_star=seconds("GradCAM", enhance=True),
+        score_cam=seconds("ScoreCAM", enhance=False),
+        callback=grad_cam.seconds_per_image,
+    )

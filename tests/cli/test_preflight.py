@@ -1,0 +1,260 @@
+"""Mistakes found before the long run: one line on stderr, exit code 2, no traceback, and no work started.
+
+Each test that says "before any work" replaces the expensive step that would come next with one that fails
+the test, so the check is proven to run first.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.io import write_png
+
+from evet_lightning.evaluation import demo as demo_module
+from evet_lightning.evaluation import pipeline
+from tests.cli.conftest import TINY_DEMO, DemoRun
+from tests.cli.test_errors import assert_usage_error
+
+TINY = "tests.cli._factories:tiny_cnn"
+
+
+@pytest.fixture
+def no_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if any method starts running."""
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the evaluation started although a check should have stopped it")
+
+    monkeypatch.setattr(pipeline, "run_method", fail)
+
+
+def image_folder(root: Path, classes: int = 2, per_class: int = 2, masks: bool = False) -> Path:
+    """``root/images/<class>/<i>.png`` (40 x 48 random RGB) and, with ``masks``, ``root/masks/...`` alike."""
+    generator = torch.Generator().manual_seed(0)
+    for label in range(classes):
+        for index in range(per_class):
+            image = (torch.rand(3, 40, 48, generator=generator) * 255).to(torch.uint8)
+            (root / "images" / f"class{label}").mkdir(parents=True, exist_ok=True)
+            write_png(image, str(root / "images" / f"class{label}" / f"{index}.png"))
+            if masks:
+                mask = torch.zeros(1, 40, 48, dtype=torch.uint8)
+                mask[:, 10:30, 12:36] = 255
+                (root / "masks" / f"class{label}").mkdir(parents=True, exist_ok=True)
+                write_png(mask, str(root / "masks" / f"class{label}" / f"{index}.png"))
+    return root / "images"
+
+
+def evaluate_folder(tmp_path: Path, *extra: str) -> list[str]:
+    output = tmp_path / "out"
+    return ["evaluate", "--no-progress", "--model", TINY, "--image-size", "32", "--output", str(output), *extra]
+
+
+# --------------------------------------------------------------------------------------------- corrupt files
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:60])  # the PNG signature and header survive, the data does not
+
+
+@pytest.mark.parametrize("damage", ["broken_png", "text_as_jpg", "broken_mask"])
+def test_a_corrupt_file_is_named_before_any_work(
+    damage: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_run: None
+) -> None:
+    images = image_folder(tmp_path, masks=True)
+    if damage == "broken_png":
+        bad = images / "class1" / "1.png"
+        _truncate(bad)
+    elif damage == "text_as_jpg":
+        bad = images / "class0" / "notes.jpg"
+        bad.write_text("this is not an image\n")
+        mask = tmp_path / "masks" / "class0" / "notes.png"
+        write_png(torch.zeros(1, 40, 48, dtype=torch.uint8), str(mask))
+    else:
+        bad = tmp_path / "masks" / "class0" / "1.png"
+        _truncate(bad)
+    argv = evaluate_folder(tmp_path, "--data", str(images), "--masks", str(tmp_path / "masks"))
+    assert_usage_error(capsys, argv, "cannot decode", str(bad))
+    assert not (tmp_path / "out").exists()  # a mistake leaves no empty output folder behind
+
+
+def test_a_mask_of_another_size_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], no_run: None) -> None:
+    images = image_folder(tmp_path, masks=True)
+    write_png(torch.zeros(1, 20, 20, dtype=torch.uint8), str(tmp_path / "masks" / "class0" / "0.png"))
+    argv = evaluate_folder(tmp_path, "--data", str(images), "--masks", str(tmp_path / "masks"))
+    assert_usage_error(capsys, argv, "20x20 pixels", "40")
+
+
+def test_only_the_samples_used_are_decoded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images = image_folder(tmp_path, classes=2, per_class=1)
+    _truncate(images / "class1" / "0.png")  # sample 1 of 2; --num-samples 1 never reads it
+    argv = evaluate_folder(tmp_path, "--data", str(images), "--num-samples", "1", "--methods", "Gradient")
+    assert main_ok(argv, capsys)
+
+
+def main_ok(argv: list[str], capsys: pytest.CaptureFixture[str]) -> bool:
+    from evet_lightning.cli import main
+
+    code = main([*argv, "--heatmaps", "0"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return True
+
+
+# --------------------------------------------------------------------------------------------- output folder
+
+
+@pytest.mark.parametrize("where", ["proc", "file"])
+def test_an_unwritable_output_fails_before_any_work(
+    where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded although --output cannot be written")
+
+    monkeypatch.setattr(pipeline, "load_model", fail)
+    output = Path("/proc/x") if where == "proc" else tmp_path / "a_file"
+    if where == "file":
+        output.write_text("already here")
+    fragment = "cannot be written" if where == "proc" else "is a file, not a folder"
+    assert_usage_error(capsys, ["evaluate", "--model", TINY, "--output", str(output)], "--output", fragment)
+    assert_usage_error(capsys, ["demo", "--output", str(output), *TINY_DEMO], "--output", fragment)
+
+
+# --------------------------------------------------------------------------------------------- labels
+
+
+def test_demo_checkpoint_on_imagenet_photos(demo_run: DemoRun, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["evaluate", "--model", str(demo_run.output / "model.ckpt"), "--data", "photos", "--no-progress"]
+    assert_usage_error(capsys, argv, "labels up to", "4 classes", "--target prediction")
+
+
+def test_six_class_folder_with_a_four_class_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_run: None
+) -> None:
+    images = image_folder(tmp_path, classes=6, per_class=1)
+    argv = evaluate_folder(tmp_path, "--data", str(images))
+    assert_usage_error(capsys, argv, "labels up to 5", "4 classes")
+    assert not (tmp_path / "out").exists()
+
+
+def test_target_prediction_explains_a_folder_whose_labels_are_not_the_models(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = image_folder(tmp_path, classes=6, per_class=1)
+    argv = evaluate_folder(tmp_path, "--data", str(images), "--target", "prediction", "--methods", "Gradient")
+    assert main_ok(argv, capsys)
+
+
+# --------------------------------------------------------------------------------------------- options
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragments"),
+    [
+        (["evaluate", "--model", TINY, "--masks", "/tmp"], ["--masks only applies", "--data synthetic"]),
+        (["evaluate", "--model", "demo:x.ckpt", "--num-classes", "3"], ["--num-classes only applies"]),
+        (["evaluate", "--model", "x.ckpt", "--weights", "w.pt"], ["--weights only applies"]),
+        (["evaluate", "--model", "efficientnet_lite0", "--weights", "w.pt"], ["--weights only applies"]),
+        (["evaluate", "--model", TINY, "--num-classes", "3"], ["--num-classes only applies"]),
+        (["demo", "--logger", "csv", "--wandb-online"], ["--wandb-online only applies to --logger wandb"]),
+    ],
+)
+def test_an_option_that_does_not_apply_is_an_error(
+    argv: list[str], fragments: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert_usage_error(capsys, [*argv, "--output", str(tmp_path)], *fragments)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+@pytest.mark.parametrize(
+    "argv", [["demo", *TINY_DEMO, "--accelerator", "gpu"], ["evaluate", "--model", TINY, "--accelerator", "cuda"]]
+)
+def test_asking_for_a_missing_gpu_is_an_error(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert_usage_error(capsys, [*argv, "--output", str(tmp_path)], "no CUDA GPU is available")
+
+
+def test_more_samples_than_memory_holds(tmp_path: Path, capsys: pytest.CaptureFixture[str], no_run: None) -> None:
+    argv = evaluate_folder(tmp_path, "--num-samples", "1000000000")
+    line = assert_usage_error(capsys, argv, "--num-samples 1000000000 needs about", "available")
+    assert "or fewer" in line
+
+
+# --------------------------------------------------------------------------------------------- probabilities
+
+
+def test_a_model_that_outputs_probabilities_gets_one_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    argv = ["evaluate", "--no-progress", "--model", "tests.cli._factories:softmax_cnn", "--image-size", "32"]
+    with caplog.at_level(logging.WARNING):
+        assert main_ok([*argv, "--methods", "Gradient", "--num-samples", "2", "--output", str(tmp_path)], capsys)
+    warnings = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "outputs probabilities" in warnings[0] and "\n" not in warnings[0]
+
+
+def test_logits_get_no_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    argv = ["evaluate", "--no-progress", "--model", TINY, "--image-size", "32", "--methods", "Gradient"]
+    with caplog.at_level(logging.WARNING):
+        assert main_ok([*argv, "--num-samples", "2", "--output", str(tmp_path)], capsys)
+    assert not [record for record in caplog.records if "probabilities" in record.getMessage()]
+
+
+# --------------------------------------------------------------------------------------------- nothing lost
+
+
+def test_a_failing_method_keeps_the_finished_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from evet_lightning.cli import main
+
+    real = pipeline.run_method
+
+    def second_fails(model: object, data: object, method: str, **kwargs: object) -> object:
+        if method == "GradCAM":
+            raise RuntimeError("GradCAM failed on purpose")
+        return real(model, data, method, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline, "run_method", second_fails)
+    argv = ["evaluate", "--no-progress", "--model", TINY, "--image-size", "32", "--num-samples", "2"]
+    with pytest.raises(RuntimeError, match="on purpose"):
+        main([*argv, "--methods", "Gradient,GradCAM", "--output", str(tmp_path)])
+    payload = json.loads((tmp_path / "tables.json").read_text())
+    assert payload["complete"] is False
+    assert payload["methods"] == ["Gradient", "GradCAM"] and list(payload["validate"]) == ["Gradient"]
+    assert "partial: 1 of 2 methods" in (tmp_path / "tables.md").read_text()
+    assert (tmp_path / "heatmaps" / "Gradient.png").is_file()
+
+
+def test_demo_writes_metrics_after_every_epoch_and_before_the_plot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from evet_lightning.cli import main
+    from evet_lightning.visualization import plots
+
+    written: list[tuple[int, bool]] = []
+    real = demo_module._EpochHistory.write_metrics
+
+    def spy(self: demo_module._EpochHistory, complete: bool) -> Path:
+        written.append((len(self.history), complete))
+        return real(self, complete)
+
+    def broken_plot(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("plot failed on purpose")
+
+    monkeypatch.setattr(demo_module._EpochHistory, "write_metrics", spy)
+    monkeypatch.setattr(plots, "plot_metric_history", broken_plot)
+    with pytest.raises(RuntimeError, match="on purpose"):
+        main(["demo", "--output", str(tmp_path), "--logger", "csv", *TINY_DEMO])
+    assert written == [(1, False), (2, False), (2, True)]
+    payload = json.loads((tmp_path / "metrics.json").read_text())
+    assert payload["complete"] is True and [record["epoch"] for record in payload["epochs"]] == [0, 1]
+    assert (tmp_path / "model.ckpt").is_file()
