@@ -15,8 +15,9 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from evet_lightning.functional.alpha import AlphaCurve, AlphaObjective, alpha_curve, choose_alpha
+from evet_lightning.functional.alpha import AlphaCurve, AlphaObjective, alpha_curve, choose_alpha, map_energy
 from evet_lightning.functional.fusion import blend
+from evet_lightning.saliency.evet import EVETResult
 
 __all__ = ["FoldAlphaSums", "FoldChoice", "OutOfFoldAlpha", "sample_folds"]
 
@@ -115,7 +116,7 @@ class OutOfFoldAlpha:
 
     Usage per epoch: :meth:`add` for each EVET result (``alpha="auto"``) with the samples' folds, then
     :meth:`choose` (every rank, the same number of times: it syncs), then :meth:`saliency` / :meth:`scores` per
-    result, then :meth:`reset`.
+    result, then :meth:`reset`. ``alpha_energy`` sums need object masks on every sample.
     """
 
     def __init__(self, alphas: Sequence[float], objective: AlphaObjective) -> None:
@@ -126,26 +127,19 @@ class OutOfFoldAlpha:
         self.sums = self.sums.to(device)
         return self
 
-    def add(
-        self,
-        folds: Tensor,
-        clean_scores: Tensor,
-        alpha_scores: Tensor,
-        original_scores: Tensor,
-        finite: Tensor,
-        alpha_energy: Tensor | None = None,
-        original_energy: Tensor | None = None,
-    ) -> None:
-        """Sum one chunk's per-alpha scores into each sample's fold."""
-        grid = torch.tensor(self.sums.alphas, dtype=torch.float64)
+    def add(self, folds: Tensor, result: EVETResult, masks: Tensor | None) -> None:
+        """Sum one chunk's per-alpha scores (an ``alpha="auto"`` EVET result) into each sample's fold."""
+        assert result.alpha_scores is not None, "out of fold needs an alpha='auto' run"
+        grid = torch.tensor(self.sums.alphas, dtype=torch.float64, device=result.alpha_scores.device)
+        original_energy = None if masks is None else map_energy(result.original, masks)
         for fold in range(_NUM_FOLDS):
-            include = finite & (folds == fold)
+            include = result.finite & (folds == fold)
             curve = alpha_curve(
                 grid,
-                clean_scores,
-                alpha_scores,
-                original_scores,
-                alpha_energy=alpha_energy,
+                result.clean_scores,
+                result.alpha_scores,
+                result.view_scores[0],
+                alpha_energy=result.alpha_energy,
                 original_energy=original_energy,
                 include=include,
             )
@@ -164,17 +158,17 @@ class OutOfFoldAlpha:
         )
 
     @staticmethod
-    def saliency(choice: FoldChoice, folds: Tensor, mean: Tensor, sigma: Tensor, finite: Tensor) -> Tensor:
-        """``(B, H, W)`` each sample's EVET map at its fold's alpha (zeros for non-finite samples)."""
-        maps = [blend(mean, sigma, alpha) for alpha in choice.alphas]
+    def saliency(alphas: Sequence[float], folds: Tensor, mean: Tensor, sigma: Tensor, finite: Tensor) -> Tensor:
+        """``(B, H, W)`` each sample's EVET map at ``alphas[fold]`` (zeros for non-finite samples)."""
+        maps = [blend(mean, sigma, alpha) for alpha in alphas]
         fold_of = folds.view(-1, 1, 1).to(mean.device)
         out = torch.where(fold_of == 0, maps[0], maps[1])
         return out.masked_fill(~finite.view(-1, 1, 1).to(mean.device), 0.0)
 
     @staticmethod
-    def scores(choice: FoldChoice, folds: Tensor, alpha_scores: Tensor) -> Tensor:
-        """``(B,)`` ``f_k(Phi(x, J*))`` of each sample's map at its fold's alpha (already computed by EVET)."""
-        index = torch.tensor(choice.indices, device=alpha_scores.device)[folds.to(alpha_scores.device)]
+    def scores(indices: Sequence[int], folds: Tensor, alpha_scores: Tensor) -> Tensor:
+        """``(B,)`` ``f_k(Phi(x, J*))`` of each sample's map at grid index ``indices[fold]`` (computed by EVET)."""
+        index = torch.tensor(list(indices), device=alpha_scores.device)[folds.to(alpha_scores.device)]
         return alpha_scores.gather(0, index.view(1, -1)).squeeze(0)
 
     def reset(self) -> None:

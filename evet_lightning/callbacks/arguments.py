@@ -12,6 +12,7 @@ from evet_lightning.saliency.transforms import AffineTransform, Rotate
 
 __all__ = [
     "TARGET_CHOICES",
+    "check_bool",
     "check_callable",
     "check_class_names",
     "check_fixed_alpha",
@@ -87,6 +88,12 @@ def check_prefix(prefix: object) -> str:
     if not isinstance(prefix, str) or not prefix.strip("/"):
         raise ValueError(f"Expected `prefix` to be a non-empty string, but got {prefix!r}")
     return prefix.strip("/")
+
+
+def check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"Expected `{name}` to be a bool, but got {value!r}")
+    return value
 
 
 def check_callable(name: str, value: Any) -> Any:

@@ -16,10 +16,11 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from evet_lightning._validation import check_int
+from evet_lightning.callbacks.alpha_selection import FoldChoice, OutOfFoldAlpha
 from evet_lightning.callbacks.arguments import (
+    check_bool,
     check_callable,
     check_class_names,
-    check_fixed_alpha,
     check_layer_names,
     check_model,
     check_prefix,
@@ -27,12 +28,24 @@ from evet_lightning.callbacks.arguments import (
     check_target,
     explained_module,
 )
-from evet_lightning.callbacks.explaining import ExplainedSamples, explain_chunk, module_device
+from evet_lightning.callbacks.explaining import (
+    ExplainedChunk,
+    ExplainedSamples,
+    add_curves,
+    explain_chunk,
+    module_device,
+)
 from evet_lightning.callbacks.explanation_metrics import ExplanationMetrics, MetricsAnchor
-from evet_lightning.callbacks.image_logging import HeatmapStyle, log_heatmaps
+from evet_lightning.callbacks.image_logging import (
+    HeatmapStyle,
+    log_alpha_curve,
+    log_curves,
+    log_heatmaps,
+    log_samples,
+)
 from evet_lightning.callbacks.sampling import SampleBuffer, in_validate, new_buffer, rank_quota
 from evet_lightning.data.batch import BatchUnpacker, check_images, read_batch, unpack_batch, unpack_with
-from evet_lightning.functional.fusion import DEFAULT_ALPHA
+from evet_lightning.functional.alpha import DEFAULT_ALPHA_GRID, DEFAULT_ALPHA_OBJECTIVE, AlphaObjective
 from evet_lightning.functional.perturbation import Baseline, Normalization
 from evet_lightning.saliency.evet import EVET, CamSpec, EVETResult
 from evet_lightning.saliency.settings import EVETSettings, resolve_max_batch_size
@@ -83,15 +96,24 @@ class EVETCallback(pl.Callback, _LightningCallback):
       ``T^-1(J(T(x)))`` and ``J*(x)`` against ``T^-1(J*(T(x)))`` on the valid pixels; empty
       ``stability_transforms`` turns it off;
     - ``{prefix}/win`` and ``{prefix}/average_difference``: EVET against the original map on ``O``;
-    - ``{prefix}/num_skipped``: samples left out because the image or its logits were not finite.
+    - ``{prefix}/num_skipped``: samples left out because the image or its logits were not finite;
+    - with ``deletion_insertion=True``, ``.../deletion_auc`` (lower is better) and ``.../insertion_auc`` (higher
+      is better) of each map's deletion and insertion curves (Petsiuk et al., RISE, 2018; docs/design.md,
+      decision 16), computed on the final maps (with ``alpha="auto"``, the out-of-fold EVET maps).
 
     All values are fractions in [0, 1] (x100 for the paper's percentages), computed over all processes; no
     NaN is ever logged. Labelled heatmap sheets (columns ``image | Grad-CAM | EVET-Grad-CAM`` with the CAM's
     name; the class explained, ``Y`` and each map's ``O`` under the row; small images enlarged to 192 pixels
     a panel) of the first ``log_images`` samples (rank zero's) go to W&B (``{prefix}/heatmaps``, with the same
     labels as captions), to TensorBoard (``{prefix}/heatmaps/<i>``), or, with any other logger or none, to PNG
-    files under ``<log dir>/evet_heatmaps/epoch_XXX/``. The last epoch's per-sample results are in
-    :attr:`last_samples`.
+    files under ``<log dir>/evet_heatmaps/epoch_XXX/``. Every explained sample of rank zero (all of them with
+    one process) goes into a per-sample table, to sort by the worst explanations: ``{prefix}/samples`` in W&B
+    (the image and both overlays as images; ``sample``, ``class``, ``Y``, each map's ``O`` and, when computed,
+    its AUCs), or, without W&B, ``<log dir>/evet_samples/epoch_XXX_step_XXXXXX.csv`` with the same columns
+    minus the images, plus the heatmap's PNG file where one was written. With ``deletion_insertion=True`` the
+    epoch's mean curves (original against EVET) are plotted (``{prefix}/deletion_insertion`` in W&B or
+    TensorBoard, or ``<log dir>/evet_curves/``). ``log_images=0`` turns every image, table and file off. The
+    last epoch's per-sample results are in :attr:`last_samples`.
 
     The class explained (k) is the sample's label when the batch has one and ``target="label"``, else the
     model's prediction on the untransformed image. The model explained is the LightningModule itself (its
@@ -121,8 +143,12 @@ class EVETCallback(pl.Callback, _LightningCallback):
     Cost: per sample, one EVET run (about ``2 (n + 1)`` forward passes for ``n`` transforms plus one to score
     the EVET map) and, for *each* stability transform, one more EVET run on the transformed image (its view 0
     is the original map of ``T(x)``), so the default (one stability transform) roughly doubles the work of
-    EVET alone; ``stability_transforms=[]`` saves it. It is spent only in explained epochs; the rest of the
-    time the callback only checks a flag per batch.
+    EVET alone; ``stability_transforms=[]`` saves it. ``deletion_insertion=True`` adds ``2 (S + 1)`` forward
+    passes per map, ``4 (S + 1) = 84`` per sample at ``deletion_steps=20`` for both maps (no backward), next to
+    EVET's ``2 (n + 1) + 5 = 21`` at the defaults: about 4x EVET's own forward passes; measured on the demo's
+    SmallCNN on a CPU (32-pixel images, width 4, defaults otherwise), the curves took COST_RATIO the wall time
+    of the EVET runs. It is spent only in explained epochs; the rest of the time the callback only checks a
+    flag per batch.
 
     Args:
         cam: a pytorch-grad-cam CAM class, its name (``"GradCAM"``, ``"GradCAMPlusPlus"``, ``"ScoreCAM"``, ...)
@@ -133,7 +159,19 @@ class EVETCallback(pl.Callback, _LightningCallback):
             (or training) batch. Names are checked in ``setup``.
         transforms: EVET's transforms ``T_1 .. T_n``; ``None`` is the paper's 7 (:func:`paper_transforms`).
         threshold: Gamma of Eq. (2), in (0, 1].
-        alpha: boost strength of Eq. (5), >= 0.
+        alpha: boost strength of Eq. (5): ``"auto"`` (the default) chooses it *out of fold* every explained
+            epoch: the samples are split into two folds by position (even and odd), each fold's EVET maps use the
+            alpha chosen on the other fold by ``alpha_objective`` over ``alpha_grid`` (sums over all processes),
+            so no logged score grades its own choice. Logs ``{prefix}/alpha`` (the mean of the two folds'
+            choices) and the epoch's per-alpha curve (``{prefix}/alpha_curve``: a W&B table and plot, a
+            TensorBoard image, or a PNG beside the heatmaps). A number fixes alpha (>= 0).
+        alpha_grid: the alphas ``"auto"`` chooses from, ascending.
+        alpha_objective: ``"faithful_boost"`` (default), ``"average_drop"``, ``"increase_in_confidence"``,
+            ``"energy_pointing_game"`` (needs masks in the batches) or a callable ``AlphaCurve -> (A,)`` (lower
+            is better); see :class:`~evet_lightning.EVET` and docs/design.md, decisions 9-11.
+        reshape_transform: ``activation -> (B, C, H, W)`` for target layers that output tokens (ViT) or
+            channels-last maps; see :class:`~evet_lightning.EVET`.
+        output_transform: ``model output -> (B, K) logits`` for models whose forward returns something else.
         baseline: x_d of Eq. (3) for EVET and the faithfulness scores: ``"black"``, ``"zeros"``, ``"blur"``, a
             tensor or a callable.
         normalization: ``(mean, std)`` the images were normalized with: ``"black"`` is then black in pixels
@@ -148,15 +186,23 @@ class EVETCallback(pl.Callback, _LightningCallback):
         stability_transforms: the transforms T of the stability index; default ``[Rotate(5.0)]``, a transform
             EVET itself does not use, so the index measures how EVET generalizes (paper Fig. 4b). Each one
             costs another EVET run per sample.
-        log_images: how many samples' heatmaps to log, >= 0 (0 turns images off).
+        log_images: how many samples' heatmaps to log, >= 0. 0 turns every image, table and file off (the
+            heatmaps, the per-sample table or CSV, the alpha and the deletion/insertion plots); the metrics are
+            logged all the same.
         prefix: the first part of every logged key.
         batch_unpacker: ``batch -> (images, labels or None, masks or None)`` for batches that
             :func:`unpack_batch` does not understand.
         model: the module to explain: ``None`` for the LightningModule itself, a dotted attribute name of it
             (``"model"``), or a callable ``pl_module -> nn.Module`` (use a module-level function, not a lambda,
             if the callback must pickle, e.g. for ``strategy="ddp_spawn"``).
-        class_names: the name of each class by index, for the heatmaps' row labels (``"class 2: triangle"``);
-            ``None`` shows the index only, as does an index beyond the names.
+        class_names: the name of each class by index, for the heatmaps' row labels (``"class 2: triangle"``)
+            and the ``class_name`` column of the per-sample table; ``None`` shows the index only, as does an index
+            beyond the names.
+        deletion_insertion: also score both maps by deletion and insertion (see above): the curves' baseline
+            for deletion is ``baseline`` (with ``normalization``), Phi's x_d; insertion starts from RISE's blur
+            (kernel 11, sigma 5). Step images go through the model ``max_batch_size`` at a time (resolved per
+            chunk as for EVET) with ``output_transform``. Off by default: it is the most expensive option.
+        deletion_steps: ``S`` of the curves, >= 1: the curves have ``S + 1`` points.
 
     Raises:
         ValueError: in the constructor for any invalid argument; in ``setup`` for a layer name that is not in
@@ -184,10 +230,10 @@ class EVETCallback(pl.Callback, _LightningCallback):
         target_layers: str | Sequence[str] | None = None,
         transforms: Sequence[AffineTransform] | None = None,
         threshold: float = 0.99,
-        alpha: float = DEFAULT_ALPHA,
+        alpha: float | Literal["auto"] = "auto",
         baseline: Baseline = "black",
         normalization: Normalization = None,
-        max_batch_size: int | Literal["auto"] = 64,
+        max_batch_size: int | Literal["auto"] = "auto",
         num_samples: int = 32,
         every_n_epochs: int = 1,
         target: Literal["label", "prediction"] = "label",
@@ -197,18 +243,27 @@ class EVETCallback(pl.Callback, _LightningCallback):
         batch_unpacker: BatchUnpacker | None = None,
         model: str | Callable[[Any], nn.Module] | None = None,
         class_names: Sequence[str] | None = None,
+        alpha_grid: Sequence[float] = DEFAULT_ALPHA_GRID,
+        alpha_objective: AlphaObjective = DEFAULT_ALPHA_OBJECTIVE,
+        reshape_transform: Callable[[Tensor], Tensor] | None = None,
+        output_transform: Callable[[Any], Tensor] | None = None,
+        deletion_insertion: bool = False,
+        deletion_steps: int = 20,
     ) -> None:
         super().__init__()
-        check_fixed_alpha(alpha)
         self.settings = EVETSettings(
             cam=cam,
             target_layers=check_layer_names(target_layers),
             transforms=transforms,
             threshold=threshold,
             alpha=alpha,
+            alpha_grid=alpha_grid,
+            alpha_objective=alpha_objective,
             baseline=baseline,
             normalization=normalization,
             max_batch_size=max_batch_size,
+            reshape_transform=reshape_transform,
+            output_transform=output_transform,
         )
         """EVET's settings, validated once: ``EVET(module, **settings.evet_kwargs())`` in ``setup``."""
         self.num_samples = check_int("num_samples", num_samples, 1)
@@ -220,7 +275,13 @@ class EVETCallback(pl.Callback, _LightningCallback):
         self.model = check_model(model)
         self.stability_transforms = check_stability_transforms(stability_transforms)
         self.class_names = check_class_names(class_names)
-        self._metrics = ExplanationMetrics(self.prefix, stability=bool(self.stability_transforms))
+        self.deletion_insertion = check_bool("deletion_insertion", deletion_insertion)
+        self.deletion_steps = check_int("deletion_steps", deletion_steps, 1)
+        self._metrics = ExplanationMetrics(
+            self.prefix,
+            stability=bool(self.stability_transforms),
+            deletion_steps=self.deletion_steps if self.deletion_insertion else None,
+        )
         # Run state (plain values, saved in `state_dict`).
         self.validation_runs = 0
         self.epochs_explained = 0
@@ -232,12 +293,15 @@ class EVETCallback(pl.Callback, _LightningCallback):
         self._layers_resolved = False
         self._batch_checked = False
         self._buffer: SampleBuffer | None = None
+        self.last_alpha: FoldChoice | None = None
+        """With ``alpha="auto"``: the last explained epoch's out-of-fold choice (both folds' alphas, the curve)."""
         self.last_samples: ExplainedSamples | None = None
         """Per-sample results of the last explained epoch on this process, on the CPU (``None`` before one)."""
         self.last_timing: dict[str, float] = {}
         """Wall seconds of the last explained epoch on this process: ``seconds`` (all the epoch-end work),
-        ``evet_seconds`` (the EVET runs on the samples, stability runs excluded), ``num_samples`` and
-        ``seconds_per_image`` (``evet_seconds / num_samples``)."""
+        ``evet_seconds`` (the EVET runs on the samples, stability runs excluded), ``curve_seconds`` (the deletion
+        and insertion curves, 0 when off), ``num_samples`` and ``seconds_per_image`` (``evet_seconds /
+        num_samples``)."""
 
     # ----------------------------------------------------------------------------- settings and identity
 
@@ -271,8 +335,10 @@ class EVETCallback(pl.Callback, _LightningCallback):
 
     @property
     def metric_keys(self) -> list[str]:
-        """Every key this callback can log (``energy_pointing_game`` only appears when masks are available)."""
-        return self._metrics.keys()
+        """Every key this callback can log (``energy_pointing_game`` only appears when masks are available;
+        ``deletion_auc`` and ``insertion_auc`` only with ``deletion_insertion=True``)."""
+        keys = self._metrics.keys()
+        return [*keys, f"{self.prefix}/alpha"] if self.settings.alpha == "auto" else keys
 
     @property
     @override
@@ -424,15 +490,24 @@ class EVETCallback(pl.Callback, _LightningCallback):
         with torch.inference_mode(False), torch.no_grad():
             samples = self._explain(buffer)
             self._update_metrics(samples)
-            values = self._compute_metrics()
+            values, mean_curves = self._compute_metrics()
+        if self.last_alpha is not None and self.settings.alpha == "auto":
+            values[f"{self.prefix}/alpha"] = torch.tensor(self.last_alpha.mean_alpha)
         for key, value in values.items():
             pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False, rank_zero_only=False)
         self.epochs_explained += 1
         self.last_samples = samples.to_cpu()
         style = HeatmapStyle(self.cam_name, self.class_names, self.settings.normalization)
         log_heatmaps(trainer, self.last_samples, f"{self.prefix}/heatmaps", self.log_images, style)
+        if self.log_images > 0:
+            log_samples(trainer, self.last_samples, f"{self.prefix}/samples", style, self.log_images)
+            if self.last_alpha is not None and self.settings.alpha == "auto":
+                log_alpha_curve(trainer, f"{self.prefix}/alpha_curve", self.last_alpha)
+            if mean_curves:
+                log_curves(trainer, f"{self.prefix}/deletion_insertion", mean_curves, self.cam_name)
         self.last_timing = {
             "evet_seconds": samples.evet_seconds,
+            "curve_seconds": samples.curve_seconds,
             "num_samples": float(buffer.count),
             "seconds_per_image": samples.evet_seconds / max(buffer.count, 1),
             "seconds": time.perf_counter() - start,
@@ -448,21 +523,37 @@ class EVETCallback(pl.Callback, _LightningCallback):
             return resolve_max_batch_size(max_batch_size, images[:0].to(device))  # by shape and device type
 
         chunks = [explain_chunk(evet, batch, device, self.stability_transforms) for batch in buffer.chunks(chunk_size)]
+        if self.settings.alpha == "auto":
+            chunks = self._out_of_fold(chunks, device)
+        if self.deletion_insertion:  # on the final maps: after the out-of-fold alpha replaced the EVET maps
+            chunks = [
+                add_curves(chunk, evet.model, self.deletion_steps, self.settings, chunk_size(chunk.images))
+                for chunk in chunks
+            ]
         return ExplainedSamples.from_chunks(chunks)
+
+    def _out_of_fold(self, chunks: list[ExplainedChunk], device: torch.device) -> list[ExplainedChunk]:
+        """Each fold's maps at the alpha chosen on the other fold, from sums over all processes (decision 11)."""
+        selection = OutOfFoldAlpha(self.settings.alpha_grid, self.settings.alpha_objective).to(device)
+        for chunk in chunks:
+            selection.add(chunk.folds, chunk.result, chunk.masks)
+        self.last_alpha = selection.choose()  # every rank, once per explained epoch: it syncs
+        return [chunk.out_of_fold(self.last_alpha) for chunk in chunks]
 
     def _update_metrics(self, samples: ExplainedSamples) -> None:
         for chunk in samples.chunks:
             self._metrics.update(chunk)
         self._metrics.finish_epoch()
 
-    def _compute_metrics(self) -> dict[str, Tensor]:
-        """Compute every metric (synced across processes, same order everywhere), reset them, check the samples."""
+    def _compute_metrics(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Compute every metric (synced across processes, same order everywhere), reset them, check the samples.
+        Returns the values to log and the mean deletion/insertion curves (empty when off or nothing explained)."""
         values, counts = self._metrics.compute()
         if counts.explained == 0:
             rank_zero_warn("EVETCallback: no sample could be explained this epoch; only num_skipped is logged")
         self.last_num_samples = counts.explained + counts.skipped
         self._check_fingerprint(counts.fingerprint)
-        return values
+        return values, counts.mean_curves
 
     def _check_fingerprint(self, fingerprint: float) -> None:
         loaded, self._loaded_fingerprint = self._loaded_fingerprint, None

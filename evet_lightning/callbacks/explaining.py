@@ -2,7 +2,8 @@
 
 An explained epoch goes ``buffer -> explain (this module) -> update metrics -> compute and log``. What the
 explain step produces, :class:`ExplainedSamples`, is everything known about each sample (its image, both maps,
-the class explained, ``Y``, ``O`` of each map, the stability maps), so later steps read and never recompute.
+the class explained, ``Y``, ``O`` of each map, the stability maps, and, when asked for, the deletion and
+insertion curves of both maps), so later steps read and never recompute.
 """
 
 from __future__ import annotations
@@ -16,19 +17,29 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from evet_lightning.callbacks.alpha_selection import FoldChoice, OutOfFoldAlpha
 from evet_lightning.callbacks.sampling import SampleBatch
+from evet_lightning.functional.deletion_insertion import curve_auc, deletion_curve, insertion_curve
 from evet_lightning.saliency.evet import EVET, EVETResult
+from evet_lightning.saliency.settings import EVETSettings
 from evet_lightning.saliency.transforms import AffineTransform
 
 __all__ = [
+    "CURVE_VARIANTS",
     "ExplainedChunk",
     "ExplainedSamples",
+    "PerturbationCurves",
     "SampleView",
     "StabilityMaps",
+    "add_curves",
     "explain_chunk",
     "module_device",
     "to_cpu",
 ]
+
+#: The keys of the per-sample AUCs (:attr:`ExplainedSamples.aucs`), ``"{variant}/{curve}_auc"``: the logged
+#: metric keys without the prefix.
+CURVE_VARIANTS = ("original", "evet")
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,33 @@ class StabilityMaps:
     """``(H, W)`` bool: the pixels whose pre-image under ``T`` lies inside the canvas."""
     finite: Tensor
     """``(B,)`` bool: both EVET runs (on ``x`` and on ``T(x)``) were finite."""
+    transform: AffineTransform | None = None
+    """``T``, kept with ``alpha="auto"`` so :meth:`at_alphas` can re-blend ``J*(T(x))`` at each sample's alpha."""
+    transformed: EVETResult | None = None
+    """The EVET run on ``T(x)`` (with ``alpha="auto"`` only; its ``fused_mean``/``fused_sigma`` are reused)."""
+
+    def at_alphas(self, folds: Tensor, alphas: Sequence[float]) -> StabilityMaps:
+        """The same maps with ``J*(T(x))`` blended at ``alphas[fold]`` for each sample (decision 11)."""
+        assert self.transform is not None and self.transformed is not None
+        fused = OutOfFoldAlpha.saliency(
+            alphas, folds, self.transformed.fused_mean, self.transformed.fused_sigma, self.transformed.finite
+        )
+        saliency = self.transform.inverse(fused.unsqueeze(1)).squeeze(1)
+        return dataclasses.replace(self, saliency=saliency)
+
+
+@dataclass(frozen=True)
+class PerturbationCurves:
+    """The deletion and insertion curves of one map for a chunk's samples (docs/design.md, decision 16)."""
+
+    deletion: Tensor
+    """``(B, S + 1)`` target probability as the top pixels are replaced by the baseline (lower area is better)."""
+    insertion: Tensor
+    """``(B, S + 1)`` target probability as the top pixels are restored on a blur (higher area is better)."""
+
+    def aucs(self) -> dict[str, Tensor]:
+        """``{"deletion_auc": (B,), "insertion_auc": (B,)}``; NaN for a sample whose image or map was not finite."""
+        return {"deletion_auc": curve_auc(self.deletion), "insertion_auc": curve_auc(self.insertion)}
 
 
 @dataclass(frozen=True)
@@ -60,12 +98,42 @@ class ExplainedChunk:
     """One entry per stability transform, in the callback's order."""
     seconds: float
     """Wall seconds of the EVET call on the samples (stability runs excluded)."""
+    original_curves: PerturbationCurves | None = None
+    """Deletion and insertion curves of the final original maps (``deletion_insertion=True`` only)."""
+    evet_curves: PerturbationCurves | None = None
+    """Deletion and insertion curves of the final EVET maps (after the out-of-fold alpha, if any)."""
+    curve_seconds: float = 0.0
+    """Wall seconds spent on the curves of both maps."""
+
+    def curves(self, variant: str) -> PerturbationCurves | None:
+        """The curves of the ``"original"`` or the ``"evet"`` maps (``None`` when they were not computed)."""
+        return self.original_curves if variant == "original" else self.evet_curves
 
     @property
     def evet_scores(self) -> Tensor:
         """``(B,)`` ``O`` of the EVET map: ``f_k(Phi(x, J*(x)))``."""
         assert self.result.saliency_scores is not None, "the callback always asks EVET for score_saliency"
         return self.result.saliency_scores
+
+    @property
+    def folds(self) -> Tensor:
+        """``(B,)`` long: each sample's fold for the out-of-fold alpha, its position modulo 2 (decision 11)."""
+        return (self.positions.round().long() % 2).to(self.images.device)
+
+    def out_of_fold(self, choice: FoldChoice) -> ExplainedChunk:
+        """The chunk with each sample's EVET map, its score and its stability maps at its fold's alpha."""
+        result, folds = self.result, self.folds
+        assert result.alpha_scores is not None, "out of fold needs an alpha='auto' run"
+        result = dataclasses.replace(
+            result,
+            saliency=OutOfFoldAlpha.saliency(
+                choice.alphas, folds, result.fused_mean, result.fused_sigma, result.finite
+            ),
+            saliency_scores=OutOfFoldAlpha.scores(choice.indices, folds, result.alpha_scores),
+            alpha=choice.mean_alpha,
+        )
+        stability = tuple(maps.at_alphas(folds, choice.alphas) for maps in self.stability)
+        return dataclasses.replace(self, result=result, stability=stability)
 
 
 class SampleView(NamedTuple):
@@ -84,6 +152,10 @@ class SampleView(NamedTuple):
     """``O`` of the original map."""
     evet_score: float
     """``O`` of the EVET map."""
+    position: int = -1
+    """The sample's position in the single-process order (its dataset index with an unshuffled loader)."""
+    aucs: dict[str, float] = {}  # noqa: RUF012 (never mutated; a NamedTuple field needs a plain default)
+    """Deletion/insertion AUC of each map, by :attr:`ExplainedSamples.aucs` key (empty when not computed)."""
 
 
 @dataclass(frozen=True)
@@ -108,12 +180,21 @@ class ExplainedSamples:
     """``(N,)`` ``O`` of the original maps."""
     evet_scores: Tensor
     """``(N,)`` ``O`` of the EVET maps."""
+    aucs: dict[str, Tensor] = dataclasses.field(default_factory=dict)
+    """``{"original/deletion_auc": (N,), "evet/deletion_auc", "original/insertion_auc", "evet/insertion_auc"}``
+    when the curves were computed (NaN for a non-finite sample), else empty."""
 
     @classmethod
     def from_chunks(cls, chunks: Sequence[ExplainedChunk]) -> ExplainedSamples:
         def cat(values: list[Tensor], dtype: torch.dtype) -> Tensor:
             return torch.cat(values) if values else torch.zeros(0, dtype=dtype)
 
+        aucs: dict[str, list[Tensor]] = {}
+        for chunk in chunks:
+            for variant in CURVE_VARIANTS:
+                curves = chunk.curves(variant)
+                for name, values in ({} if curves is None else curves.aucs()).items():
+                    aucs.setdefault(f"{variant}/{name}", []).append(values)
         return cls(
             chunks=tuple(chunks),
             positions=cat([chunk.positions for chunk in chunks], torch.float64),
@@ -122,6 +203,7 @@ class ExplainedSamples:
             clean_scores=cat([chunk.result.clean_scores for chunk in chunks], torch.float32),
             original_scores=cat([chunk.result.view_scores[0] for chunk in chunks], torch.float32),
             evet_scores=cat([chunk.evet_scores for chunk in chunks], torch.float32),
+            aucs={key: torch.cat(values) for key, values in aucs.items()},
         )
 
     def __len__(self) -> int:
@@ -135,6 +217,11 @@ class ExplainedSamples:
     @property
     def evet_seconds(self) -> float:
         return sum(chunk.seconds for chunk in self.chunks)
+
+    @property
+    def curve_seconds(self) -> float:
+        """Wall seconds of the deletion and insertion curves (0 when they were not computed)."""
+        return sum(chunk.curve_seconds for chunk in self.chunks)
 
     def first(self, count: int) -> Iterator[SampleView]:
         """The first ``count`` samples, finite or not, one by one."""
@@ -152,6 +239,8 @@ class ExplainedSamples:
                     float(result.clean_scores[row]),
                     float(result.view_scores[0, row]),
                     float(chunk.evet_scores[row]),
+                    round(float(chunk.positions[row])),
+                    {key: float(values[index]) for key, values in self.aucs.items()},
                 )
                 index += 1
 
@@ -163,15 +252,20 @@ class ExplainedSamples:
 def explain_chunk(
     evet: EVET, batch: SampleBatch, device: torch.device, stability_transforms: Sequence[AffineTransform]
 ) -> ExplainedChunk:
-    """Run EVET on one chunk of samples on ``device`` (scoring the EVET map too), and on each ``T(x)``."""
+    """Run EVET on one chunk of samples on ``device`` (scoring the EVET map too), and on each ``T(x)``.
+
+    With ``alpha="auto"`` the chunk's maps are at the alpha this chunk alone would choose; the callback replaces
+    them with the out-of-fold ones (:meth:`ExplainedChunk.out_of_fold`) once every chunk is in.
+    """
     images = batch.images.to(device)
     labels = None if batch.labels is None else batch.labels.to(device)
+    masks = None if batch.masks is None else batch.masks.to(device)
     start = _synchronized_time(device)
-    result = evet(images, labels, score_saliency=True)
+    result = evet(images, labels, masks=masks, score_saliency=True)
     seconds = _synchronized_time(device) - start
     return ExplainedChunk(
         images=images,
-        masks=None if batch.masks is None else batch.masks.to(device),
+        masks=masks,
         positions=batch.positions,
         result=result,
         stability=tuple(_stability_maps(evet, transform, images, result) for transform in stability_transforms),
@@ -179,16 +273,51 @@ def explain_chunk(
     )
 
 
+def add_curves(
+    chunk: ExplainedChunk, model: nn.Module, steps: int, settings: EVETSettings, max_batch_size: int
+) -> ExplainedChunk:
+    """The chunk with the deletion and insertion curves of its (final) original and EVET maps.
+
+    Deletion uses EVET's baseline (``settings.baseline`` and ``normalization``, the x_d of Phi), insertion RISE's
+    blur; the class is the one EVET explained. Both maps go through one call per curve (``2 B (S + 1)`` step
+    images in chunks of ``max_batch_size``), so ``4 (S + 1)`` forward passes per sample in all.
+    """
+    device = chunk.images.device
+    start = _synchronized_time(device)
+    images = torch.cat([chunk.images, chunk.images])
+    maps = torch.cat([chunk.result.original, chunk.result.saliency])
+    targets = torch.cat([chunk.result.targets, chunk.result.targets])
+    common: dict[str, Any] = {
+        "steps": steps,
+        "normalization": settings.normalization,
+        "max_batch_size": max_batch_size,
+        "output_transform": settings.output_transform,
+    }
+    deletion = deletion_curve(model, images, maps, targets, baseline=settings.baseline, **common)
+    insertion = insertion_curve(model, images, maps, targets, **common)
+    size = chunk.images.shape[0]
+    return dataclasses.replace(
+        chunk,
+        original_curves=PerturbationCurves(deletion[:size], insertion[:size]),
+        evet_curves=PerturbationCurves(deletion[size:], insertion[size:]),
+        curve_seconds=_synchronized_time(device) - start,
+    )
+
+
 def _stability_maps(evet: EVET, transform: AffineTransform, images: Tensor, result: EVETResult) -> StabilityMaps:
     # One EVET run on T(x) gives both maps: its view 0 is J(T(x)) min-max normalized (as
-    # `min_max_normalize(evet.explain(T(x)).maps)` would be, without a second CAM pass), and J*(T(x)).
-    transformed = evet(transform.forward(images), result.targets)
+    # `min_max_normalize(evet.explain(T(x)).maps)` would be, without a second CAM pass), and J*(T(x)). With
+    # alpha="auto" the run uses a fixed alpha (no per-alpha scoring) and is re-blended at each sample's alpha.
+    auto = evet.alpha == "auto"
+    transformed = evet(transform.forward(images), result.targets, alpha=0.0 if auto else None)
     height, width = images.shape[-2:]
     return StabilityMaps(
         original=transform.inverse(transformed.original.unsqueeze(1)).squeeze(1),
         saliency=transform.inverse(transformed.saliency.unsqueeze(1)).squeeze(1),
         valid=transform.valid_mask(height, width, images.device),
         finite=result.finite & transformed.finite,
+        transform=transform if auto else None,
+        transformed=transformed if auto else None,
     )
 
 
@@ -207,7 +336,7 @@ def _synchronized_time(device: torch.device) -> float:
 
 
 def to_cpu(value: Any) -> Any:
-    """``value`` with every tensor in it (dataclasses, named tuples, tuples, lists) detached and on the CPU."""
+    """``value`` with every tensor in it (dataclasses, named tuples, tuples, lists, dicts) detached and on the CPU."""
     if isinstance(value, Tensor):
         return value.detach().cpu()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -217,4 +346,6 @@ def to_cpu(value: Any) -> Any:
         return type(value)(*(to_cpu(item) for item in value))
     if isinstance(value, (tuple, list)):
         return type(value)(to_cpu(item) for item in value)
+    if isinstance(value, dict):
+        return {key: to_cpu(item) for key, item in value.items()}
     return value

@@ -7,6 +7,7 @@ another one skips.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 from collections.abc import Iterator
@@ -24,8 +25,10 @@ from evet_lightning.callbacks.sampling import fingerprint_terms
 from evet_lightning.metrics import (
     AverageDifference,
     AverageDrop,
+    DeletionAUC,
     EnergyPointingGame,
     IncreaseInConfidence,
+    InsertionAUC,
     StabilityIndex,
     Win,
 )
@@ -48,6 +51,9 @@ class EpochCounts:
     """Scored samples that had an object mask."""
     fingerprint: float
     """Checksum of the samples explained (:func:`~evet_lightning.callbacks.sampling.fingerprint_terms`)."""
+    mean_curves: dict[str, Tensor] = dataclasses.field(default_factory=dict)
+    """With deletion/insertion on and some sample explained: the mean curve of each AUC metric, ``(S + 1,)``,
+    by its key without the prefix (``"original/deletion_auc"``, ``"evet/insertion_auc"``, ...)."""
 
 
 class ExplanationMetrics(nn.Module):
@@ -55,7 +61,8 @@ class ExplanationMetrics(nn.Module):
 
     - ``variants[v]``, one ``MetricCollection`` per variant ``v`` in :data:`VARIANTS`, cloned from one
       collection with the prefix ``{prefix}/{v}/``: ``average_drop``, ``increase_in_confidence``,
-      ``energy_pointing_game`` and (with stability transforms) ``stability_index``;
+      ``energy_pointing_game``, (with stability transforms) ``stability_index`` and (with ``deletion_steps``)
+      ``deletion_auc`` and ``insertion_auc``;
     - ``comparison`` (prefix ``{prefix}/``): ``win`` and ``average_difference`` of ``O`` (EVET against original);
     - ``num_skipped`` (logged as ``{prefix}/num_skipped``), and the unlogged ``num_explained``, ``num_masked`` and
       ``fingerprint`` sums.
@@ -63,22 +70,29 @@ class ExplanationMetrics(nn.Module):
     A metric is fed by the update arguments it takes (the metrics share argument names on purpose): a chunk
     feeds ``scores``/``masked_scores`` to the faithfulness metrics, ``saliency``/``mask`` (when it has masks) to
     the pointing game, and ``saliency``/``saliency_transformed``/``valid`` once per stability transform to the
-    stability index. The pointing game is logged only when some sample on some process had a mask.
+    stability index. The two AUC metrics both take ``curves``, so they are fed by name instead: each its own
+    curves of the variant's maps. The pointing game is logged only when some sample on some process had a mask.
 
     Compute groups are off: they would merge the states of metrics whose first updates happened to be equal.
     Keys come out in the order of :meth:`keys`: ``num_skipped``, then each collection's metrics in the
     alphabetical order torchmetrics keeps (the same on every process).
     """
 
-    def __init__(self, prefix: str, stability: bool) -> None:
+    def __init__(self, prefix: str, stability: bool, deletion_steps: int | None = None) -> None:
         super().__init__()
         self.prefix = prefix
+        self.deletion_steps = deletion_steps
+        """``S`` of the deletion and insertion curves, or ``None`` for no AUC metrics."""
+        curves: dict[str, Metric] = {}
+        if deletion_steps is not None:
+            curves = {"deletion_auc": DeletionAUC(deletion_steps), "insertion_auc": InsertionAUC(deletion_steps)}
         variant = MetricCollection(
             {
                 "average_drop": AverageDrop(),
                 "increase_in_confidence": IncreaseInConfidence(),
                 "energy_pointing_game": EnergyPointingGame(),
                 **({"stability_index": StabilityIndex()} if stability else {}),
+                **curves,
             },
             compute_groups=False,
         )
@@ -114,6 +128,11 @@ class ExplanationMetrics(nn.Module):
                 transformed = stability.original if name == "original" else stability.saliency
                 valid = stability.valid.expand(int(both.sum()), -1, -1)
                 _feed(collection, saliency=maps[name][both], saliency_transformed=transformed[both], valid=valid)
+            if self.deletion_steps is not None:
+                curves = chunk.curves(name)
+                assert curves is not None, "the callback computes the curves whenever the AUC metrics exist"
+                collection["deletion_auc"].update(curves.deletion[keep])
+                collection["insertion_auc"].update(curves.insertion[keep])
         self.comparison.update(scores_a=evet_scores, scores_b=original_scores)
         self.num_explained.update(keep.sum())
         self.num_skipped.update((~keep).sum())
@@ -128,6 +147,7 @@ class ExplanationMetrics(nn.Module):
         device = self.num_skipped.device
         empty_scores = torch.zeros(0, device=device)
         empty_maps = torch.zeros(0, 1, 1, device=device)
+        empty_curves = torch.zeros(0, (self.deletion_steps or 1) + 1, device=device)
         for metric in self._metrics():
             _feed(
                 metric,
@@ -139,19 +159,22 @@ class ExplanationMetrics(nn.Module):
                 saliency_transformed=empty_maps,
                 mask=empty_maps.bool(),
                 value=empty_scores,
+                curves=empty_curves,
             )
 
     def compute(self) -> tuple[dict[str, Tensor], EpochCounts]:
         """The logged values and the counts of the epoch, over all processes; then every metric is reset.
 
-        Without any explained sample only ``{prefix}/num_skipped`` is returned.
+        Without any explained sample only ``{prefix}/num_skipped`` is returned (and no mean curve).
         """
         skipped = self.num_skipped.compute().float()
+        explained = int(self.num_explained.compute())
         counts = EpochCounts(
-            explained=int(self.num_explained.compute()),
+            explained=explained,
             skipped=int(skipped),
             masked=int(self.num_masked.compute()),
             fingerprint=float(self.fingerprint.compute()),
+            mean_curves=self._mean_curves() if explained > 0 else {},
         )
         values = {f"{self.prefix}/num_skipped": skipped}
         if counts.explained > 0:
@@ -162,6 +185,16 @@ class ExplanationMetrics(nn.Module):
         for metric in self._metrics():
             metric.reset()
         return values, counts
+
+    def _mean_curves(self) -> dict[str, Tensor]:
+        """Each AUC metric's mean curve (synced: every process calls this the same number of times)."""
+        if self.deletion_steps is None:
+            return {}
+        return {
+            f"{name}/{key}": cast(DeletionAUC | InsertionAUC, self.variant(name)[key]).mean_curve()
+            for name in VARIANTS
+            for key in ("deletion_auc", "insertion_auc")
+        }
 
     def variant(self, name: str) -> MetricCollection:
         """The metrics of the ``"original"`` or the ``"evet"`` maps."""

@@ -1,22 +1,45 @@
-"""Heatmaps of the explained samples to W&B, TensorBoard, or PNG files under the log directory."""
+"""Heatmaps, curves and per-sample tables of the explained samples to W&B, TensorBoard, or files under the
+log directory."""
 
 from __future__ import annotations
 
+import csv
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 
-from evet_lightning.callbacks.explaining import ExplainedSamples
+from evet_lightning.callbacks.alpha_selection import FoldChoice
+from evet_lightning.callbacks.explaining import ExplainedSamples, SampleView
 from evet_lightning.functional.perturbation import Normalization
-from evet_lightning.visualization.heatmaps import captions, heatmap_sheet, write_png
+from evet_lightning.visualization.curves import alpha_curve_rows, render_alpha_curve, render_curve_panels
+from evet_lightning.visualization.heatmaps import (
+    captions,
+    display_name,
+    heatmap_panel,
+    heatmap_sheet,
+    panel_scale,
+    write_png,
+)
 
-__all__ = ["HeatmapStyle", "log_heatmaps", "logger_classes"]
+__all__ = [
+    "HeatmapStyle",
+    "heatmap_file",
+    "log_alpha_curve",
+    "log_curves",
+    "log_figure",
+    "log_heatmaps",
+    "log_samples",
+    "logger_classes",
+    "sample_columns",
+]
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +104,7 @@ def log_heatmaps(trainer: pl.Trainer, samples: ExplainedSamples, key: str, count
     (finding the log directory is a collective call). A failing logger costs its images, with a warning."""
     if count == 0:
         return
-    loggers: list[Any] = list(trainer.loggers)
-    wandb_loggers = [logger for logger in loggers if isinstance(logger, logger_classes("WandbLogger"))]
-    tensorboard_loggers = [logger for logger in loggers if isinstance(logger, logger_classes("TensorBoardLogger"))]
-    # `trainer.log_dir` broadcasts: every process must ask for it, or none.
-    directory = None if wandb_loggers or tensorboard_loggers else trainer.log_dir or trainer.default_root_dir
+    wandb_loggers, tensorboard_loggers, directory = _loggers(trainer)
     if not trainer.is_global_zero or len(samples) == 0:
         return
     sheets, texts = style.render(samples, count)
@@ -95,10 +114,167 @@ def log_heatmaps(trainer: pl.Trainer, samples: ExplainedSamples, key: str, count
     for logger in tensorboard_loggers:
         _guarded(_to_tensorboard, logger, key, sheets, texts, step)
     if directory is not None:
-        folder = os.path.join(directory, "evet_heatmaps", f"epoch_{trainer.current_epoch:03d}")
         for index, sheet in enumerate(sheets):
-            write_png(sheet, os.path.join(folder, f"step_{step:06d}_sample_{index:02d}.png"))
-        log.info("EVETCallback: wrote %d heatmaps to %s", len(sheets), folder)
+            write_png(sheet, os.path.join(directory, heatmap_file(trainer, index)))
+        log.info("EVETCallback: wrote %d heatmaps to %s", len(sheets), os.path.join(directory, "evet_heatmaps"))
+
+
+def heatmap_file(trainer: pl.Trainer, index: int) -> str:
+    """The PNG file of the ``index``-th heatmap of this epoch, relative to the log directory."""
+    folder = os.path.join("evet_heatmaps", f"epoch_{trainer.current_epoch:03d}")
+    return os.path.join(folder, f"step_{trainer.global_step:06d}_sample_{index:02d}.png")
+
+
+def _loggers(trainer: pl.Trainer) -> tuple[list[Any], list[Any], str | None]:
+    """``(W&B loggers, TensorBoard loggers, folder for PNG files or None)``; a collective call (every process)."""
+    wandb_loggers, tensorboard_loggers = _image_loggers(trainer)
+    # `trainer.log_dir` broadcasts: every process must ask for it, or none.
+    directory = None if wandb_loggers or tensorboard_loggers else trainer.log_dir or trainer.default_root_dir
+    return wandb_loggers, tensorboard_loggers, directory
+
+
+def _image_loggers(trainer: pl.Trainer) -> tuple[list[Any], list[Any]]:
+    """``(W&B loggers, TensorBoard loggers)`` of the trainer."""
+    loggers: list[Any] = list(trainer.loggers)
+    wandb_loggers = [logger for logger in loggers if isinstance(logger, logger_classes("WandbLogger"))]
+    tensorboard_loggers = [logger for logger in loggers if isinstance(logger, logger_classes("TensorBoardLogger"))]
+    return wandb_loggers, tensorboard_loggers
+
+
+def log_figure(trainer: pl.Trainer, key: str, image: Tensor, file_name: str, caption: str) -> None:
+    """Rank zero logs one rendered figure to W&B and TensorBoard, or writes ``<log dir>/<file_name>``.
+    Every process must call this."""
+    wandb_loggers, tensorboard_loggers, directory = _loggers(trainer)
+    if not trainer.is_global_zero:
+        return
+    step = trainer.global_step
+    for logger in wandb_loggers:
+        _guarded(_to_wandb, logger, key, [image], [caption], step)
+    for logger in tensorboard_loggers:
+        _guarded(_to_tensorboard, logger, key, [image], [caption], step)
+    if directory is not None:
+        write_png(image, os.path.join(directory, file_name))
+
+
+def log_alpha_curve(trainer: pl.Trainer, key: str, choice: FoldChoice) -> None:
+    """The epoch's per-alpha curve of ``alpha="auto"``: a W&B table (``{key}_table``) and a plot (W&B,
+    TensorBoard, or a PNG beside the heatmaps). Every process must call this (only rank zero writes)."""
+    caption = f"alpha chosen out of fold: {choice.alphas[0]:g} (fold 0), {choice.alphas[1]:g} (fold 1)"
+    image = render_alpha_curve(choice.curve, choice.alphas, caption) if trainer.is_global_zero else torch.zeros(0)
+    file_name = os.path.join(
+        "evet_alpha_curves", f"epoch_{trainer.current_epoch:03d}_step_{trainer.global_step:06d}.png"
+    )
+    log_figure(trainer, key, image, file_name, caption)
+    if not trainer.is_global_zero:
+        return
+    columns = ["alpha", "average_drop", "increase_in_confidence", "energy_pointing_game", "folds_using_it"]
+    data = [[*row, sum(alpha == row[0] for alpha in choice.alphas)] for row in alpha_curve_rows(choice.curve)]
+    for logger in trainer.loggers:
+        if isinstance(logger, logger_classes("WandbLogger")):
+            _guarded(_table_to_wandb, logger, f"{key}_table", columns, data, trainer.global_step)
+
+
+def log_curves(trainer: pl.Trainer, key: str, mean_curves: dict[str, Tensor], method: str) -> None:
+    """The epoch's mean deletion and insertion curves, original against EVET maps, side by side: a W&B or
+    TensorBoard image, or ``<log dir>/evet_curves/epoch_XXX_step_XXXXXX.png``. Every process must call this.
+
+    ``mean_curves`` is keyed like the metrics without the prefix (``"original/deletion_auc"``, ...).
+    """
+    name = display_name(method)
+    labels = {"original": name, "evet": f"EVET-{name}"}
+
+    def panel(curve: str) -> dict[str, Tensor]:
+        return {labels[variant]: mean_curves[f"{variant}/{curve}_auc"] for variant in ("original", "evet")}
+
+    panels = {"deletion (lower is better)": panel("deletion"), "insertion (higher is better)": panel("insertion")}
+    xlabels = dict(zip(panels, ("fraction of pixels deleted", "fraction of pixels inserted"), strict=True))
+    caption = f"mean deletion and insertion curves, {name} vs EVET-{name}"
+    image = render_curve_panels(panels, caption, xlabels=xlabels) if trainer.is_global_zero else torch.zeros(0)
+    file_name = os.path.join("evet_curves", f"epoch_{trainer.current_epoch:03d}_step_{trainer.global_step:06d}.png")
+    log_figure(trainer, key, image, file_name, caption)
+
+
+def sample_columns(style: HeatmapStyle, auc_keys: Sequence[str], images: bool) -> list[str]:
+    """The columns of the per-sample table: ``sample`` (the position in the single-process order), the image and
+    both overlays (W&B only), ``class`` (and ``class_name`` with class names), ``Y``, ``O`` of each map, then the
+    deletion/insertion AUCs when computed."""
+    columns = ["sample", *(("image", "original", "evet") if images else ()), "class"]
+    columns += ["class_name"] if style.class_names is not None else []
+    return [*columns, "Y", "original/O", "evet/O", *auc_keys]
+
+
+def log_samples(trainer: pl.Trainer, samples: ExplainedSamples, key: str, style: HeatmapStyle, heatmaps: int) -> None:
+    """Every explained sample of rank zero, one row each (sort it to find the worst explanations): a W&B table
+    (``key``, with the image and both overlays as ``wandb.Image`` cells) for each W&B logger; without one,
+    ``<log dir>/evet_samples/epoch_XXX_step_XXXXXX.csv`` with the same columns minus the images, plus
+    ``heatmap_png``, the file of the sample's heatmap (relative to the log directory) where :func:`log_heatmaps`
+    wrote one (its first ``heatmaps`` samples, without W&B and TensorBoard). Every process must call this."""
+    wandb_loggers, tensorboard_loggers = _image_loggers(trainer)
+    # `trainer.log_dir` broadcasts: every process must ask for it, or none (the loggers are the same everywhere).
+    directory = None if wandb_loggers else trainer.log_dir or trainer.default_root_dir
+    if not trainer.is_global_zero or len(samples) == 0:
+        return
+    views = list(samples.first(len(samples)))
+    auc_keys = list(samples.aucs)
+    rows = [_row(view, style, auc_keys) for view in views]
+    for logger in wandb_loggers:
+        _guarded(_samples_to_wandb, logger, key, views, rows, style, auc_keys, trainer.global_step)
+    if directory is not None:
+        wrote_pngs = not tensorboard_loggers  # log_heatmaps wrote PNG files (W&B is ruled out here)
+        files = [heatmap_file(trainer, index) if wrote_pngs and index < heatmaps else "" for index in range(len(rows))]
+        path = os.path.join(
+            directory, "evet_samples", f"epoch_{trainer.current_epoch:03d}_step_{trainer.global_step:06d}.csv"
+        )
+        columns = [*sample_columns(style, auc_keys, images=False), "heatmap_png"]
+        _guarded(_write_csv, path, columns, [[*row, file] for row, file in zip(rows, files, strict=True)])
+
+
+def _row(view: SampleView, style: HeatmapStyle, auc_keys: Sequence[str]) -> list[Any]:
+    """A table row without the images: sample, class (and name), Y, O of each map, the AUCs (NaN: not finite)."""
+    row: list[Any] = [view.position, view.target]
+    if style.class_names is not None:
+        row.append(style.class_names[view.target] if 0 <= view.target < len(style.class_names) else "")
+    row += [view.clean_score, view.original_score, view.evet_score]
+    return row + [view.aucs.get(key, math.nan) for key in auc_keys]
+
+
+def _samples_to_wandb(
+    logger: Any,
+    key: str,
+    views: list[SampleView],
+    rows: list[list[Any]],
+    style: HeatmapStyle,
+    auc_keys: list[str],
+    step: int,
+) -> None:
+    import wandb
+
+    data = []
+    for view, row in zip(views, rows, strict=True):
+        height, width = view.image.shape[-2:]
+        panel = heatmap_panel(
+            view.image.unsqueeze(0),
+            view.original.unsqueeze(0),
+            view.saliency.unsqueeze(0),
+            style.normalization,
+            scale=panel_scale(height, width),
+        )[0]
+        image, original, evet = (wandb.Image(part.contiguous()) for part in panel.chunk(3, dim=-1))
+        data.append([row[0], image, original, evet, *row[1:]])
+    logger.log_table(key=key, columns=sample_columns(style, auc_keys, images=True), data=data, step=step)
+
+
+def _write_csv(path: str, columns: list[str], rows: list[list[Any]]) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    log.info("EVETCallback: wrote %d samples to %s", len(rows), path)
+
+
+def _table_to_wandb(logger: Any, key: str, columns: list[str], data: list[list[Any]], step: int) -> None:
+    logger.log_table(key=key, columns=columns, data=data, step=step)
 
 
 def _to_wandb(logger: Any, key: str, sheets: list[Tensor], texts: list[str], step: int) -> None:
@@ -114,8 +290,9 @@ def _to_tensorboard(logger: Any, key: str, sheets: list[Tensor], texts: list[str
 
 
 def _guarded(function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-    """Call a logger; a failing logger costs its images (with a warning), never the metrics or the run."""
+    """Call a logger (or write a file); a failure costs that output (with a warning), never the metrics or the run."""
     try:
         function(*args, **kwargs)
     except Exception as error:
-        rank_zero_warn(f"EVETCallback: logging heatmaps failed and was skipped: {type(error).__name__}: {error}")
+        what = function.__name__.strip("_").replace("_", " ")
+        rank_zero_warn(f"EVETCallback: logging failed and was skipped ({what}): {type(error).__name__}: {error}")

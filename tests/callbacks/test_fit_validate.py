@@ -46,6 +46,7 @@ ALL_KEYS = {
         "win",
         "average_difference",
         "num_skipped",
+        "alpha",
     )
 }
 

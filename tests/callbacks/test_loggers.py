@@ -68,12 +68,15 @@ def test_wandb_offline_writes_heatmap_pngs(
     finally:
         wandb.finish()
     assert "evet/evet/average_drop" in trainer.callback_metrics
-    images = sorted(
-        glob.glob(os.path.join(os.path.dirname(run_dir), "files", "media", "images", "**", "*.png"), recursive=True)
-    )
-    assert len(images) == NUM_IMAGES
-    for path in images:
+    media = os.path.join(os.path.dirname(run_dir), "files", "media")
+    images = sorted(glob.glob(os.path.join(media, "images", "**", "*.png"), recursive=True))
+    heatmaps = [path for path in images if "heatmaps" in os.path.basename(path)]
+    assert len(heatmaps) == NUM_IMAGES
+    for path in heatmaps:
         _assert_heatmap(read_image(path))
+    # alpha="auto": the epoch's per-alpha curve as a plot and a table.
+    assert [os.path.basename(path).startswith("alpha_curve") for path in images if path not in heatmaps] == [True]
+    assert glob.glob(os.path.join(media, "table", "**", "alpha_curve_table*.json"), recursive=True)
     (run_file,) = glob.glob(os.path.join(os.path.dirname(run_dir), "*.wandb"))
     with open(run_file, "rb") as handle:
         logged = handle.read()
@@ -90,7 +93,7 @@ def test_tensorboard_event_file_holds_the_image_tags(make_trainer: TrainerFactor
     accumulator = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "tensors": 0})
     accumulator.Reload()
     tags = accumulator.Tags()["images"]
-    assert tags == [f"evet/heatmaps/{index}" for index in range(NUM_IMAGES)]
+    assert sorted(tags) == ["evet/alpha_curve/0", *(f"evet/heatmaps/{index}" for index in range(NUM_IMAGES))]
     encoded = accumulator.Images("evet/heatmaps/0")[0].encoded_image_string
     _assert_heatmap(decode_png(torch.frombuffer(bytearray(encoded), dtype=torch.uint8)))
     for index, label in enumerate(_row_labels()):
@@ -108,6 +111,8 @@ def test_png_files_under_the_log_dir(make_trainer: TrainerFactory, tmp_path: Any
     assert [os.path.basename(path) for path in files] == [f"step_000000_sample_{i:02d}.png" for i in range(NUM_IMAGES)]
     for path in files:
         _assert_heatmap(read_image(path))
+    (curve,) = glob.glob(os.path.join(log_dir, "evet_alpha_curves", "*.png"))
+    assert os.path.basename(curve) == "epoch_000_step_000000.png" and read_image(curve).shape[0] == 3
     if use_csv:
         with open(os.path.join(log_dir, "metrics.csv")) as handle:
             header = handle.readline()
@@ -120,6 +125,7 @@ def test_log_images_zero_writes_nothing(make_trainer: TrainerFactory, tmp_path: 
     trainer = make_trainer([callback])
     trainer.validate(Classifier(), dataloaders=shapes_loader(2), verbose=False)
     assert not os.path.exists(os.path.join(tmp_path, "evet_heatmaps"))
+    assert not os.path.exists(os.path.join(tmp_path, "evet_alpha_curves"))
     assert "evet/win" in trainer.callback_metrics
 
 

@@ -108,7 +108,7 @@ def _chunks_run(make_trainer: TrainerFactory) -> tuple[EVETCallback, dict[str, f
     """7 samples in batches of 4, explained 3 at a time (chunks of 3, 3, 1), two stability transforms."""
     pl.seed_everything(0)
     stability = [Rotate(5.0), HorizontalFlip()]
-    callback = EVETCallback(num_samples=7, log_images=0, max_batch_size=3, stability_transforms=stability)
+    callback = EVETCallback(num_samples=7, log_images=0, max_batch_size=3, stability_transforms=stability, alpha=0.5)
     results = make_trainer([callback]).validate(Classifier(), shapes_loader(10, batch_size=4), verbose=False)
     return callback, _evet_values(results[0])
 
@@ -116,7 +116,7 @@ def _chunks_run(make_trainer: TrainerFactory) -> tuple[EVETCallback, dict[str, f
 def test_logged_values_are_those_before_the_metric_collections(make_trainer: TrainerFactory) -> None:
     pl.seed_everything(0)
     logger = RecordingLogger()
-    trainer = make_trainer([EVETCallback(num_samples=6, log_images=0)], max_epochs=2, logger=logger)
+    trainer = make_trainer([EVETCallback(num_samples=6, log_images=0, alpha=0.5, max_batch_size=64)], max_epochs=2, logger=logger)
     trainer.fit(Classifier(), shapes_loader(8), shapes_loader(8))
     logged = [_evet_values(metrics) for _, metrics in logger.records if "evet/win" in metrics]
     assert logged == [pytest.approx(epoch, rel=0, abs=1e-6) for epoch in BEFORE_FIT_EPOCHS]
@@ -132,7 +132,7 @@ def test_logged_values_are_those_before_the_metric_collections(make_trainer: Tra
             self(batch)
 
     pl.seed_everything(0)
-    callback = EVETCallback(num_samples=6, log_images=0)
+    callback = EVETCallback(num_samples=6, log_images=0, alpha=0.5, max_batch_size=64)
     results = make_trainer([callback]).validate(TensorClassifier(), DataLoader(images, batch_size=4), verbose=False)
     assert _evet_values(results[0]) == pytest.approx(BEFORE_NAN_SAMPLE, rel=0, abs=1e-6)
 
