@@ -20,12 +20,10 @@ __all__ = [
     "min_max_normalize",
 ]
 
-#: Default boost strength alpha of Eq. (5). The paper tunes alpha per method and dataset and does not publish
-#: the values. Ours was measured on held-out synthetic shapes (``python benchmarks/alpha_curve.py``, README
-#: "Choosing alpha"): with EVET-Grad-CAM on the demo's SmallCNN, alpha = 0.5 improved all three metrics over
-#: Grad-CAM (average drop 6.9% -> 5.2%, increase in confidence 23.4% -> 27.3%, energy pointing game
-#: 42.9% -> 48.5%); larger alpha keeps raising the pointing game (55.7% at 4) but pushes maps towards 0/1 and
-#: costs faithfulness (average drop 8.0% at 2, 11.9% at 4), smaller alpha gives up localization (39.8% at 0).
+#: alpha of :func:`fuse_maps` when none is given: the first fixed default, mid-way in the range that improved all
+#: three metrics on the synthetic shapes. :class:`~evet_lightning.EVET` and the callback default to
+#: ``alpha="auto"`` instead, which chooses alpha on the data (docs/design.md, decisions 9-11): a fixed 0.5 made
+#: average drop worse on real photographs with a pretrained model.
 DEFAULT_ALPHA = 0.5
 
 

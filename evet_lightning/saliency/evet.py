@@ -21,11 +21,11 @@ from evet_lightning.functional.alpha import (
 )
 from evet_lightning.functional.fusion import blend, fusion_parts, min_max_normalize
 from evet_lightning.functional.perturbation import Baseline, Normalization, perturb, resolve_baseline
-from evet_lightning.saliency.explainers import NATIVE_CAMS, Explainer, Explanation, GradientExplainer, NativeCAM
-from evet_lightning.saliency.grad_cam_adapter import GradCamLibraryExplainer, available_cam_classes, is_cam_class
+from evet_lightning.saliency.explainers import Explainer, Explanation, GradientExplainer, NativeCAM
+from evet_lightning.saliency.grad_cam_adapter import GradCamLibraryExplainer
 from evet_lightning.saliency.layers import LayerSpec, check_target_layers, resolve_target_layers
 from evet_lightning.saliency.outputs import logits_from_output
-from evet_lightning.saliency.settings import BACKENDS, EVETSettings, resolve_max_batch_size
+from evet_lightning.saliency.settings import EVETSettings, resolve_cam, resolve_max_batch_size
 from evet_lightning.saliency.transforms import AffineTransform, Identity
 
 __all__ = ["EVET", "CamSpec", "EVETResult", "check_evet_arguments", "resolve_cam"]
@@ -485,32 +485,3 @@ def check_evet_arguments(**kwargs: Any) -> list[AffineTransform]:
     A shortcut for ``EVETSettings(**kwargs).transforms``; prefer :class:`EVETSettings`.
     """
     return list(EVETSettings(**kwargs).transforms or ())
-
-
-def resolve_cam(cam: CamSpec, backend: str) -> tuple[str, type | None, bool]:
-    """``(name, pytorch-grad-cam class or None, computed natively)``; ``ValueError`` for an unknown CAM."""
-    classes = available_cam_classes()
-    if isinstance(cam, str) and "." in cam and cam.rsplit(".", 1)[1] in classes:
-        cam = cam.rsplit(".", 1)[1]  # "pytorch_grad_cam.GradCAM", as YAML or LightningCLI may spell it
-    if isinstance(cam, str):
-        if cam == "Gradient":
-            return "Gradient", None, True
-        if cam not in classes:
-            raise ValueError(
-                f"Expected `cam` to be 'Gradient' or a pytorch-grad-cam CAM class or name "
-                f"({', '.join(sorted(classes))}), but got {cam!r}"
-            )
-        cam_class = classes[cam]
-    elif is_cam_class(cam):
-        cam_class = cam  # type: ignore[assignment]
-    else:
-        raise ValueError(f"Expected `cam` to be 'Gradient' or a pytorch-grad-cam CAM class or name, but got {cam!r}")
-    name = cam_class.__name__
-    if backend not in BACKENDS:
-        raise ValueError(f"Expected `backend` to be one of {BACKENDS}, but got {backend!r}")
-    native = name in NATIVE_CAMS and classes.get(name) is cam_class and backend != "pytorch-grad-cam"
-    if backend == "native" and not native:
-        raise ValueError(
-            f"Expected a CAM with a native implementation ({sorted(NATIVE_CAMS)}) for backend='native', got {name!r}"
-        )
-    return name, cam_class, native

@@ -19,9 +19,18 @@ from evet_lightning.functional.alpha import (
     check_alpha_objective,
 )
 from evet_lightning.functional.perturbation import Baseline, Normalization, check_baseline
+from evet_lightning.saliency.explainers import NATIVE_CAMS
+from evet_lightning.saliency.grad_cam_adapter import available_cam_classes, is_cam_class
 from evet_lightning.saliency.transforms import AffineTransform, paper_transforms
 
-__all__ = ["AUTO_CPU_PIXELS", "AUTO_MAX_BATCH_SIZE", "BACKENDS", "EVETSettings", "resolve_max_batch_size"]
+__all__ = [
+    "AUTO_CPU_PIXELS",
+    "AUTO_MAX_BATCH_SIZE",
+    "BACKENDS",
+    "EVETSettings",
+    "resolve_cam",
+    "resolve_max_batch_size",
+]
 
 BACKENDS = ("auto", "native", "pytorch-grad-cam")
 #: ``max_batch_size="auto"`` on a CPU: chunks of at most this many input pixels (8 images of 224 x 224). Larger
@@ -142,9 +151,6 @@ class EVETSettings:
     output_transform: Callable[[Any], Tensor] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        # Imported here: evet.py imports this module, and the CAM names live beside the explainers.
-        from evet_lightning.saliency.evet import resolve_cam
-
         def put(name: str, value: object) -> None:
             object.__setattr__(self, name, value)
 
@@ -171,3 +177,32 @@ class EVETSettings:
     def replace(self, **changes: Any) -> EVETSettings:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+def resolve_cam(cam: str | type, backend: str) -> tuple[str, type | None, bool]:
+    """``(name, pytorch-grad-cam class or None, computed natively)``; ``ValueError`` for an unknown CAM."""
+    classes = available_cam_classes()
+    if isinstance(cam, str) and "." in cam and cam.rsplit(".", 1)[1] in classes:
+        cam = cam.rsplit(".", 1)[1]  # "pytorch_grad_cam.GradCAM", as YAML or LightningCLI may spell it
+    if isinstance(cam, str):
+        if cam == "Gradient":
+            return "Gradient", None, True
+        if cam not in classes:
+            raise ValueError(
+                f"Expected `cam` to be 'Gradient' or a pytorch-grad-cam CAM class or name "
+                f"({', '.join(sorted(classes))}), but got {cam!r}"
+            )
+        cam_class = classes[cam]
+    elif is_cam_class(cam):
+        cam_class = cam  # type: ignore[assignment]
+    else:
+        raise ValueError(f"Expected `cam` to be 'Gradient' or a pytorch-grad-cam CAM class or name, but got {cam!r}")
+    name = cam_class.__name__
+    if backend not in BACKENDS:
+        raise ValueError(f"Expected `backend` to be one of {BACKENDS}, but got {backend!r}")
+    native = name in NATIVE_CAMS and classes.get(name) is cam_class and backend != "pytorch-grad-cam"
+    if backend == "native" and not native:
+        raise ValueError(
+            f"Expected a CAM with a native implementation ({sorted(NATIVE_CAMS)}) for backend='native', got {name!r}"
+        )
+    return name, cam_class, native
