@@ -38,7 +38,21 @@ methods (--methods): comma-separated: Gradient and any pytorch-grad-cam class na
   8 views, minutes per photo on a CPU. Add ScoreCAM (and keep GradCAM) for Tables 3 and 4, or pass
   --time-score-cam for Table 4 alone (one un-enhanced Score-CAM per image).
 
-Each method is one `trainer.validate` run with EVETCallback attached; the tables are the values it returns.
+alpha (--alpha): auto (the default) chooses EVET's boost strength per method from --alpha-grid by
+  --alpha-objective, out of fold: each half of the samples gets the alpha chosen on the other half, so no score
+  grades its own choice. Table 1 shows the alpha used (chosen: the mean of the two halves'); tables.json has,
+  per method, both halves' alphas and the per-alpha curve (alpha_by_method). A number fixes alpha.
+
+transformers (--reshape-transform, --output-transform): the CAM layer is found automatically, ViT tokens
+  (B, 1 + h*w, C) and Swin's channels-last maps are read as maps where the shape is unambiguous (the log and
+  tables.json say which layer and how). Otherwise pass --reshape-transform vit | swin | package.module:name
+  (a callable activation -> (B, C, h, w)). --output-transform package.module:name takes the model's output and
+  returns its (B, K) logits, for models that return something other than a tensor, a tuple (logits first), a
+  mapping or an object with .logits. A torchvision ViT loads from --weights at the size it was built for.
+
+Each method is one `trainer.validate` run with EVETCallback attached; the tables are the values it returns,
+with every EVET value marked against the original's: ✓ better, ✗ worse, = the same as printed. Table 6 is the
+deletion and insertion AUC (RISE; --no-deletion-insertion skips its 4 (S + 1) forward passes per sample).
 Writes DIR/tables.json, tables.csv, tables.md and heatmaps/<method>.png (image | original | EVET) after each
 method, so a failure later keeps every finished method (tables.json says "complete": false until the end).
 """
@@ -80,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(demo, DemoConfig)
     evaluate = commands.add_parser(
         "evaluate",
-        help="the paper's Tables 1-5 (faithfulness, localization, vs Score-CAM, time, stability) for a model",
+        help="the paper's Tables 1-5 (faithfulness, localization, vs Score-CAM, time, stability) and deletion / "
+        "insertion AUC (Table 6) for a model",
         description="Run trainer.validate with EVETCallback once per method and print the paper's tables "
         "(original vs EVET) as markdown; write them as JSON and CSV.",
         epilog=_EVALUATE_EPILOG,

@@ -36,8 +36,9 @@ AlphaObjectiveName = Literal["faithful_boost", "average_drop", "increase_in_conf
 
 
 _ALPHA_OPTION = cli_option(
-    "EVET's boost strength alpha: auto (default) chooses it per run from --alpha-grid by --alpha-objective, out "
-    "of fold (each half of the samples uses the alpha chosen on the other half); a number fixes it",
+    "EVET's boost strength alpha: auto (default) chooses it every explained epoch from --alpha-grid by "
+    "--alpha-objective, out of fold (each half of the samples uses the alpha chosen on the other half); a number "
+    "fixes it",
     metavar="auto|A",
     convert=alpha_value,
 )
@@ -49,8 +50,9 @@ _ALPHA_GRID_OPTION = cli_option(
     convert=alpha_grid_value,
 )
 _ALPHA_OBJECTIVE_OPTION = cli_option(
-    "what --alpha auto optimizes (default {default}: the largest alpha whose average drop is within one point of "
-    "the grid's best); energy_pointing_game needs object masks"
+    "what --alpha auto optimizes: faithful_boost (default: the largest alpha whose average drop is within one point "
+    "of the grid's best), average_drop, increase_in_confidence or energy_pointing_game (needs object masks)",
+    metavar="NAME",
 )
 
 

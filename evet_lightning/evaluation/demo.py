@@ -205,8 +205,10 @@ def run_demo(config: DemoConfig) -> DemoResult:
 
 
 def epoch_table_markdown(history: Sequence[Mapping[str, float]], prefix: str = PREFIX) -> str:
-    """Per-epoch markdown table: validation accuracy and each metric as ``original -> EVET`` (in %)."""
+    """Per-epoch markdown table: validation accuracy, each metric as ``original -> EVET`` (in %), the win and,
+    with ``alpha="auto"``, the alpha the callback chose (``{prefix}/alpha``)."""
     names = [name for name in METRIC_NAMES if any(f"{prefix}/original/{name}" in record for record in history)]
+    chosen = any(f"{prefix}/alpha" in record for record in history)
     arrows = {"average_drop": "↓"}
     units = {"stability_index": ""}
     header = [
@@ -214,6 +216,7 @@ def epoch_table_markdown(history: Sequence[Mapping[str, float]], prefix: str = P
         "val acc (%)",
         *(f"{name.replace('_', ' ')}{units.get(name, ' (%)')} {arrows.get(name, '↑')}" for name in names),
         "win EVET>orig (%)",
+        *(["alpha (chosen)"] if chosen else []),
     ]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---:"] * len(header)) + " |"]
     for record in history:
@@ -223,6 +226,9 @@ def epoch_table_markdown(history: Sequence[Mapping[str, float]], prefix: str = P
             show = _format_fraction if name == "stability_index" else _format_percent
             cells.append(f"{show(original)} -> {show(enhanced)}")
         cells.append(_format_percent(record.get(f"{prefix}/win")))
+        if chosen:
+            alpha = record.get(f"{prefix}/alpha")
+            cells.append("-" if alpha is None else f"{alpha:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

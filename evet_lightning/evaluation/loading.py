@@ -201,7 +201,8 @@ def load_transform(
     if spec in shortcuts:
         return shortcuts[spec]()
     if ":" not in spec:
-        expected = " or ".join([*shortcuts, "package.module:name"])
+        forms = [*shortcuts, "package.module:name"]
+        expected = forms[0] if len(forms) == 1 else f"{', '.join(forms[:-1])} or {forms[-1]}"
         raise UsageError(f"unknown {flag} {spec!r}: expected {expected}")
     return import_callable(spec, flag)
 

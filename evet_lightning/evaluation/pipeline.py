@@ -122,6 +122,8 @@ def evaluate(
     """
     if len(data) == 0:
         raise UsageError(f"--data {data.name} has no samples")
+    if not methods:
+        raise UsageError("--methods is empty")
     settings = settings or EVETSettings()
     target_layers = model.target_layer if settings.target_layers is None else settings.target_layers
     settings = settings.replace(normalization=data.normalization, target_layers=target_layers)
@@ -136,9 +138,14 @@ def evaluate(
         settings = settings.replace(target_layers=layer.names)  # every CAM and Table 4 explain this layer
         log.info("evaluate: the CAM methods explain %s, read as %s", ", ".join(layer.names), layer.layout)
     check_model_outputs(model, data, target, settings.output_transform)
-    options = {"target": target, "deletion_insertion": deletion_insertion, "deletion_steps": deletion_steps}
-    try:
-        evaluation_callback(settings.replace(cam=methods[0]), len(data), **options)  # type: ignore[arg-type]
+    try:  # the callback's own checks (e.g. deletion_steps), before any work
+        evaluation_callback(
+            settings.replace(cam=methods[0]),
+            len(data),
+            target=target,
+            deletion_insertion=deletion_insertion,
+            deletion_steps=deletion_steps,
+        )
     except ValueError as error:
         raise UsageError(str(error)) from None
     folder = None if output is None else prepare_output(output)  # created once every check has passed

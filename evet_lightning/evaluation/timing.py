@@ -27,6 +27,14 @@ def first_images(data: EvaluationData, count: int | None = None) -> Tensor:
     return torch.stack([unpack_batch(tuple(data.dataset[index]))[0] for index in range(count)])
 
 
+def _first_masks(data: EvaluationData) -> Tensor | None:
+    """The object masks of every sample, stacked ``(N, H, W)``, or ``None`` when a sample has none."""
+    masks = [unpack_batch(tuple(data.dataset[index]))[2] for index in range(len(data))]
+    if any(mask is None for mask in masks):
+        return None
+    return torch.stack([mask.reshape(mask.shape[-2:]) for mask in masks])  # type: ignore[union-attr]
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -41,6 +49,7 @@ def time_per_image(
     enhance: bool = False,
     settings: EVETSettings | None = None,
     accelerator: str = "auto",
+    masks: Tensor | None = None,
 ) -> tuple[float, float]:
     """Seconds per image (mean, standard deviation over images) of ``cam`` through the engine, one image per call.
 
@@ -49,22 +58,29 @@ def time_per_image(
     that includes scoring every alpha of the grid). ``settings``: every EVET option but ``cam`` (default: the
     model's target layer, EVET's defaults). One image per call, as in the paper's Table 4; the model runs on the
     accelerator's device. One untimed warm-up call on the first image comes first (lazy initialization,
-    allocator), and pytorch-grad-cam's per-call progress bars are hidden.
+    allocator), and pytorch-grad-cam's per-call progress bars are hidden. ``masks (N, H, W)``: object masks,
+    passed to the enhanced calls (``alpha_objective="energy_pointing_game"`` needs them).
     """
     device = accelerator_device(accelerator)
     module = model.module.to(device)
     settings = (settings or EVETSettings(target_layers=model.target_layer)).replace(cam=cam)
     engine = EVET.from_settings(module, settings)
-    run = engine.__call__ if enhance else engine.explain
+
+    def run(index: int) -> None:
+        image, target = images[index : index + 1].to(device), targets[index : index + 1].to(device)
+        if not enhance:
+            engine.explain(image, target)
+        else:
+            engine(image, target, masks=None if masks is None else masks[index : index + 1].to(device))
+
     seconds = []
     try:
         with contextlib.redirect_stderr(io.StringIO()):
-            run(images[:1].to(device), targets[:1].to(device))
+            run(0)
             for index in range(images.shape[0]):
-                image, target = images[index : index + 1].to(device), targets[index : index + 1].to(device)
                 _synchronize(device)
                 start = time.perf_counter()
-                run(image, target)
+                run(index)
                 _synchronize(device)
                 seconds.append(time.perf_counter() - start)
     finally:
@@ -85,11 +101,12 @@ def measure_timing(
     ``settings``: the run's EVET settings (default: the model's target layer and the data's normalization).
     """
     images, targets = first_images(data), grad_cam.targets
+    masks = _first_masks(data) if data.has_masks else None
     settings = settings or EVETSettings(target_layers=model.target_layer, normalization=data.normalization)
 
     def seconds(cam: str, enhance: bool) -> tuple[float, float]:
         return time_per_image(
-            model, images, targets, cam=cam, enhance=enhance, settings=settings, accelerator=accelerator
+            model, images, targets, cam=cam, enhance=enhance, settings=settings, accelerator=accelerator, masks=masks
         )
 
     return Timing(

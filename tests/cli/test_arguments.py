@@ -5,23 +5,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import pytest
 
 from evet_lightning.cli import build_parser
 from evet_lightning.cli.arguments import add_config_arguments, config_from_args
 from evet_lightning.evaluation import DemoConfig, EvaluateConfig
+from evet_lightning.evaluation.config import AlphaObjectiveName
 from evet_lightning.evaluation.options import cli_option, non_negative_float
+from evet_lightning.functional.alpha import ALPHA_OBJECTIVES, DEFAULT_ALPHA_GRID, DEFAULT_ALPHA_OBJECTIVE
 
 DEMO_FLAGS = [
     "--output", "--max-epochs", "--logger", "--num-samples", "--seed", "--train-samples", "--val-samples",
-    "--image-size", "--width", "--batch-size", "--cam", "--alpha", "--wandb-online", "--accelerator", "--no-progress",
+    "--image-size", "--width", "--batch-size", "--cam", "--alpha", "--alpha-grid", "--alpha-objective",
+    "--wandb-online", "--accelerator", "--no-progress",
 ]  # fmt: skip
 EVALUATE_FLAGS = [
     "--model", "--weights", "--num-classes", "--data", "--masks", "--methods", "--num-samples", "--output", "--alpha",
-    "--image-size", "--seed", "--batch-size", "--max-batch-size", "--heatmaps", "--time-score-cam", "--target",
-    "--accelerator", "--no-progress",
+    "--alpha-grid", "--alpha-objective", "--image-size", "--seed", "--batch-size", "--max-batch-size",
+    "--reshape-transform", "--output-transform", "--no-deletion-insertion", "--deletion-steps", "--heatmaps",
+    "--time-score-cam", "--target", "--accelerator", "--no-progress",
 ]  # fmt: skip
 
 
@@ -102,7 +106,7 @@ def test_a_new_option_is_one_field() -> None:
 def test_converter_messages_and_choices_are_argparse_errors(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["demo", "--alpha", "-1"])
-    assert "argument --alpha: expected a non-negative number, got '-1'" in capsys.readouterr().err
+    assert "argument --alpha: expected 'auto' or a non-negative number, got '-1'" in capsys.readouterr().err
     with pytest.raises(argparse.ArgumentError, match="invalid choice"):
         _extended(["--model", "m", "--alpha-objective", "nope"])
     with pytest.raises(argparse.ArgumentError, match="expected a non-negative number, got 'x'"):
@@ -116,3 +120,81 @@ def test_a_field_without_a_usable_type_needs_a_converter() -> None:
 
     with pytest.raises(TypeError, match="needs a cli_option"):
         add_config_arguments(argparse.ArgumentParser(), Broken)
+
+
+# --------------------------------------------------------------------------------------------- EVET's options
+
+
+def parse(argv: list[str]) -> DemoConfig | EvaluateConfig:
+    """``evet-lightning <argv>`` parsed into its config (``evaluate`` gets ``--model m``)."""
+    command, *rest = argv
+    extra = ["--model", "m"] if command == "evaluate" else []
+    args = build_parser().parse_args([command, *extra, *rest])
+    return config_from_args(DemoConfig, args) if command == "demo" else config_from_args(EvaluateConfig, args)
+
+
+@pytest.mark.parametrize("command", ["demo", "evaluate"])
+def test_alpha_is_auto_by_default_or_a_number(command: str) -> None:
+    assert parse([command]).alpha == "auto"
+    assert parse([command, "--alpha", "auto"]).alpha == "auto"
+    assert parse([command, "--alpha", "AUTO"]).alpha == "auto"
+    assert parse([command, "--alpha", "0.3"]).alpha == 0.3
+    assert parse([command, "--alpha", "0"]).alpha == 0.0
+
+
+@pytest.mark.parametrize("command", ["demo", "evaluate"])
+@pytest.mark.parametrize("value", ["bad", "-0.5", "inf", "nan", ""])
+def test_a_bad_alpha_is_one_argparse_line(command: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse([command, "--alpha", value])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert err.count("\n") == 1, err
+    assert f"argument --alpha: expected 'auto' or a non-negative number, got {value!r}" in err
+
+
+@pytest.mark.parametrize("command", ["demo", "evaluate"])
+def test_alpha_grid_is_comma_separated_ascending_numbers(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse([command]).alpha_grid == DEFAULT_ALPHA_GRID
+    assert parse([command, "--alpha-grid", "0, 0.2,1.5"]).alpha_grid == (0.0, 0.2, 1.5)
+    assert parse([command, "--alpha-grid", "0.7"]).alpha_grid == (0.7,)
+    for bad, message in [
+        ("0,x", "expected a non-negative number, got 'x'"),
+        ("0,-1", "expected a non-negative number, got '-1'"),
+        ("0.5,0.25", "expected strictly ascending alphas, got '0.5,0.25'"),
+        ("0,0", "expected strictly ascending alphas"),
+        ("0,,1", "expected comma-separated non-negative numbers"),
+        ("", "expected comma-separated non-negative numbers"),
+    ]:
+        with pytest.raises(SystemExit):
+            parse([command, "--alpha-grid", bad])
+        err = capsys.readouterr().err
+        assert f"argument --alpha-grid: {message}" in err, (bad, err)
+
+
+@pytest.mark.parametrize("command", ["demo", "evaluate"])
+def test_alpha_objective_offers_every_objective(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert get_args(AlphaObjectiveName) == ALPHA_OBJECTIVES  # the choices follow the engine's objectives
+    assert parse([command]).alpha_objective == DEFAULT_ALPHA_OBJECTIVE
+    for objective in ALPHA_OBJECTIVES:
+        assert parse([command, "--alpha-objective", objective]).alpha_objective == objective
+    with pytest.raises(SystemExit):
+        parse([command, "--alpha-objective", "win"])
+    assert "argument --alpha-objective: invalid choice: 'win'" in capsys.readouterr().err
+
+
+def test_evaluate_only_options() -> None:
+    config = parse(["evaluate"])
+    assert isinstance(config, EvaluateConfig)
+    assert (config.max_batch_size, config.reshape_transform, config.output_transform) == ("auto", None, None)
+    assert (config.deletion_insertion, config.deletion_steps) == (True, 20)
+    transforms = ["--reshape-transform", "vit", "--output-transform", "a.b:c"]
+    config = parse(
+        ["evaluate", "--max-batch-size", "8", *transforms, "--no-deletion-insertion", "--deletion-steps", "4"]
+    )
+    assert isinstance(config, EvaluateConfig)
+    assert (config.max_batch_size, config.reshape_transform, config.output_transform) == (8, "vit", "a.b:c")
+    assert (config.deletion_insertion, config.deletion_steps) == (False, 4)
+    for flag, value in [("--max-batch-size", "0"), ("--deletion-steps", "0")]:
+        with pytest.raises(SystemExit):
+            parse(["evaluate", flag, value])

@@ -44,7 +44,21 @@ def test_printed_table_matches_metrics_json(demo_run: DemoRun) -> None:
     cells = [cell.strip() for cell in last.strip("|").split("|")]
     drop = f"{100 * epochs[1]['evet/original/average_drop']:.1f} -> {100 * epochs[1]['evet/evet/average_drop']:.1f}"
     assert cells[2] == drop
-    assert cells[-1] == f"{100 * epochs[1]['evet/win']:.1f}"
+    assert cells[-2] == f"{100 * epochs[1]['evet/win']:.1f}"
+    assert cells[-1] == f"{epochs[1]['evet/alpha']:.3f}"  # alpha="auto": the alpha the callback chose
+
+
+def test_demo_chooses_alpha_by_default(demo_run: DemoRun) -> None:
+    payload = json.loads((demo_run.output / "metrics.json").read_text())
+    config = payload["config"]
+    assert (config["alpha"], config["alpha_grid"], config["alpha_objective"]) == (
+        "auto",
+        [0.0, 0.1, 0.25, 0.5, 1.0],
+        "faithful_boost",
+    )
+    for record in payload["epochs"]:
+        assert record["evet/alpha"] in {(a + b) / 2 for a in config["alpha_grid"] for b in config["alpha_grid"]}
+    assert "alpha (chosen)" in demo_run.stdout
 
 
 def test_plot_heatmaps_and_checkpoint(demo_run: DemoRun) -> None:

@@ -11,14 +11,23 @@ import torch
 from torchvision.io import write_png
 
 from evet_lightning.cli import main
-from evet_lightning.evaluation import MethodRun, Timing, build_tables
+from evet_lightning.evaluation import MethodRun, Timing, build_tables, direction_mark
 from tests.cli.conftest import DemoRun
 
 Cells = dict[tuple[str, str], list[str]]
+MARKS = ("✓", "✗", "=")
+
+
+def value_and_mark(cell: str) -> tuple[str, str]:
+    """``"32.6 ✓"`` -> ``("32.6", "✓")``; ``"8.3"`` -> ``("8.3", "")``."""
+    value, _, mark = cell.partition(" ")
+    assert mark in ("", *MARKS), cell
+    return value, mark
 
 
 def printed_tables(stdout: str) -> dict[str, Cells]:
-    """``{"Table 1": {(metric, variant): [cells]}}`` from the printed markdown (metric carried down blank rows)."""
+    """``{"Table 1": {(metric, variant): [cells]}}`` from the printed markdown (metric carried down blank rows);
+    cells keep their direction marks (``"32.6 ✓"``)."""
     tables: dict[str, Cells] = {}
     current: Cells | None = None
     for line in stdout.splitlines():
@@ -53,15 +62,17 @@ def two_methods(demo_run: DemoRun, tmp_path_factory: pytest.TempPathFactory) -> 
     stdout = io.StringIO()
     args = ["--model", f"demo:{demo_run.output / 'model.ckpt'}", "--methods", "Gradient,GradCAM"]
     with contextlib.redirect_stdout(stdout):
-        code = main(["evaluate", "--no-progress", *args, "--num-samples", "8", "--output", str(output)])
+        code = main(
+            ["evaluate", "--no-progress", *args, "--num-samples", "8", "--deletion-steps", "4", "--output", str(output)]
+        )
     assert code == 0
     return output, stdout.getvalue()
 
 
-def test_prints_tables_1_2_5_without_score_cam(two_methods: tuple[Path, str]) -> None:
+def test_prints_tables_1_2_5_6_without_score_cam(two_methods: tuple[Path, str]) -> None:
     _, stdout = two_methods
     tables = printed_tables(stdout)
-    assert sorted(tables) == ["Table 1", "Table 2", "Table 5"]
+    assert sorted(tables) == ["Table 1", "Table 2", "Table 5", "Table 6"]  # deletion / insertion: on by default
     assert list(tables["Table 1"]) == [
         ("Average drop (%)", "Original"),
         ("Average drop (%)", "w/ EVET"),
@@ -69,10 +80,49 @@ def test_prints_tables_1_2_5_without_score_cam(two_methods: tuple[Path, str]) ->
         ("Increase in confidence (%)", "w/ EVET"),
         ("Win (%)", "Original"),
         ("Win (%)", "w/ EVET"),
+        ("Alpha (chosen)", "w/ EVET"),
     ]
+    assert list(tables["Table 6"]) == [
+        ("Deletion AUC", "Original"),
+        ("Deletion AUC", "w/ EVET"),
+        ("Insertion AUC", "Original"),
+        ("Insertion AUC", "w/ EVET"),
+    ]
+    assert "**Table 6: deletion / insertion AUC (RISE, 4 steps)" in stdout
     assert "| Metric |  | Gradient | Grad-CAM |" in stdout
     assert list(tables["Table 5"]) == [("Gradient", ""), ("Grad-CAM", "")]
-    assert "8 samples" in stdout
+    assert "8 samples" in stdout and "alpha auto" in stdout
+
+
+def test_every_evet_value_is_marked_with_its_direction(two_methods: tuple[Path, str]) -> None:
+    output, stdout = two_methods
+    printed = printed_tables(stdout)
+    payload = json.loads((output / "tables.json").read_text())
+    checked = 0
+    for table in payload["tables"]:
+        cells = printed["Table " + table["key"][-1]]
+        metric, previous = "", list[float]()
+        for row in table["rows"]:
+            metric = row["metric"] or metric
+            digits = row["digits"] if row["digits"] is not None else table["digits"]
+            marks = [value_and_mark(cell)[1] for cell in cells[(metric, row["variant"])]]
+            if row["better"] is not None:
+                expected = [
+                    direction_mark(a, b, row["better"], digits) for a, b in zip(previous, row["values"], strict=True)
+                ]
+                assert marks == expected and all(marks), (table["key"], metric)
+                checked += len(marks)
+            elif table["better_column"] is not None:
+                first, last = row["values"][0], row["values"][-1]
+                assert marks == ["", direction_mark(first, last, table["better_column"], digits)]
+                checked += 1
+            else:
+                assert marks == [""] * len(marks), (table["key"], metric)  # Original rows, alpha: no mark
+            previous = row["values"]
+    # Table 1: 3 metrics, Table 2: 1, Table 6: 2, for 2 methods; Table 5: 2 methods
+    assert checked == 2 * (3 + 1 + 2) + 2
+    assert direction_mark(50.8, 32.6, "lower", 1) == "✓" and direction_mark(1.0, 2.0, "lower", 1) == "✗"
+    assert direction_mark(0.1234, 0.1231, "higher", 3) == "=" and direction_mark(None, 1.0, "higher", 1) == ""
 
 
 def test_json_csv_and_printed_tables_agree(two_methods: tuple[Path, str]) -> None:
@@ -90,7 +140,7 @@ def test_json_csv_and_printed_tables_agree(two_methods: tuple[Path, str]) -> Non
         for row in table["rows"]:
             metric = row["metric"] or metric
             digits = row["digits"] if row["digits"] is not None else table["digits"]
-            shown = cells[(metric, row["variant"])]
+            shown = [value_and_mark(cell)[0] for cell in cells[(metric, row["variant"])]]
             assert shown == [f"{value:.{digits}f}" for value in row["values"]]
             for column, value in zip(table["columns"], row["values"], strict=True):
                 assert csv_values[(table["key"], metric, row["variant"], column)] == pytest.approx(value)
@@ -115,15 +165,48 @@ def test_tables_are_the_values_trainer_validate_returned(two_methods: tuple[Path
         assert tables["table5"]["rows"][column]["values"] == pytest.approx(
             [validate["evet/original/stability_index"], validate["evet/evet/stability_index"]]
         )
+        table6 = [row["values"][column] for row in tables["table6"]["rows"]]
+        assert table6 == pytest.approx(
+            [
+                validate[f"evet/{variant}/{name}_auc"]
+                for name in ("deletion", "insertion")
+                for variant in ("original", "evet")
+            ]
+        )
+        for value in table6:
+            assert 0.0 <= value <= 1.0
     assert sorted(path.name for path in (output / "heatmaps").glob("*.png")) == ["GradCAM.png", "Gradient.png"]
+
+
+def test_the_chosen_alpha_is_the_logged_one(two_methods: tuple[Path, str]) -> None:
+    output, _ = two_methods
+    payload = json.loads((output / "tables.json").read_text())
+    assert payload["alpha"] == "auto" and payload["settings"]["alpha_objective"] == "faithful_boost"
+    grid = payload["settings"]["alpha_grid"]
+    assert grid == [0.0, 0.1, 0.25, 0.5, 1.0]
+    table1 = next(table for table in payload["tables"] if table["key"] == "table1")
+    alpha_row = table1["rows"][-1]
+    assert (alpha_row["metric"], alpha_row["variant"]) == ("Alpha (chosen)", "w/ EVET")
+    for column, method in enumerate(["Gradient", "GradCAM"]):
+        logged = payload["validate"][method]["evet/alpha"]
+        chosen = payload["alpha_by_method"][method]
+        assert chosen["alpha"] == pytest.approx(logged)
+        assert alpha_row["values"][column] == pytest.approx(logged)
+        assert all(alpha in grid for alpha in chosen["folds"])
+        assert sum(chosen["folds"]) / 2 == pytest.approx(logged)  # the logged alpha is the folds' mean
+        curve = chosen["curve"]
+        assert curve["alphas"] == grid and curve["num_samples"] == 8
+        for name in ("average_drop", "increase_in_confidence", "energy_pointing_game"):  # synthetic data: masks
+            assert len(curve[name]) == len(grid) and all(0.0 <= value <= 1.0 for value in curve[name])
 
 
 def test_score_cam_tables_3_and_4_on_a_tiny_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--model", "tests.cli._factories:tiny_cnn", "--image-size", "32", "--num-samples", "4"]
+    args += ["--no-deletion-insertion"]
     code, out, _ = run_evaluate([*args, "--methods", "GradCAM,ScoreCAM", "--output", str(tmp_path)], capsys)
     assert code == 0
     tables = printed_tables(out)
-    assert sorted(tables) == ["Table 1", "Table 2", "Table 3", "Table 4", "Table 5"]
+    assert sorted(tables) == ["Table 1", "Table 2", "Table 3", "Table 4", "Table 5"]  # no Table 6
     assert list(tables["Table 3"]) == [("Average difference", ""), ("Win (%)", "")]
     timing = tables["Table 4"]
     # the third row is the callback's own, batched, timing (EVETCallback.last_timing)
@@ -178,7 +261,8 @@ def test_time_score_cam_gives_table_4_without_a_score_cam_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = ["--model", "tests.cli._factories:tiny_cnn", "--image-size", "32", "--num-samples", "2"]
-    code, out, _ = run_evaluate([*args, "--methods", "GradCAM", "--time-score-cam", "--output", str(tmp_path)], capsys)
+    args += ["--methods", "GradCAM", "--time-score-cam", "--no-deletion-insertion", "--output", str(tmp_path)]
+    code, out, _ = run_evaluate(args, capsys)
     assert code == 0
     assert sorted(printed_tables(out)) == ["Table 1", "Table 2", "Table 4", "Table 5"]
 
@@ -201,7 +285,18 @@ def test_image_folder_with_masks(tmp_path: Path, capsys: pytest.CaptureFixture[s
     _image_folder(tmp_path, masks=True)
     args = ["--model", "tests.cli._factories:tiny_cnn", "--data", str(tmp_path / "images"), "--masks"]
     code, out, _ = run_evaluate(
-        [*args, str(tmp_path / "masks"), "--image-size", "32", "--methods", "GradCAM", "--output", str(tmp_path)],
+        [
+            *args,
+            str(tmp_path / "masks"),
+            "--image-size",
+            "32",
+            "--methods",
+            "GradCAM",
+            "--deletion-steps",
+            "4",
+            "--output",
+            str(tmp_path),
+        ],
         capsys,
     )
     assert code == 0

@@ -13,6 +13,7 @@ from torch.utils.data import TensorDataset
 
 from evet_lightning.evaluation import EvaluationData, EvaluationModel, run_method
 from evet_lightning.functional import average_drop, increase_in_confidence, win
+from evet_lightning.saliency import EVETSettings
 from tests.cli._factories import tiny_cnn
 
 
@@ -28,7 +29,8 @@ def images_with_one_broken() -> TensorDataset:
 def test_per_sample_scores_match_the_logged_metrics(images_with_one_broken: TensorDataset) -> None:
     model = EvaluationModel(tiny_cnn().eval(), "tiny_cnn")
     data = EvaluationData(images_with_one_broken, "six", has_masks=False, max_label=3)
-    run = run_method(model, data, "GradCAM", progress=False, batch_size=4, max_batch_size=4)
+    settings = EVETSettings(max_batch_size=4)  # alpha="auto": the scores are those of the out-of-fold maps
+    run = run_method(model, data, "GradCAM", settings=settings, progress=False, batch_size=4)
     assert run.metrics["evet/num_skipped"] == 1.0
     kept = [0, 1, 3, 4, 5]
     assert torch.equal(run.targets, images_with_one_broken.tensors[1][kept])
