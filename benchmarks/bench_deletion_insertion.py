@@ -15,24 +15,14 @@ Usage: ``python benchmarks/bench_deletion_insertion.py [--device cpu|cuda] [--im
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
-import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
-import torchvision
+from _common import build_resnet18, child_peak_memory, print_peak_memory, timed
 
 from evet_lightning import EVET
 from evet_lightning.functional import deletion_curve, insertion_curve
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def compare(
@@ -51,55 +41,26 @@ def compare(
     warm_up()
     for _ in range(repeats):
         for fn, bucket in ((ours, times[0]), (reference, times[1])):
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            bucket.append(time.perf_counter() - start)
+            bucket.append(timed(fn, device))
     return statistics.median(times[0]), statistics.median(times[1])
-
-
-def build(device: torch.device, image_size: int, num_images: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18(num_classes=1000).to(device).eval()
-    images = torch.randn(num_images, 3, image_size, image_size, device=device)
-    targets = torch.arange(num_images, device=device) % 1000
-    return model, images, targets
-
-
-def _status_kib(field: str) -> int:
-    """A ``/proc/self/status`` field in KiB (Linux)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
 def peak_memory_child(args: argparse.Namespace) -> None:
     """Run both curves once and print the peak memory they added, in MiB (a fresh process per setting on CPU)."""
     device = torch.device(args.device)
-    model, images, targets = build(device, args.image_size, args.memory_images)
+    model, images, targets = build_resnet18(device, args.image_size, args.memory_images)
     saliency = torch.rand(images.shape[0], *images.shape[-2:], device=device)
     kwargs = {"steps": args.steps, "max_batch_size": args.memory_child}
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
+
+    def run() -> None:
         deletion_curve(model, images, saliency, targets, **kwargs)
         insertion_curve(model, images, saliency, targets, **kwargs)
-        peak = torch.cuda.max_memory_allocated(device) - base
-    else:
-        # Reset the kernel's peak-RSS mark (VmHWM) so it measures these calls alone.
-        Path("/proc/self/clear_refs").write_text("5")
-        base = _status_kib("VmRSS")
-        deletion_curve(model, images, saliency, targets, **kwargs)
-        insertion_curve(model, images, saliency, targets, **kwargs)
-        peak = (_status_kib("VmHWM") - base) * 1024
-    print(json.dumps({"peak_mib": peak / 2**20}))
+
+    print_peak_memory(run, device)
 
 
 def peak_memory(args: argparse.Namespace, max_batch_size: int) -> float:
-    command = [
-        sys.executable,
+    return child_peak_memory(
         __file__,
         "--memory-child",
         str(max_batch_size),
@@ -111,9 +72,7 @@ def peak_memory(args: argparse.Namespace, max_batch_size: int) -> float:
         str(args.memory_images),
         "--steps",
         str(args.steps),
-    ]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return float(json.loads(output.strip().splitlines()[-1])["peak_mib"])
+    )
 
 
 def main() -> None:
@@ -132,7 +91,7 @@ def main() -> None:
         peak_memory_child(args)
         return
     device = torch.device(args.device)
-    model, images, targets = build(device, args.image_size, args.num_images)
+    model, images, targets = build_resnet18(device, args.image_size, args.num_images)
     evet = EVET(model, cam="GradCAM", max_batch_size=64)
     # The curves' cost does not depend on the map's values: random maps save an untimed EVET run.
     saliency = torch.rand(images.shape[0], *images.shape[-2:], generator=torch.Generator().manual_seed(0))

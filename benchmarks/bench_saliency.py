@@ -22,27 +22,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import statistics
-import subprocess
-import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
-import torchvision
+from _common import build_resnet18, child_peak_memory, print_peak_memory, timed
 from pytorch_grad_cam import GradCAM, ScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from evet_lightning import EVET
 from evet_lightning.saliency import NativeCAM
 from evet_lightning.saliency.settings import resolve_max_batch_size
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def compare(
@@ -63,53 +53,20 @@ def compare(
         for fn, bucket in ((ours, times[0]), (reference, times[1])):
             fn()
             for _ in range(repeats):
-                _sync(device)
-                start = time.perf_counter()
-                fn()
-                _sync(device)
-                bucket.append(time.perf_counter() - start)
+                bucket.append(timed(fn, device))
     return statistics.median(times[0]), statistics.median(times[1])
-
-
-def build(device: torch.device) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18(num_classes=1000).to(device).eval()
-    images = torch.randn(8, 3, 224, 224, device=device)
-    targets = torch.arange(8, device=device)
-    return model, images, targets
-
-
-def _status_kib(field: str) -> int:
-    """A ``/proc/self/status`` field in KiB (Linux)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
 def peak_memory_child(device_name: str, max_batch_size: int) -> None:
     """Run EVET once and print the peak memory it added, in MiB (a fresh process per setting on CPU)."""
     device = torch.device(device_name)
-    model, images, targets = build(device)
+    model, images, targets = build_resnet18(device)
     evet = EVET(model, target_layers=[model.layer4], max_batch_size=max_batch_size)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        evet(images, targets)
-        peak = torch.cuda.max_memory_allocated(device) - base
-    else:
-        # Reset the kernel's peak-RSS mark (VmHWM) so it measures this call alone.
-        Path("/proc/self/clear_refs").write_text("5")
-        base = _status_kib("VmRSS")
-        evet(images, targets)
-        peak = (_status_kib("VmHWM") - base) * 1024
-    print(json.dumps({"peak_mib": peak / 2**20}))
+    print_peak_memory(lambda: evet(images, targets), device)
 
 
 def peak_memory(device: torch.device, max_batch_size: int) -> float:
-    command = [sys.executable, __file__, "--memory-child", str(max_batch_size), "--device", device.type]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return float(json.loads(output.strip().splitlines()[-1])["peak_mib"])
+    return child_peak_memory(__file__, "--memory-child", str(max_batch_size), "--device", device.type)
 
 
 def main() -> None:
@@ -123,7 +80,7 @@ def main() -> None:
         peak_memory_child(args.device, args.memory_child)
         return
     device = torch.device(args.device)
-    model, images, targets = build(device)
+    model, images, targets = build_resnet18(device)
     batch = images.shape[0]
     cam_targets = [ClassifierOutputTarget(int(k)) for k in targets]
     native = NativeCAM("GradCAM", [model.layer4])

@@ -22,15 +22,7 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
-from evet_lightning.imagenet import (
-    EXTRA_HINT,
-    IMAGENET_CATEGORIES,
-    LITE0_INPUT_SIZE,
-    LITE0_MEAN,
-    LITE0_NORMALIZATION,
-    LITE0_STD,
-    MissingExtraError,
-)
+from evet_lightning import imagenet
 
 __all__ = ["PHOTOS", "Photo", "SamplePhotos", "load_photo"]
 
@@ -58,7 +50,7 @@ class Photo:
     @property
     def label(self) -> int:
         """Index of :attr:`category` in ``IMAGENET_CATEGORIES``."""
-        return IMAGENET_CATEGORIES.index(self.category)
+        return imagenet.IMAGENET_CATEGORIES.index(self.category)
 
 
 #: The photographs, in dataset order.
@@ -114,7 +106,7 @@ def _photo_file(photo: Photo) -> Path | None:
     return directory / photo.path
 
 
-def load_photo(path: Path, size: int = LITE0_INPUT_SIZE) -> Tensor:
+def load_photo(path: Path, size: int = imagenet.LITE0_INPUT_SIZE) -> Tensor:
     """Decode an image file as RGB, resize its shorter side to ``size * 8 / 7`` and crop the centre square.
 
     This is the usual ImageNet evaluation crop (256 then 224 for ``size=224``); greyscale files are repeated
@@ -152,23 +144,23 @@ class SamplePhotos(Dataset[tuple[Tensor, Tensor]]):
         (torch.Size([3, 224, 224]), torch.float32, 'military uniform')
     """
 
-    def __init__(self, size: int = LITE0_INPUT_SIZE, normalize: bool = True) -> None:
+    def __init__(self, size: int = imagenet.LITE0_INPUT_SIZE, normalize: bool = True) -> None:
         if size < 1:
             raise ValueError(f"Expected `size` to be a positive integer, but got {size}")
         found = [(photo, _photo_file(photo)) for photo in PHOTOS]
         missing = [photo.name for photo, path in found if path is None]
         if len(missing) == len(PHOTOS):
-            raise MissingExtraError(f"The sample photos need the optional extra: {EXTRA_HINT}")
+            raise imagenet.MissingExtraError(f"The sample photos need the optional extra: {imagenet.EXTRA_HINT}")
         if missing:
-            log.warning("SamplePhotos: skipping %s (not installed); install them with %s", missing, EXTRA_HINT)
+            log.warning("SamplePhotos: skipping %s (not installed); install them with %s", missing, imagenet.EXTRA_HINT)
         available = [(photo, path) for photo, path in found if path is not None]
         self.photos: tuple[Photo, ...] = tuple(photo for photo, _ in available)
         self.normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = (
-            LITE0_NORMALIZATION if normalize else None
+            imagenet.LITE0_NORMALIZATION if normalize else None
         )
         images = torch.stack([load_photo(path, size) for _, path in available])
         if normalize:
-            images = TF.normalize(images, list(LITE0_MEAN), list(LITE0_STD))
+            images = TF.normalize(images, list(imagenet.LITE0_MEAN), list(imagenet.LITE0_STD))
         self.images: Tensor = images
         self.labels: Tensor = torch.tensor([photo.label for photo in self.photos], dtype=torch.int64)
 

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from evet_lightning._model_state import model_state_guard
@@ -34,7 +33,7 @@ from evet_lightning.functional._checks import (
     _safe_mean,
     _sum_kept,
 )
-from evet_lightning.functional.perturbation import Baseline, Normalization, resolve_baseline
+from evet_lightning.functional.perturbation import Baseline, Normalization, _gaussian_blur, resolve_baseline
 
 __all__ = ["curve_auc", "deletion_curve", "insertion_curve"]
 
@@ -52,15 +51,7 @@ def _rise_blur(images: Tensor) -> Tensor:
     RISE convolves with zero padding, which darkens a 5-pixel border; replication keeps the border at image
     values and works for images of any size, as the ``"blur"`` of :func:`resolve_baseline` does.
     """
-    radius = RISE_BLUR_KERNEL_SIZE // 2
-    coords = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
-    kernel = torch.exp(-(coords**2) / (2 * RISE_BLUR_SIGMA**2))
-    kernel = kernel / kernel.sum()
-    channels = images.shape[1]
-    horizontal = kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
-    vertical = kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1)
-    out = F.conv2d(F.pad(images, (radius, radius, 0, 0), mode="replicate"), horizontal, groups=channels)
-    return F.conv2d(F.pad(out, (0, 0, radius, radius), mode="replicate"), vertical, groups=channels)
+    return _gaussian_blur(images, RISE_BLUR_SIGMA, radius=RISE_BLUR_KERNEL_SIZE // 2)
 
 
 def _check_curve_arguments(
@@ -183,6 +174,30 @@ def _perturbation_curve(
     return curves.masked_fill(~finite.unsqueeze(1), float("nan"))
 
 
+def _curve(
+    model: nn.Module,
+    images: Tensor,
+    saliency: Tensor,
+    targets: Tensor | None,
+    steps: int,
+    baseline: Baseline,
+    normalization: Normalization,
+    max_batch_size: int,
+    output_transform: OutputTransform | None,
+    insertion: bool,
+) -> Tensor:
+    """:func:`deletion_curve` (the top pixels come from the baseline) or :func:`insertion_curve` (from the image)."""
+    images, saliency, targets, steps, max_batch_size = _check_curve_arguments(
+        model, images, saliency, targets, steps, max_batch_size, output_transform
+    )
+    if insertion and isinstance(baseline, str) and baseline == "blur":
+        x_b = _rise_blur(images)
+    else:
+        x_b = resolve_baseline(images, baseline, normalization)
+    top, rest = (images, x_b) if insertion else (x_b, images)
+    return _perturbation_curve(model, images, saliency, targets, steps, max_batch_size, top, rest, output_transform)
+
+
 def deletion_curve(
     model: nn.Module,
     images: Tensor,
@@ -239,11 +254,9 @@ def deletion_curve(
         >>> curves.shape, curve_auc(curves).shape
         (torch.Size([2, 5]), torch.Size([2]))
     """
-    images, saliency, targets, steps, max_batch_size = _check_curve_arguments(
-        model, images, saliency, targets, steps, max_batch_size, output_transform
+    return _curve(
+        model, images, saliency, targets, steps, baseline, normalization, max_batch_size, output_transform, False
     )
-    x_d = resolve_baseline(images, baseline, normalization)
-    return _perturbation_curve(model, images, saliency, targets, steps, max_batch_size, x_d, images, output_transform)
 
 
 def insertion_curve(
@@ -266,34 +279,12 @@ def insertion_curve(
     the baseline alone, step S the clean image. A faithful map makes the probability rise fast: higher
     :func:`curve_auc` is better.
 
-    Args:
-        model: a classifier returning logits ``(N, K)`` (or an output that
-            :func:`~evet_lightning.saliency.outputs.logits_from_output` reads). It runs in eval mode under
-            ``torch.no_grad()`` and is left exactly as found (training flags, ``requires_grad``, hooks, RNG).
-            Works inside ``torch.inference_mode()``.
-        images: ``(B, C, H, W)`` float, on the device the model runs on.
-        saliency: ``(B, H, W)`` float maps at the image size (upsample low-resolution maps first); only the order
-            of the values matters.
-        targets: ``(B,)`` integer classes, or ``None`` for the model's argmax class on the clean images (one extra
-            forward pass per image).
-        steps: ``S >= 1``, the number of steps; the curve has ``S + 1`` points.
-        baseline: ``x_i``. ``"blur"`` here is RISE's blur: a Gaussian with an 11 x 11 kernel and sigma 5
-            (separable, normalized, edges replicated), whatever the image size. This differs from the ``"blur"``
-            of :func:`~evet_lightning.functional.resolve_baseline` (sigma = 1/16 of the shorter side); pass
-            ``lambda x: resolve_baseline(x, "blur")`` for that one. ``"black"``, ``"zeros"``, a tensor or a
-            callable mean what they mean for :func:`~evet_lightning.functional.resolve_baseline`.
-        normalization: ``(mean, std)`` the images were normalized with, for ``"black"``.
-        max_batch_size: at most this many step images go through the model at once; memory is bounded by it.
-        output_transform: ``model output -> (N, K) logits`` for a model whose output
-            :func:`~evet_lightning.saliency.outputs.logits_from_output` does not recognise (EVET's option).
-
-    Returns:
-        ``(B, S + 1)`` probabilities on the images' device, float32 (float64 when the model returns float64
-        logits). A sample with NaN/Inf in its image or map gets a row of NaN (the metrics skip and count it).
-
-    Raises:
-        ValueError: if an argument has the wrong type or shape, ``steps`` or ``max_batch_size`` is not a positive
-            integer, a target is outside the model's classes, or the model's output holds no ``(N, K)`` logits.
+    Args, returns and errors: as :func:`deletion_curve`, except ``baseline``: ``x_i``. ``"blur"`` here is
+    RISE's blur: a Gaussian with an 11 x 11 kernel and sigma 5 (separable, normalized, edges replicated),
+    whatever the image size. This differs from the ``"blur"`` of
+    :func:`~evet_lightning.functional.resolve_baseline` (sigma = 1/16 of the shorter side); pass
+    ``lambda x: resolve_baseline(x, "blur")`` for that one. ``"black"``, ``"zeros"``, a tensor or a callable mean
+    what they mean for :func:`~evet_lightning.functional.resolve_baseline`.
 
     Example:
         >>> import torch
@@ -305,14 +296,9 @@ def insertion_curve(
         >>> torch.allclose(curves[:, -1], model(images).softmax(-1)[[0, 1], [0, 1]])  # step S: the clean image
         True
     """
-    images, saliency, targets, steps, max_batch_size = _check_curve_arguments(
-        model, images, saliency, targets, steps, max_batch_size, output_transform
+    return _curve(
+        model, images, saliency, targets, steps, baseline, normalization, max_batch_size, output_transform, True
     )
-    if isinstance(baseline, str) and baseline == "blur":
-        x_i = _rise_blur(images)
-    else:
-        x_i = resolve_baseline(images, baseline, normalization)
-    return _perturbation_curve(model, images, saliency, targets, steps, max_batch_size, images, x_i, output_transform)
 
 
 def _check_curves(curves: object, steps: int | None = None) -> Tensor:

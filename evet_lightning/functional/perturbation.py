@@ -19,8 +19,13 @@ Normalization = tuple[Sequence[float], Sequence[float]] | None
 _BASELINE_NAMES = ("black", "zeros", "blur")
 
 
-def _gaussian_blur(images: Tensor, sigma: float) -> Tensor:
-    radius = max(1, round(3 * sigma))
+def _gaussian_blur(images: Tensor, sigma: float, radius: int | None = None) -> Tensor:
+    """Separable Gaussian blur, normalized to sum 1, edges padded by replication.
+
+    The kernel has ``2 * radius + 1`` taps; ``radius=None`` takes ``max(1, round(3 * sigma))``.
+    """
+    if radius is None:
+        radius = max(1, round(3 * sigma))
     coords = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
     kernel = torch.exp(-(coords**2) / (2 * sigma**2))
     kernel = kernel / kernel.sum()

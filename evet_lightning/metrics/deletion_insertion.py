@@ -21,10 +21,39 @@ __all__ = ["DeletionAUC", "InsertionAUC"]
 
 
 class _CurveAUC(SampleMeanMetric):
-    """Mean AUC of ``(B, S + 1)`` curves, plus their sum so the mean curve can be plotted.
+    r"""Mean AUC of ``(B, S + 1)`` curves, plus their sum so the mean curve can be plotted.
 
-    States: ``sum_auc`` (float64), ``sum_curve`` (float64 ``(S + 1,)``), ``num_samples`` and ``num_skipped``,
-    all summed across processes.
+    What :class:`DeletionAUC` and :class:`InsertionAUC` share. The area of a curve is the trapezoid rule on
+    [0, 1] with spacing ``1 / S``:
+
+    .. math:: \text{AUC} = \frac{1}{S}\left(\sum_{k=0}^{S} y_k - \frac{y_0 + y_S}{2}\right)
+
+    As input to ``forward`` and ``update`` the metric accepts:
+
+    - ``curves`` (:class:`~torch.Tensor`): ``(B, S + 1)`` float probabilities in [0, 1], ``S`` = ``steps``
+
+    As output of ``forward`` and ``compute`` the metric returns a float32 scalar in [0, 1], the mean AUC
+    (its name and direction are each subclass's).
+
+    :meth:`mean_curve` returns the mean of the kept curves, ``(S + 1,)``, and :meth:`plot` draws it.
+
+    Edge cases:
+
+    - A row with NaN/Inf anywhere is skipped: it is in neither the mean AUC nor the mean curve and is counted in
+      the ``num_skipped`` state (summed across processes on ``compute``), so the value is never NaN.
+    - ``compute()`` with no sample (before any update, or every sample skipped) returns 0.0 with a warning.
+
+    Sums are accumulated in float64 and divided once in ``compute``, so one update and many, or one process
+    and several, give the same value. States: ``sum_auc`` (float64), ``sum_curve`` (float64 ``(S + 1,)``),
+    ``num_samples`` and ``num_skipped``, all summed across processes; not persistent (not in ``state_dict``) by
+    default.
+
+    Args:
+        steps: ``S``, the number of steps of every curve; each update must have ``S + 1`` columns (the sum of
+            curves needs one length in every update and on every process).
+        validate_args: check in ``update`` that the curves are in [0, 1] (this synchronizes with the device).
+            Shapes and dtypes are always checked.
+        kwargs: additional keyword arguments of :class:`~torchmetrics.Metric`.
     """
 
     is_differentiable: bool = True
@@ -101,36 +130,11 @@ class DeletionAUC(_CurveAUC):
 
     The curve of :func:`~evet_lightning.functional.deletion_curve`: at step ``k = 0 .. S`` the top
     ``n_k = floor(k * N / S)`` pixels of the map (descending saliency, ties in row-major order) are replaced by
-    the baseline, and the curve holds the target-class softmax probability. Its area is the trapezoid rule on
-    [0, 1] with spacing ``1 / S``:
+    the baseline, and the curve holds the target-class softmax probability. ``forward`` and ``compute`` return
+    ``deletion_auc`` (:class:`~torch.Tensor`), the mean AUC: a float32 scalar in [0, 1], lower is better.
 
-    .. math:: \text{AUC} = \frac{1}{S}\left(\sum_{k=0}^{S} y_k - \frac{y_0 + y_S}{2}\right)
-
-    As input to ``forward`` and ``update`` the metric accepts:
-
-    - ``curves`` (:class:`~torch.Tensor`): ``(B, S + 1)`` float probabilities in [0, 1], ``S`` = ``steps``
-
-    As output of ``forward`` and ``compute`` the metric returns:
-
-    - ``deletion_auc`` (:class:`~torch.Tensor`): float32 scalar in [0, 1], the mean AUC; lower is better
-
-    :meth:`mean_curve` returns the mean of the kept curves, ``(S + 1,)``, and :meth:`plot` draws it.
-
-    Edge cases:
-
-    - A row with NaN/Inf anywhere is skipped: it is in neither the mean AUC nor the mean curve and is counted in
-      the ``num_skipped`` state (summed across processes on ``compute``), so the value is never NaN.
-    - ``compute()`` with no sample (before any update, or every sample skipped) returns 0.0 with a warning.
-
-    Sums are accumulated in float64 and divided once in ``compute``, so one update and many, or one process
-    and several, give the same value. The states are not persistent (not in ``state_dict``) by default.
-
-    Args:
-        steps: ``S``, the number of steps of every curve; each update must have ``S + 1`` columns (the sum of
-            curves needs one length in every update and on every process).
-        validate_args: check in ``update`` that the curves are in [0, 1] (this synchronizes with the device).
-            Shapes and dtypes are always checked.
-        kwargs: additional keyword arguments of :class:`~torchmetrics.Metric`.
+    The input (``curves``), the trapezoid rule, the edge cases (NaN/Inf rows skipped and counted in
+    ``num_skipped``), the states and the arguments are those of :class:`_CurveAUC`.
 
     Example:
         >>> import torch
@@ -154,36 +158,11 @@ class InsertionAUC(_CurveAUC):
 
     The curve of :func:`~evet_lightning.functional.insertion_curve`: the image starts as the insertion baseline
     and at step ``k = 0 .. S`` the top ``n_k = floor(k * N / S)`` pixels of the map (descending saliency, ties in
-    row-major order) are the original ones; the curve holds the target-class softmax probability. Its area is the
-    trapezoid rule on [0, 1] with spacing ``1 / S``:
+    row-major order) are the original ones; the curve holds the target-class softmax probability. The value of
+    ``forward`` and ``compute``, ``insertion_auc``, is the mean AUC, a float32 scalar in [0, 1]; higher is better.
 
-    .. math:: \text{AUC} = \frac{1}{S}\left(\sum_{k=0}^{S} y_k - \frac{y_0 + y_S}{2}\right)
-
-    As input to ``forward`` and ``update`` the metric accepts:
-
-    - ``curves`` (:class:`~torch.Tensor`): ``(B, S + 1)`` float probabilities in [0, 1], ``S`` = ``steps``
-
-    As output of ``forward`` and ``compute`` the metric returns:
-
-    - ``insertion_auc`` (:class:`~torch.Tensor`): float32 scalar in [0, 1], the mean AUC; higher is better
-
-    :meth:`mean_curve` returns the mean of the kept curves, ``(S + 1,)``, and :meth:`plot` draws it.
-
-    Edge cases:
-
-    - A row with NaN/Inf anywhere is skipped: it is in neither the mean AUC nor the mean curve and is counted in
-      the ``num_skipped`` state (summed across processes on ``compute``), so the value is never NaN.
-    - ``compute()`` with no sample (before any update, or every sample skipped) returns 0.0 with a warning.
-
-    Sums are accumulated in float64 and divided once in ``compute``, so one update and many, or one process
-    and several, give the same value. The states are not persistent (not in ``state_dict``) by default.
-
-    Args:
-        steps: ``S``, the number of steps of every curve; each update must have ``S + 1`` columns (the sum of
-            curves needs one length in every update and on every process).
-        validate_args: check in ``update`` that the curves are in [0, 1] (this synchronizes with the device).
-            Shapes and dtypes are always checked.
-        kwargs: additional keyword arguments of :class:`~torchmetrics.Metric`.
+    Everything else (the ``curves`` input, the trapezoid rule, skipped NaN/Inf rows, states, arguments) is as
+    in :class:`_CurveAUC`.
 
     Example:
         >>> import torch

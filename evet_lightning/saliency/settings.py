@@ -21,7 +21,7 @@ from evet_lightning.functional.alpha import (
 from evet_lightning.functional.perturbation import Baseline, Normalization, check_baseline
 from evet_lightning.saliency.explainers import NATIVE_CAMS
 from evet_lightning.saliency.grad_cam_adapter import available_cam_classes, is_cam_class
-from evet_lightning.saliency.transforms import AffineTransform, paper_transforms
+from evet_lightning.saliency.transforms import AffineTransform, _transform_tuple, paper_transforms
 
 __all__ = [
     "AUTO_CPU_PIXELS",
@@ -81,13 +81,7 @@ def _check_transforms(transforms: object) -> tuple[AffineTransform, ...]:
         return tuple(paper_transforms())
     if isinstance(transforms, AffineTransform) or not isinstance(transforms, Sequence):
         raise ValueError(f"Expected `transforms` to be a sequence of transforms, but got {transforms!r}")
-    items = tuple(transforms)
-    if not items:
-        raise ValueError("Expected `transforms` to be a non-empty sequence of transforms, but got an empty one")
-    for transform in items:
-        if not isinstance(transform, AffineTransform):
-            raise ValueError(f"Expected every item of `transforms` to be an AffineTransform, but got {transform!r}")
-    return items
+    return _transform_tuple(transforms)
 
 
 def _check_normalization(normalization: object) -> Normalization:

@@ -23,7 +23,7 @@ Convention:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -279,6 +279,17 @@ class Shear(AffineTransform):
         return _about_centre(linear, height, width)
 
 
+def _transform_tuple(transforms: Iterable[AffineTransform]) -> tuple[AffineTransform, ...]:
+    """``transforms`` as a tuple; ``ValueError`` when it is empty or holds anything but an AffineTransform."""
+    items = tuple(transforms)
+    if not items:
+        raise ValueError("Expected `transforms` to be a non-empty sequence of transforms, but got an empty one")
+    for transform in items:
+        if not isinstance(transform, AffineTransform):
+            raise ValueError(f"Expected every item of `transforms` to be an AffineTransform, but got {transform!r}")
+    return items
+
+
 class Compose(AffineTransform):
     """Apply ``transforms`` in order (the first one first); one resampling, from the product matrix.
 
@@ -291,13 +302,7 @@ class Compose(AffineTransform):
     _transforms: tuple[AffineTransform, ...]
 
     def __init__(self, transforms: Sequence[AffineTransform]) -> None:
-        transforms = tuple(transforms)
-        if not transforms:
-            raise ValueError("Expected `transforms` to be a non-empty sequence of transforms, but got an empty one")
-        for transform in transforms:
-            if not isinstance(transform, AffineTransform):
-                raise ValueError(f"Expected every item of `transforms` to be an AffineTransform, but got {transform!r}")
-        object.__setattr__(self, "_transforms", transforms)
+        object.__setattr__(self, "_transforms", _transform_tuple(transforms))
         _check_invertible(self)
 
     @property

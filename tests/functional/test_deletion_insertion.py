@@ -63,6 +63,16 @@ def _tiny_model(num_classes: int = 3, dtype: torch.dtype = torch.float64) -> nn.
     return model.to(dtype).eval()
 
 
+def _random_batch(
+    seed: int, batch: int, height: int, width: int, dtype: torch.dtype = torch.float64
+) -> tuple[Tensor, Tensor]:
+    """``(batch, 3, height, width)`` normal images and ``(batch, height, width)`` uniform maps from one seed."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, height, width, generator=generator, dtype=dtype)
+    saliency = torch.rand(batch, height, width, generator=generator, dtype=dtype)
+    return images, saliency
+
+
 def _maps_with_ties(height: int, width: int, generator: torch.Generator) -> Tensor:
     """Three maps: continuous values, four levels (many ties), and a constant map (raster order)."""
     continuous = torch.rand(height, width, generator=generator, dtype=torch.float64)
@@ -103,9 +113,7 @@ def test_curves_match_plain_loop_reference(steps: int) -> None:
 
 def test_step_zero_and_last_step_are_the_clean_image_and_the_baseline() -> None:
     model = _tiny_model()
-    generator = torch.Generator().manual_seed(1)
-    images = torch.randn(2, 3, 8, 8, generator=generator, dtype=torch.float64)
-    saliency = torch.rand(2, 8, 8, generator=generator, dtype=torch.float64)
+    images, saliency = _random_batch(1, 2, 8, 8)
     targets = torch.tensor([0, 2])
     with torch.no_grad():
         clean = model(images).softmax(-1)[[0, 1], [0, 2]]
@@ -224,9 +232,7 @@ class CountingModel(nn.Module):
 
 @pytest.mark.parametrize("use_targets", [True, False])
 def test_chunks_are_bounded_and_results_independent_of_chunk_size(use_targets: bool) -> None:
-    generator = torch.Generator().manual_seed(3)
-    images = torch.randn(4, 3, 5, 7, generator=generator)
-    saliency = torch.rand(4, 5, 7, generator=generator)
+    images, saliency = _random_batch(3, 4, 5, 7, torch.float32)
     targets = torch.tensor([0, 1, 2, 1]) if use_targets else None
     model = CountingModel()
     small = deletion_curve(model, images, saliency, targets, steps=5, max_batch_size=7)
@@ -243,9 +249,7 @@ def test_targets_none_is_the_clean_argmax() -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 6 * 6, 3)).double().eval()
-    generator = torch.Generator().manual_seed(4)
-    images = torch.randn(5, 3, 6, 6, generator=generator, dtype=torch.float64)
-    saliency = torch.rand(5, 6, 6, generator=generator, dtype=torch.float64)
+    images, saliency = _random_batch(4, 5, 6, 6)
     with torch.no_grad():
         argmax = model(images).argmax(dim=1)
     assert len(set(argmax.tolist())) > 1  # the test would not see a wrong fixed class otherwise
@@ -257,9 +261,7 @@ def test_targets_none_is_the_clean_argmax() -> None:
 
 def test_non_finite_image_or_map_gives_a_nan_row() -> None:
     model = _tiny_model(dtype=torch.float32)
-    generator = torch.Generator().manual_seed(5)
-    images = torch.randn(3, 3, 6, 6, generator=generator)
-    saliency = torch.rand(3, 6, 6, generator=generator)
+    images, saliency = _random_batch(5, 3, 6, 6, torch.float32)
     images[0, 1, 2, 3] = float("nan")
     saliency[2, 0, 0] = float("inf")
     for curve_fn in (deletion_curve, insertion_curve):
@@ -277,9 +279,7 @@ def test_empty_batch() -> None:
 
 def test_deletion_blur_is_phis_blur_and_insertion_blur_is_rises() -> None:
     model = _tiny_model()
-    generator = torch.Generator().manual_seed(6)
-    images = torch.randn(2, 3, 16, 16, generator=generator, dtype=torch.float64)
-    saliency = torch.rand(2, 16, 16, generator=generator, dtype=torch.float64)
+    images, saliency = _random_batch(6, 2, 16, 16)
     targets = torch.tensor([1, 2])
     phi_blur = resolve_baseline(images, "blur")  # sigma = 16 / 16 = 1 here, not 5
     torch.testing.assert_close(
@@ -323,9 +323,7 @@ def test_model_left_as_found_and_works_in_inference_mode() -> None:
     state = {name: value.clone() for name, value in model.state_dict().items()}
     grads = {name: (p.grad, None if p.grad is None else p.grad.clone()) for name, p in model.named_parameters()}
     requires_grad = [p.requires_grad for p in model.parameters()]
-    generator = torch.Generator().manual_seed(7)
-    images = torch.randn(2, 3, 6, 6, generator=generator)
-    saliency = torch.rand(2, 6, 6, generator=generator)
+    images, saliency = _random_batch(7, 2, 6, 6, torch.float32)
 
     curves = deletion_curve(model, images, saliency, steps=3)
     with torch.inference_mode():

@@ -1,6 +1,7 @@
 """One description per metric: its class, functional and reference, and a random-input generator.
 
-Shared by the equivalence, protocol and multi-process tests so each runs over all six metrics.
+Shared by the equivalence, protocol and multi-process tests so each runs over all six metrics; the curves of
+DeletionAUC / InsertionAUC (:func:`random_curves`) by their own tests and the multi-process test.
 """
 
 from __future__ import annotations
@@ -78,6 +79,20 @@ def make_stability(generator: torch.Generator, n: int, size: tuple[int, int] = (
         valid[2, 0, 0] = False  # ...the pixel is invalid
         saliency_transformed[3] = saliency[3]  # identical: 1
     return {"saliency": saliency, "saliency_transformed": saliency_transformed, "valid": valid}
+
+
+#: ``steps`` of the DeletionAUC / InsertionAUC tests: curves have ``CURVE_STEPS + 1`` points.
+CURVE_STEPS = 4
+
+
+def random_curves(n: int, seed: int = 0, steps: int = CURVE_STEPS) -> Tensor:
+    """``(n, steps + 1)`` curves in [0, 1] with a NaN row (1) and an Inf row (4) when ``n`` allows."""
+    curves = torch.rand(n, steps + 1, generator=torch.Generator().manual_seed(seed))
+    if n > 1:
+        curves[1, 2] = float("nan")
+    if n > 4:
+        curves[4, 0] = float("inf")
+    return curves
 
 
 CASES = (

@@ -1,34 +1,19 @@
-"""DeletionAUC / InsertionAUC: exact values, the mean curve, the metric protocol and two processes."""
+"""DeletionAUC / InsertionAUC: exact values, the mean curve, the metric protocol (two processes: test_distributed)."""
 
 from __future__ import annotations
 
-import os
 import pickle
-import socket
-import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from evet_lightning.functional import curve_auc
 from evet_lightning.metrics import DeletionAUC, InsertionAUC
+from tests.metrics._cases import CURVE_STEPS, random_curves
 
 METRICS = [DeletionAUC, InsertionAUC]
-STEPS = 4
-
-
-def _curves(n: int, seed: int = 0, steps: int = STEPS) -> torch.Tensor:
-    """``(n, steps + 1)`` curves in [0, 1] with a NaN row (1) and an Inf row (4) when ``n`` allows."""
-    curves = torch.rand(n, steps + 1, generator=torch.Generator().manual_seed(seed))
-    if n > 1:
-        curves[1, 2] = float("nan")
-    if n > 4:
-        curves[4, 0] = float("inf")
-    return curves
+STEPS = CURVE_STEPS
 
 
 def _reference(curves: torch.Tensor) -> tuple[float, list[float], int]:
@@ -41,7 +26,7 @@ def _reference(curves: torch.Tensor) -> tuple[float, list[float], int]:
 
 @pytest.mark.parametrize("metric_class", METRICS)
 def test_values_mean_curve_and_skipped_rows(metric_class) -> None:
-    curves = _curves(9)
+    curves = random_curves(9)
     expected_auc, expected_curve, expected_skipped = _reference(curves)
     assert expected_skipped == 2
     metric = metric_class(steps=STEPS)
@@ -95,10 +80,10 @@ def test_compute_before_update_and_all_skipped(metric_class) -> None:
 
 @pytest.mark.parametrize("metric_class", METRICS)
 def test_reset_clone_pickle_and_state_dict(metric_class) -> None:
-    curves = _curves(9)
+    curves = random_curves(9)
     expected_auc, expected_curve, _ = _reference(curves)
     metric = metric_class(steps=STEPS)
-    metric.update(_curves(6, seed=5))
+    metric.update(random_curves(6, seed=5))
     metric.reset()
     assert metric.num_samples.item() == 0 and metric.num_skipped.item() == 0
     assert torch.equal(metric.sum_curve, torch.zeros(STEPS + 1, dtype=torch.float64))
@@ -116,7 +101,7 @@ def test_reset_clone_pickle_and_state_dict(metric_class) -> None:
 def test_float_half_keep_the_float64_sums(metric_class) -> None:
     metric = metric_class(steps=STEPS).to("cpu").float().half()
     assert metric.sum_auc.dtype == torch.float64 and metric.sum_curve.dtype == torch.float64
-    curves = _curves(9, seed=3)
+    curves = random_curves(9, seed=3)
     metric.update(curves)
     assert metric.compute().item() == pytest.approx(_reference(curves)[0], abs=1e-6)
 
@@ -173,7 +158,7 @@ def test_numpy_integer_steps_accepted() -> None:
 
 @pytest.mark.parametrize("metric_class", METRICS)
 def test_plot_draws_the_mean_curve(metric_class) -> None:
-    import matplotlib.pyplot as plt  # here, not at the top: the spawned workers import this module (MPLBACKEND=Agg)
+    import matplotlib.pyplot as plt  # here, not at the top: only this test draws (MPLBACKEND=Agg)
 
     metric = metric_class(steps=2)
     metric.update(torch.tensor([[1.0, 0.5, 0.0], [0.0, 0.5, 1.0]]))
@@ -186,83 +171,3 @@ def test_plot_draws_the_mean_curve(metric_class) -> None:
         assert ax.get_xlabel() == f"Fraction of pixels {'inserted' if metric_class is InsertionAUC else 'deleted'}"
     finally:
         plt.close(fig)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Two processes (gloo on CPU) give the single-process values, also on uneven splits and with an idle rank.
-
-NUM_SAMPLES = 9
-SPLITS = {"uneven_5_4": (5, 4), "even_ish_4_5": (4, 5), "rank1_idle": (9, 0), "rank0_idle": (0, 9)}
-
-
-def _dataset(index: int) -> torch.Tensor:
-    return _curves(NUM_SAMPLES, seed=100 + index)
-
-
-def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    try:
-        results: dict[tuple[str, str], tuple[float, list[float], int, int]] = {}
-        for index, metric_class in enumerate(METRICS):
-            data = _dataset(index)
-            for split_name, sizes in SPLITS.items():
-                chunk = torch.split(data, list(sizes))[rank]
-                metric = metric_class(steps=STEPS)
-                # a rank with no samples never calls update; the others update in two uneven pieces
-                if chunk.shape[0]:
-                    for piece in torch.split(chunk, [1, chunk.shape[0] - 1]):
-                        metric.update(piece)
-                with warnings.catch_warnings():
-                    # an idle rank gets torchmetrics' "compute before update" warning; that is expected
-                    warnings.simplefilter("ignore", UserWarning)
-                    value = metric.compute()
-                mean_curve = metric.mean_curve()
-                local_count = int(metric.num_samples + metric.num_skipped)
-                metric.sync()
-                synced_skipped = int(metric.num_skipped)
-                metric.unsync()
-                results[(metric_class.__name__, split_name)] = (
-                    value.item(),
-                    mean_curve.tolist(),
-                    local_count,
-                    synced_skipped,
-                )
-        with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as handle:
-            pickle.dump(results, handle)
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.mark.timeout(120)
-def test_two_processes_match_one(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-
-    expected = {}
-    for index, metric_class in enumerate(METRICS):
-        metric = metric_class(steps=STEPS)
-        metric.update(_dataset(index))
-        expected[metric_class.__name__] = (
-            metric.compute().item(),
-            metric.mean_curve().tolist(),
-            int(metric.num_skipped),
-        )
-
-    for rank in range(2):
-        with open(tmp_path / f"rank{rank}.pkl", "rb") as handle:
-            results = pickle.load(handle)
-        assert len(results) == len(METRICS) * len(SPLITS)
-        for (name, split_name), (value, mean_curve, local_count, synced_skipped) in results.items():
-            single_value, single_curve, single_skipped = expected[name]
-            assert value == pytest.approx(single_value, abs=1e-6), (name, split_name, rank)
-            assert mean_curve == pytest.approx(single_curve, abs=1e-6), (name, split_name, rank)
-            assert synced_skipped == single_skipped, (name, split_name, rank)
-            # compute() leaves each rank's own (unsynced) counts in place for further accumulation
-            assert local_count == SPLITS[split_name][rank], (name, split_name, rank)
-    # the datasets include skipped samples, so the synced count was exercised
-    assert all(skipped > 0 for _, _, skipped in expected.values())
