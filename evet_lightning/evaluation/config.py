@@ -98,7 +98,7 @@ class DemoConfig:
         metadata=cli_option("channels of the CNN's first block (default {default})", metavar="C", convert=positive_int),
     )
     batch_size: int = field(
-        default=32, metadata=cli_option("batch size (default {default})", metavar="B", convert=positive_int)
+        default=16, metadata=cli_option("batch size (default {default})", metavar="B", convert=positive_int)
     )
     cam: str = field(default="GradCAM", metadata=cli_option("the CAM EVET enhances (default {default})"))
     alpha: float | Literal["auto"] = field(default="auto", metadata=_ALPHA_OPTION)

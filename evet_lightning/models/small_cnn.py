@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from evet_lightning.functional.augment import background_dropout
@@ -73,7 +75,7 @@ class SmallCNN(nn.Module):
 
 
 class ShapesClassifier(pl.LightningModule):
-    """Lightning wrapper around :class:`SmallCNN` with cross-entropy and Adam.
+    """Lightning wrapper around :class:`SmallCNN` with cross-entropy and Adam (one-cycle learning rate by default).
 
     Batches are ``(x, y)`` or ``(x, y, mask)``. With masks, training images go through
     :func:`~evet_lightning.functional.augment.background_dropout` (smooth random parts of the background darkened),
@@ -85,9 +87,12 @@ class ShapesClassifier(pl.LightningModule):
         num_classes: number of classes.
         in_channels: image channels.
         width: width of the :class:`SmallCNN`.
-        lr: Adam learning rate.
+        lr: Adam learning rate (the peak of the one-cycle schedule).
         weight_decay: Adam weight decay.
         background_augmentation: fraction of training images (with masks) given background dropout; 0 disables.
+        lr_schedule: ``"onecycle"``: per step, warm up from ``lr / 25`` to ``lr`` over the first 30% of the
+            training steps (``trainer.estimated_stepping_batches``), then anneal (cosine) to ~0, so training
+            ends on a settled model; ``"constant"``: ``lr`` throughout.
 
     Example:
         >>> classifier = ShapesClassifier(num_classes=4)
@@ -100,9 +105,10 @@ class ShapesClassifier(pl.LightningModule):
         num_classes: int = 4,
         in_channels: int = 3,
         width: int = 32,
-        lr: float = 3e-3,
+        lr: float = 5e-3,
         weight_decay: float = 0.0,
         background_augmentation: float = 0.5,
+        lr_schedule: Literal["onecycle", "constant"] = "onecycle",
     ) -> None:
         super().__init__()
         if not isinstance(background_augmentation, (int, float)) or not 0 <= background_augmentation <= 1:
@@ -113,11 +119,14 @@ class ShapesClassifier(pl.LightningModule):
             raise ValueError(f"Expected `lr` to be a positive float, but got {lr!r}")
         if not isinstance(weight_decay, (int, float)) or isinstance(weight_decay, bool) or not weight_decay >= 0:
             raise ValueError(f"Expected `weight_decay` to be a non-negative float, but got {weight_decay!r}")
+        if lr_schedule not in ("onecycle", "constant"):
+            raise ValueError(f"Expected `lr_schedule` to be 'onecycle' or 'constant', but got {lr_schedule!r}")
         self.save_hyperparameters()
         self.model = SmallCNN(num_classes=num_classes, in_channels=in_channels, width=width)
         self.lr = lr
         self.weight_decay = weight_decay
         self.background_augmentation = float(background_augmentation)
+        self.lr_schedule = lr_schedule
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, C, H, W)`` images -> ``(B, num_classes)`` logits."""
@@ -145,5 +154,15 @@ class ShapesClassifier(pl.LightningModule):
         return loss
 
     def configure_optimizers(self) -> Any:
-        """Adam with the configured learning rate and weight decay."""
-        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        """Adam with the configured weight decay; its learning rate follows ``lr_schedule`` (stepped per batch)."""
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if self.lr_schedule == "constant":
+            return optimizer
+        total_steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total_steps):
+            rank_zero_warn("lr_schedule='onecycle' needs a finite number of training steps; using a constant lr")
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=self.lr, total_steps=max(1, int(total_steps)), pct_start=0.3, cycle_momentum=False
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
