@@ -23,6 +23,7 @@ def _run(
     batch_size: int,
     devices: int,
     fit: bool,
+    callback_options: dict[str, Any],
 ) -> dict[str, float]:
     """Validate (or fit one frozen step, then validate) a seeded model; returns the ``evet/`` values, checked
     equal on every rank."""
@@ -32,7 +33,7 @@ def _run(
     os.makedirs(out_dir, exist_ok=True)
     options: dict[str, Any] = {"strategy": "ddp_spawn", "devices": devices} if devices > 1 else {"devices": 1}
     trainer = make_trainer(
-        [EVETCallback(num_samples=num_samples, log_images=2), DumpMetrics(out_dir)],
+        [EVETCallback(num_samples=num_samples, log_images=2, **callback_options), DumpMetrics(out_dir)],
         accelerator="cpu",
         limit_train_batches=1,
         num_sanity_val_steps=0,
@@ -53,16 +54,33 @@ def _run(
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize(
-    ("num_samples", "val_size", "batch_size", "fit"),
-    [(8, 12, 2, False), (32, 9, 2, True), (1, 1, 1, False)],
-    ids=["validate_even_8_of_12", "fit_uneven_9_of_9", "validate_rank1_idle"],
+    ("num_samples", "val_size", "batch_size", "fit", "options"),
+    [
+        (8, 12, 2, False, {}),
+        (32, 9, 2, True, {}),
+        (1, 1, 1, False, {}),
+        (3, 4, 1, False, {"deletion_insertion": True, "deletion_steps": 5, "stability_transforms": []}),
+    ],
+    ids=["validate_even_8_of_12", "fit_uneven_9_of_9", "validate_rank1_idle", "deletion_insertion_uneven_3"],
 )
 def test_two_processes_log_the_single_process_values(
-    make_trainer: TrainerFactory, tmp_path: Any, num_samples: int, val_size: int, batch_size: int, fit: bool
+    make_trainer: TrainerFactory,
+    tmp_path: Any,
+    num_samples: int,
+    val_size: int,
+    batch_size: int,
+    fit: bool,
+    options: dict[str, Any],
 ) -> None:
     """Even split; uneven split in fit's validation (5 + 4: the padding repeat is not explained twice); a rank
-    with nothing to explain (its shard is only a padding repeat). Same values as one process; nobody hangs."""
-    single = _run(make_trainer, tmp_path, num_samples, val_size, batch_size, devices=1, fit=False)
-    double = _run(make_trainer, tmp_path, num_samples, val_size, batch_size, devices=2, fit=fit)
+    with nothing to explain (its shard is only a padding repeat); deletion and insertion AUCs (2 + 1 samples).
+    Same values as one process, every key the callback lists among them; nobody hangs."""
+    single = _run(
+        make_trainer, tmp_path, num_samples, val_size, batch_size, devices=1, fit=False, callback_options=options
+    )
+    double = _run(
+        make_trainer, tmp_path, num_samples, val_size, batch_size, devices=2, fit=fit, callback_options=options
+    )
+    assert set(EVETCallback(**options).metric_keys) <= set(single)
     assert set(double) == set(single)
     assert double == pytest.approx(single, abs=1e-5)
