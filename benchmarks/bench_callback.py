@@ -31,6 +31,7 @@ import torch
 
 from evet_lightning import EVET, EVETCallback
 from evet_lightning.data import SyntheticShapes, SyntheticShapesDataModule
+from evet_lightning.functional.fusion import blend
 from evet_lightning.metrics import (
     AverageDifference,
     AverageDrop,
@@ -60,7 +61,7 @@ def by_hand(
         "win": Win(),
         "diff": AverageDifference(),
     }
-    result = evet(images, labels, score_saliency=True)
+    result = evet(images, labels, masks=masks, score_saliency=True)  # alpha="auto": every alpha scored
     assert result.saliency_scores is not None
     clean, original, enhanced = result.clean_scores, result.view_scores[0], result.saliency_scores
     metrics["drop_o"].update(clean, original)
@@ -75,10 +76,12 @@ def by_hand(
         metrics["si_o"], metrics["si_e"] = StabilityIndex(), StabilityIndex()
         transform = Rotate(5.0)
         transformed = transform.forward(images)
-        transformed_result = evet(transformed, result.targets)  # view 0: J(T(x)); saliency: J*(T(x))
+        # View 0: J(T(x)); J*(T(x)) re-blended at the chosen alpha, as the callback does (no per-alpha scoring).
+        transformed_result = evet(transformed, result.targets, alpha=0.0)
         valid = transform.valid_mask(*images.shape[-2:]).expand(images.shape[0], -1, -1)
         back_original = transform.inverse(transformed_result.original.unsqueeze(1)).squeeze(1)
-        back_evet = transform.inverse(transformed_result.saliency.unsqueeze(1)).squeeze(1)
+        reblended = blend(transformed_result.fused_mean, transformed_result.fused_sigma, result.alpha)
+        back_evet = transform.inverse(reblended.unsqueeze(1)).squeeze(1)
         metrics["si_o"].update(result.original, back_original, valid)
         metrics["si_e"].update(result.saliency, back_evet, valid)
     for metric in metrics.values():
