@@ -21,7 +21,10 @@ Two things differ from calling the library directly, so that both backends expla
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -197,7 +200,8 @@ class GradCamLibraryExplainer:
             # An input that requires grad lets the gradient CAMs run on a model whose parameters are frozen.
             inputs = images.detach().clone().requires_grad_(True)
             cam_targets = None if targets is None else [ClassifierOutputTarget(int(k)) for k in targets.tolist()]
-            grayscale = cam(input_tensor=inputs, targets=cam_targets)
+            with _quiet_progress_bars():
+                grayscale = cam(input_tensor=inputs, targets=cam_targets)
             outputs = getattr(cam, "outputs", None)
             if isinstance(outputs, Tensor):
                 logits = outputs.detach().float()
@@ -210,3 +214,22 @@ class GradCamLibraryExplainer:
             np.random.set_state(numpy_rng)  # noqa: NPY002
         maps = torch.from_numpy(np.ascontiguousarray(grayscale, dtype=np.float32)).to(images.device)
         return Explanation(torch.nan_to_num(maps, nan=0.0).clamp(0, 1), logits.to(images.device))
+
+
+@contextmanager
+def _quiet_progress_bars() -> Iterator[None]:
+    """ScoreCAM and AblationCAM draw a tqdm bar per batch of masked images on stderr: hundreds of lines in a
+    Lightning run. For the call, the library's own ``tqdm`` name (in its modules only) yields the items without a
+    bar; it is put back afterwards, also on error."""
+    silent = SimpleNamespace(tqdm=lambda iterable, *args, **kwargs: iterable)
+    patched = []
+    for name in ("score_cam", "ablation_cam", "ablation_cam_multilayer"):
+        module = sys.modules.get(f"pytorch_grad_cam.{name}")
+        if module is not None and hasattr(module, "tqdm"):
+            patched.append((module, module.tqdm))
+            module.tqdm = silent  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for module, original in patched:
+            module.tqdm = original  # type: ignore[attr-defined]
