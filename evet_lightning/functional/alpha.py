@@ -8,7 +8,10 @@ several processes or batches can be added before choosing), the objectives, and 
 
 The rule behind the default objective, ``"faithful_boost"`` (docs/design.md, decision 10): *faithfulness
 first, then the largest boost that costs none.* Among the grid's alphas whose average drop is within
-``FAITHFUL_BOOST_TOLERANCE`` (one percentage point) of the grid's best, take the largest. The boost of Eq. (5)
+``FAITHFUL_BOOST_TOLERANCE`` (one percentage point) of the grid's best, take the largest. With object masks,
+localization must not get worse either: only those admissible alphas whose energy pointing game is at least the
+original map's count; if none is, the smallest alpha that localizes as well as the original map and has an
+average drop no worse than the original map's is taken (else the rule without masks). The boost of Eq. (5)
 sharpens maps (the pointing game rises with alpha) and removes context the classifier needs (average drop
 rises with alpha); this rule keeps the sharpening only while the model does not notice it.
 """
@@ -189,8 +192,20 @@ def _faithful_boost(curve: AlphaCurve) -> Tensor:
     finite = torch.isfinite(drop)
     best = drop[finite].min() if bool(finite.any()) else drop.new_tensor(0.0)
     admissible = finite & (drop <= best + FAITHFUL_BOOST_TOLERANCE + 1e-12)
-    # Rank: admissible alphas first, the largest of them first; the values are what `choose_alpha` minimizes.
     order = torch.arange(drop.numel(), dtype=torch.float64, device=drop.device)
+    energy = curve.energy_pointing_game
+    if energy is not None and curve.original_energy is not None:
+        # With object masks, localization must not fall below the original map's either.
+        count = curve.num_samples.clamp_min(1)
+        localized = torch.isfinite(energy) & (energy >= curve.original_energy / count - 1e-12)
+        if bool((admissible & localized).any()):
+            admissible = admissible & localized
+        else:
+            # The smallest boost that localizes as well as the original map, if it is no less faithful than it.
+            fallback = finite & localized & (drop <= curve.original_drop / count + 1e-12)
+            if bool(fallback.any()):
+                admissible = order == order[fallback][0]
+    # Rank: admissible alphas first, the largest of them first; the values are what `choose_alpha` minimizes.
     return torch.where(admissible, -order, drop.numel() + torch.nan_to_num(drop, nan=math.inf))
 
 
@@ -198,7 +213,8 @@ def objective_values(curve: AlphaCurve, objective: AlphaObjective) -> Tensor:
     """``(A,)`` the objective's values on ``curve`` (lower is better), as :func:`choose_alpha` minimizes them.
 
     ``"average_drop"``: the average drop; ``"increase_in_confidence"`` and ``"energy_pointing_game"``: minus the
-    metric; ``"faithful_boost"``: a rank (admissible alphas get ``-index``, the rest ``A + average drop``).
+    metric; ``"faithful_boost"``: a rank (admissible alphas get ``-index``, the rest ``A + average drop``; see
+    the module docstring for which alphas are admissible).
     """
     if callable(objective):
         values = objective(curve)

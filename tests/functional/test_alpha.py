@@ -473,3 +473,31 @@ def test_check_alpha_objective():
     for bad in ("x", "Average_drop", 3, None, ["average_drop"]):
         with pytest.raises(ValueError, match="alpha_objective"):
             check_alpha_objective(bad)
+
+
+def _masked_curve(drop, energy, original_drop, original_energy) -> AlphaCurve:
+    """One sample with masks: the original map's drop and pointing game are given too."""
+    return _curve(drop=drop, energy=energy)._replace(
+        original_drop=_f64(original_drop), original_energy=_f64(original_energy)
+    )
+
+
+@pytest.mark.parametrize(
+    ("drop", "energy", "original_drop", "original_energy", "expected"),
+    [
+        # Gradient on the synthetic shapes: only alpha 0 is within a point of the best drop, but it localizes
+        # worse than the original map (0.245 < 0.25): the smallest alpha that does not (0.1) is taken, since its
+        # drop (0.297) is no worse than the original map's (0.484).
+        ([0.271, 0.297, 0.318, 0.331, 0.386], [0.245, 0.297, 0.346, 0.372, 0.379], 0.484, 0.25, 1),
+        # The same, but every alpha that localizes well is less faithful than the original map: no fallback.
+        ([0.271, 0.297, 0.318, 0.331, 0.386], [0.245, 0.297, 0.346, 0.372, 0.379], 0.28, 0.25, 0),
+        # Admissible alphas 0, 0.1, 0.25 (within a point of 0.05); of those, 0.25 localizes worse than the
+        # original map, so the largest admissible one that does not is 0.1.
+        ([0.05, 0.055, 0.058, 0.2, 0.3], [0.30, 0.32, 0.10, 0.5, 0.6], 0.07, 0.31, 1),
+        # Nothing localizes as well as the original map: the rule without masks (largest admissible alpha).
+        ([0.05, 0.055, 0.058, 0.2, 0.3], [0.1, 0.1, 0.1, 0.1, 0.1], 0.07, 0.31, 2),
+    ],
+)
+def test_faithful_boost_keeps_localization_when_masks_tell(drop, energy, original_drop, original_energy, expected):
+    curve = _masked_curve(drop, energy, original_drop, original_energy)
+    assert choose_alpha(curve, "faithful_boost")[0] == expected
