@@ -7,14 +7,18 @@ import os
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from evet_lightning.data import SyntheticShapes
 from evet_lightning.models import SmallCNN
 from tests._helpers.models import train_shapes_model
+from tests._helpers.trainer import TRAINER_DEFAULTS, TrainerFactory
 
 
 @pytest.fixture(autouse=True)
@@ -42,3 +46,14 @@ def trained_model() -> SmallCNN:
 def shapes_val() -> SyntheticShapes:
     """128 held-out 64x64 shape images (seed 1000, disjoint from the training seed), 4 classes."""
     return SyntheticShapes(num_samples=128, image_size=64, num_classes=4, seed=1000)
+
+
+@pytest.fixture
+def make_trainer(tmp_path: Path) -> TrainerFactory:
+    """``make_trainer(callbacks=(), *, trainer_class=pl.Trainer, **options)``: a Trainer with
+    :data:`TRAINER_DEFAULTS` and ``default_root_dir=tmp_path``, any of them overridden by ``options``."""
+
+    def make(callbacks: Sequence[Any] = (), *, trainer_class: type = pl.Trainer, **options: Any) -> Any:
+        return trainer_class(callbacks=list(callbacks), **{**TRAINER_DEFAULTS, "default_root_dir": tmp_path, **options})
+
+    return make

@@ -1,4 +1,5 @@
-"""Small LightningModules, loaders and probe callbacks for the EVETCallback tests (module level: ddp_spawn pickles)."""
+"""Loaders, probe callbacks and a recording logger for the EVETCallback tests (module level:
+ddp_spawn pickles); their LightningModules are in ``tests/_helpers/models.py``."""
 
 from __future__ import annotations
 
@@ -8,37 +9,18 @@ import json
 import os
 import random
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-import lightning.pytorch as L
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from pytorch_lightning.loggers import Logger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from evet_lightning.data import SyntheticShapes
-from evet_lightning.models import SmallCNN
-
-IMAGE_SIZE = 32
-NUM_CLASSES = 4
-
-#: What every callback test's Trainer has unless the test says otherwise: one short, quiet epoch
-#: (the ``make_trainer`` fixture of ``conftest.py`` adds ``default_root_dir=tmp_path``).
-TRAINER_DEFAULTS: dict[str, Any] = {
-    "max_epochs": 1,
-    "limit_train_batches": 2,
-    "logger": False,
-    "enable_progress_bar": False,
-    "enable_model_summary": False,
-    "enable_checkpointing": False,
-}
-
-#: The type of the ``make_trainer`` fixture: ``make_trainer(callbacks=(), *, trainer_class=pl.Trainer, **options)``.
-TrainerFactory = Callable[..., Any]
+from tests._helpers.models import IMAGE_SIZE, NUM_CLASSES
 
 
 def shapes_loader(
@@ -48,64 +30,6 @@ def shapes_loader(
     dataset = SyntheticShapes(num_samples=num_samples, image_size=image_size, num_classes=NUM_CLASSES, seed=seed)
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
-
-
-class Classifier(pl.LightningModule):
-    """A tiny SmallCNN (BatchNorm, 4 blocks) with dropout before the head, trained with SGD.
-
-    Args:
-        width: SmallCNN width.
-        freeze_backbone: set ``requires_grad=False`` on ``features`` (a frozen backbone).
-        eval_block: leave ``features.block1`` in eval mode during training, on purpose (a frozen BatchNorm).
-    """
-
-    def __init__(self, width: int = 4, freeze_backbone: bool = False, eval_block: bool = False) -> None:
-        super().__init__()
-        self.model = SmallCNN(num_classes=NUM_CLASSES, width=width)
-        self.dropout = nn.Dropout(0.3)
-        self.eval_block = eval_block
-        self.training_steps = 0
-        if freeze_backbone:
-            self.model.features.requires_grad_(False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        features = torch.flatten(self.model.pool(self.model.features(x)), 1)
-        return self.model.classifier(self.dropout(features))
-
-    def on_train_epoch_start(self) -> None:
-        if self.eval_block:
-            self.model.features.block1.eval()
-
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        self.training_steps += 1
-        loss = F.cross_entropy(self(batch[0]), batch[1])
-        self.log("train_loss", loss)
-        return loss
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self.log("val_loss", F.cross_entropy(self(batch[0]), batch[1]))
-
-    def configure_optimizers(self) -> Any:
-        return torch.optim.SGD((p for p in self.parameters() if p.requires_grad), lr=0.05, momentum=0.9)
-
-
-class ExampleInputClassifier(Classifier):
-    """A classifier with ``example_input_array``: the target layer is resolved in ``setup``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.example_input_array = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)
-
-
-class MLPClassifier(Classifier):
-    """No spatial layer at all: a CAM has nothing to explain."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.mlp = nn.Sequential(nn.Flatten(), nn.Linear(3 * IMAGE_SIZE * IMAGE_SIZE, NUM_CLASSES))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.mlp(x)
 
 
 class DictBatches(Dataset[dict[str, Tensor]]):
@@ -120,16 +44,6 @@ class DictBatches(Dataset[dict[str, Tensor]]):
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         image, label, _ = self.data[index]
         return {"image": image, "label": label}
-
-
-class DictClassifier(Classifier):
-    """Trains and validates on ``{"image", "label"}`` batches."""
-
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return super().training_step((batch["image"], batch["label"]), batch_idx)
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        super().validation_step((batch["image"], batch["label"]), batch_idx)
 
 
 def explain_submodule(pl_module: Any) -> nn.Module:
@@ -312,33 +226,3 @@ class RecordingLogger(Logger):
 
     def epochs_with(self, key: str) -> list[int]:
         return [int(metrics["epoch"]) for _, metrics in self.records if key in metrics]
-
-
-class LitClassifier(L.LightningModule):
-    """The same tiny classifier as a ``lightning.pytorch`` module (for the ``lightning.pytorch.Trainer``)."""
-
-    def __init__(self, width: int = 4) -> None:
-        super().__init__()
-        self.model = SmallCNN(num_classes=NUM_CLASSES, width=width)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(x)
-
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return F.cross_entropy(self(batch[0]), batch[1])
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self.log("val_loss", F.cross_entropy(self(batch[0]), batch[1]))
-
-    def configure_optimizers(self) -> Any:
-        return torch.optim.SGD(self.parameters(), lr=0.05)
-
-
-class FrozenClassifier(Classifier):
-    """Trains without changing anything (lr 0, whole model in eval): its fit-validation equals plain validation."""
-
-    def on_train_epoch_start(self) -> None:
-        self.eval()
-
-    def configure_optimizers(self) -> Any:
-        return torch.optim.SGD(self.parameters(), lr=0.0)

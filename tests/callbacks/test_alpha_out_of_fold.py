@@ -13,7 +13,9 @@ from evet_lightning.callbacks.alpha_selection import sample_folds
 from evet_lightning.functional import average_drop
 from evet_lightning.functional.alpha import DEFAULT_ALPHA_GRID, AlphaCurve
 from evet_lightning.functional.fusion import blend
-from tests.callbacks._modules import Classifier, TrainerFactory, shapes_loader
+from tests._helpers.models import Classifier
+from tests._helpers.trainer import TrainerFactory
+from tests.callbacks._modules import shapes_loader
 
 GRID = DEFAULT_ALPHA_GRID  # (0, 0.1, 0.25, 0.5, 1)
 

@@ -14,13 +14,9 @@ from evet_lightning.callbacks.sampling import rank_quota
 from evet_lightning.data.batch import unpack_batch
 from evet_lightning.saliency.settings import EVETSettings
 from evet_lightning.saliency.transforms import HorizontalFlip, Rotate
-from tests.callbacks._modules import (
-    Classifier,
-    ExampleInputClassifier,
-    MLPClassifier,
-    TrainerFactory,
-    shapes_loader,
-)
+from tests._helpers.models import Classifier, ExampleInputClassifier, MLPClassifier
+from tests._helpers.trainer import TrainerFactory
+from tests.callbacks._modules import shapes_loader
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,9 @@ import pytest
 import pytorch_lightning as pl
 
 from evet_lightning import EVETCallback
-from tests.callbacks._modules import DumpMetrics, FrozenClassifier, TrainerFactory, rank_metrics_path, shapes_loader
+from tests._helpers.models import FrozenClassifier
+from tests._helpers.trainer import TrainerFactory
+from tests.callbacks._modules import DumpMetrics, rank_metrics_path, shapes_loader
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -13,7 +13,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from evet_lightning import EVETCallback
 from evet_lightning.functional import curve_auc, deletion_curve, insertion_curve
-from tests.callbacks._modules import Classifier, TrainerFactory, shapes_loader
+from tests._helpers.models import Classifier
+from tests._helpers.trainer import TrainerFactory
+from tests.callbacks._modules import shapes_loader
 
 STEPS = 5
 NORMALIZATION = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))

@@ -21,15 +21,9 @@ from evet_lightning.functional import (
 )
 from evet_lightning.functional.fusion import min_max_normalize
 from evet_lightning.saliency.transforms import Rotate
-from tests.callbacks._modules import (
-    IMAGE_SIZE,
-    Classifier,
-    DictBatches,
-    DictClassifier,
-    RecordingLogger,
-    TrainerFactory,
-    shapes_loader,
-)
+from tests._helpers.models import IMAGE_SIZE, Classifier, DictClassifier
+from tests._helpers.trainer import TrainerFactory
+from tests.callbacks._modules import DictBatches, RecordingLogger, shapes_loader
 
 PREFIX = "evet"
 ALL_KEYS = {

@@ -12,7 +12,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from evet_lightning import EVETCallback
-from tests.callbacks._modules import Classifier, TrainerFactory, shapes_loader
+from tests._helpers.models import Classifier
+from tests._helpers.trainer import TrainerFactory
+from tests.callbacks._modules import shapes_loader
 
 
 class Stream(IterableDataset[tuple[Tensor, Tensor]]):

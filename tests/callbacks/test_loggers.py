@@ -15,7 +15,9 @@ from torchvision.io import decode_png, read_image
 from evet_lightning import EVETCallback
 from evet_lightning.data import SyntheticShapes
 from evet_lightning.visualization.heatmaps import MIN_PANEL_SIZE, SheetLayout, class_label
-from tests.callbacks._modules import NUM_CLASSES, Classifier, TrainerFactory, shapes_loader
+from tests._helpers.models import NUM_CLASSES, Classifier
+from tests._helpers.trainer import TrainerFactory
+from tests.callbacks._modules import shapes_loader
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
 

@@ -27,7 +27,9 @@ from evet_lightning.functional import (
     win,
 )
 from evet_lightning.saliency.transforms import HorizontalFlip, Rotate
-from tests.callbacks._modules import Classifier, RecordingLogger, TrainerFactory, shapes_loader
+from tests._helpers.models import Classifier
+from tests._helpers.trainer import TrainerFactory
+from tests.callbacks._modules import RecordingLogger, shapes_loader
 
 KEYS = [
     "evet/num_skipped",
@@ -116,7 +118,9 @@ def _chunks_run(make_trainer: TrainerFactory) -> tuple[EVETCallback, dict[str, f
 def test_logged_values_are_those_before_the_metric_collections(make_trainer: TrainerFactory) -> None:
     pl.seed_everything(0)
     logger = RecordingLogger()
-    trainer = make_trainer([EVETCallback(num_samples=6, log_images=0, alpha=0.5, max_batch_size=64)], max_epochs=2, logger=logger)
+    trainer = make_trainer(
+        [EVETCallback(num_samples=6, log_images=0, alpha=0.5, max_batch_size=64)], max_epochs=2, logger=logger
+    )
     trainer.fit(Classifier(), shapes_loader(8), shapes_loader(8))
     logged = [_evet_values(metrics) for _, metrics in logger.records if "evet/win" in metrics]
     assert logged == [pytest.approx(epoch, rel=0, abs=1e-6) for epoch in BEFORE_FIT_EPOCHS]

@@ -11,7 +11,9 @@ import pytorch_lightning as pl
 import torch
 
 from evet_lightning import EVETCallback
-from tests.callbacks._modules import Classifier, LitClassifier, TrainerFactory, shapes_loader
+from tests._helpers.models import Classifier, LitClassifier
+from tests._helpers.trainer import TrainerFactory
+from tests.callbacks._modules import shapes_loader
 
 KEYS = ("evet/original/average_drop", "evet/evet/stability_index", "evet/win", "evet/evet/energy_pointing_game")
 

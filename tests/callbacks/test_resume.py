@@ -10,7 +10,9 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from evet_lightning import EVETCallback
-from tests.callbacks._modules import Classifier, TrainerFactory, shapes_loader
+from tests._helpers.models import Classifier
+from tests._helpers.trainer import TrainerFactory
+from tests.callbacks._modules import shapes_loader
 
 
 def _trainer(make_trainer: TrainerFactory, tmp_path: Any, callback: EVETCallback, max_epochs: int) -> pl.Trainer:

@@ -10,15 +10,9 @@ import pytorch_lightning as pl
 import torch
 
 from evet_lightning import EVETCallback
-from tests.callbacks._modules import (
-    Classifier,
-    RssRecorder,
-    TrainerFactory,
-    count_graph_tensors,
-    iterate_tensors,
-    probes,
-    shapes_loader,
-)
+from tests._helpers.models import Classifier
+from tests._helpers.trainer import TrainerFactory
+from tests.callbacks._modules import RssRecorder, count_graph_tensors, iterate_tensors, probes, shapes_loader
 
 
 def _fit(make_trainer: TrainerFactory, model: Classifier, callbacks: list[Any], **options: Any) -> pl.Trainer:

@@ -1,22 +1,27 @@
-"""Model factories for ``evet-lightning evaluate --model tests.cli._factories:<name>`` in the CLI tests."""
+"""What ``evet-lightning evaluate`` loads by import path in the CLI tests: ``--model tests.cli._factories:<name>``,
+``--output-transform`` and ``--reshape-transform``. The models themselves are in ``tests/_helpers/models.py``."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from evet_lightning.models import SmallCNN
+from tests._helpers.models import mlp, scores_cnn, softmax_cnn
+from tests._helpers.models import torchvision_vit as tiny_vit
+from tests._helpers.models import untrained_small_cnn as tiny_cnn
 
-
-def tiny_cnn() -> nn.Module:
-    """An untrained 4-class :class:`SmallCNN` (width 4), the same weights on every call."""
-    torch.manual_seed(0)
-    return SmallCNN(num_classes=4, width=4)
-
-
-def mlp() -> nn.Module:
-    """A classifier with no spatial layer: a CAM has nothing to explain."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 4))
+__all__ = [
+    "NOT_CALLABLE",
+    "broken",
+    "mlp",
+    "not_a_module",
+    "scores_cnn",
+    "scores_of",
+    "softmax_cnn",
+    "tiny_cnn",
+    "tiny_vit",
+    "tokens_to_map",
+]
 
 
 def not_a_module() -> int:
@@ -32,40 +37,9 @@ def broken() -> nn.Module:
 NOT_CALLABLE = 5
 
 
-def softmax_cnn() -> nn.Module:
-    """:func:`tiny_cnn` followed by a softmax: it outputs probabilities, not logits."""
-    return nn.Sequential(tiny_cnn(), nn.Softmax(dim=1))
-
-
-class _ScoresOnly(nn.Module):
-    """:func:`tiny_cnn` whose forward returns ``{"scores": logits}``: no key or attribute EVET recognises."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = tiny_cnn()
-
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"scores": self.net(images)}
-
-
-def scores_cnn() -> nn.Module:
-    """A classifier whose output needs ``--output-transform tests.cli._factories:scores_of``."""
-    return _ScoresOnly()
-
-
 def scores_of(output: dict[str, torch.Tensor]) -> torch.Tensor:
     """The output transform of :func:`scores_cnn`."""
     return output["scores"]
-
-
-def tiny_vit() -> nn.Module:
-    """A 2-block torchvision ViT for 32 px images: 8 px patches, a 4 x 4 grid of 16 channels and a class token."""
-    from torchvision.models import VisionTransformer
-
-    torch.manual_seed(0)
-    return VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=4
-    )
 
 
 def tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from torch.utils.data import TensorDataset
 from evet_lightning.evaluation import EvaluationData, EvaluationModel, run_method
 from evet_lightning.functional import average_drop, increase_in_confidence, win
 from evet_lightning.saliency import EVETSettings
-from tests.cli._factories import tiny_cnn
+from tests._helpers.models import untrained_small_cnn
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def images_with_one_broken() -> TensorDataset:
 
 
 def test_per_sample_scores_match_the_logged_metrics(images_with_one_broken: TensorDataset) -> None:
-    model = EvaluationModel(tiny_cnn().eval(), "tiny_cnn")
+    model = EvaluationModel(untrained_small_cnn().eval(), "tiny_cnn")
     data = EvaluationData(images_with_one_broken, "six", has_masks=False, max_label=3)
     settings = EVETSettings(max_batch_size=4)  # alpha="auto": the scores are those of the out-of-fold maps
     run = run_method(model, data, "GradCAM", settings=settings, progress=False, batch_size=4)
@@ -51,7 +51,7 @@ def test_per_sample_scores_match_the_logged_metrics(images_with_one_broken: Tens
 
 
 def test_keep_maps_keeps_the_first_maps_only(images_with_one_broken: TensorDataset) -> None:
-    model = EvaluationModel(tiny_cnn().eval(), "tiny_cnn")
+    model = EvaluationModel(untrained_small_cnn().eval(), "tiny_cnn")
     data = EvaluationData(images_with_one_broken, "six", has_masks=False, max_label=3)
     every = run_method(model, data, "Gradient", progress=False)
     first = run_method(model, data, "Gradient", progress=False, keep_maps=2)

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from evet_lightning.data import SyntheticShapesDataModule
 from evet_lightning.models import ShapesClassifier, SmallCNN
+from tests._helpers.trainer import TrainerFactory
 
 
 @pytest.mark.parametrize(("size", "spatial"), [((64, 64), (8, 8)), ((48, 80), (6, 10)), ((8, 8), (1, 1))])
@@ -57,28 +58,16 @@ def test_small_cnn_in_channels_and_argument_checks() -> None:
         ShapesClassifier(lr=0.0)
 
 
-def _trainer(**kwargs: object) -> pl.Trainer:
-    options: dict[str, object] = {
-        "max_epochs": 1,
-        "limit_train_batches": 5,
-        "limit_val_batches": 2,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "accelerator": "cpu",
-        "devices": 1,
-    }
-    options.update(kwargs)
-    return pl.Trainer(**options)  # type: ignore[arg-type]
+#: Five training and two validation batches, on the CPU (on top of the ``make_trainer`` defaults).
+FIT = {"limit_train_batches": 5, "limit_val_batches": 2, "accelerator": "cpu", "devices": 1}
 
 
-def test_shapes_classifier_fits_and_logs_validation_accuracy() -> None:
+def test_shapes_classifier_fits_and_logs_validation_accuracy(make_trainer: TrainerFactory) -> None:
     pl.seed_everything(0, verbose=False)
     datamodule = SyntheticShapesDataModule(train_samples=160, val_samples=32, image_size=32, batch_size=16)
     classifier = ShapesClassifier(width=8, lr=1e-2)
     before = [p.detach().clone() for p in classifier.parameters()]
-    trainer = _trainer()
+    trainer = make_trainer(**FIT)
     trainer.fit(classifier, datamodule=datamodule)
     metrics = trainer.callback_metrics
     assert {"train_loss", "val_loss", "val_acc"} <= set(metrics)
@@ -87,12 +76,14 @@ def test_shapes_classifier_fits_and_logs_validation_accuracy() -> None:
     assert any(not torch.equal(a, b) for a, b in zip(before, classifier.parameters(), strict=True))
 
 
-def test_shapes_classifier_accepts_two_element_batches_and_reloads(tmp_path: Path) -> None:
+def test_shapes_classifier_accepts_two_element_batches_and_reloads(
+    tmp_path: Path, make_trainer: TrainerFactory
+) -> None:
     pl.seed_everything(0, verbose=False)
     images, labels = torch.rand(8, 3, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     loader = DataLoader(TensorDataset(images, labels), batch_size=4)
     classifier = ShapesClassifier(num_classes=3, width=4, lr=5e-3)
-    trainer = _trainer(default_root_dir=tmp_path)
+    trainer = make_trainer(**FIT)
     trainer.fit(classifier, train_dataloaders=loader, val_dataloaders=loader)
     assert {"train_loss", "val_loss", "val_acc"} <= set(trainer.callback_metrics)
     path = tmp_path / "classifier.ckpt"

@@ -19,7 +19,7 @@ from evet_lightning.functional.fusion import blend, fuse_maps, min_max_normalize
 from evet_lightning.functional.perturbation import perturb
 from evet_lightning.saliency.transforms import HorizontalFlip, Identity, Rotate, Scale
 from tests._helpers.fusion_reference import reference_fuse
-from tests.saliency._models import tiny_cnn
+from tests._helpers.models import tiny_cnn
 
 TRANSFORMS = [HorizontalFlip(), Rotate(10.0), Scale(0.9)]
 SIZE = 12

@@ -11,7 +11,7 @@ from evet_lightning import EVET
 from evet_lightning.functional.fusion import min_max_normalize
 from evet_lightning.saliency.transforms import Compose, HorizontalFlip, Identity, Rotate, Scale, Shear
 from tests._helpers.fusion_reference import reference_fuse, reference_min_max
-from tests.saliency._models import LeftRightModel, tiny_cnn
+from tests._helpers.models import LeftRightModel, tiny_cnn
 
 TRANSFORMS = [HorizontalFlip(), Rotate(10.0), Scale(0.9), Compose([HorizontalFlip(), Shear(0.2)])]
 

@@ -12,7 +12,7 @@ from evet_lightning._model_state import model_state_guard
 from evet_lightning.saliency.explainers import NATIVE_CAMS, GradientExplainer, NativeCAM
 from evet_lightning.saliency.grad_cam_adapter import GradCamLibraryExplainer
 from evet_lightning.saliency.transforms import HorizontalFlip, Rotate
-from tests.saliency._models import TinyCNN, shared_activation_cnn, tiny_cnn
+from tests._helpers.models import TinyCNN, shared_activation_cnn, tiny_cnn
 
 NATIVE_NAMES = ["GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM"]
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from evet_lightning.saliency.layers import check_target_layers, find_last_spatial_layer, resolve_target_layers
-from tests.saliency._models import shared_activation_cnn, tiny_cnn, tiny_vit
+from tests._helpers.models import shared_activation_cnn, tiny_cnn, tiny_vit
 
 
 @pytest.mark.parametrize("spec", [3, 2.5, {"features"}, b"features", object()])

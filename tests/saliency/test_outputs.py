@@ -15,7 +15,7 @@ from evet_lightning.saliency.explainers import GradientExplainer, NativeCAM
 from evet_lightning.saliency.grad_cam_adapter import GradCamLibraryExplainer
 from evet_lightning.saliency.layers import find_last_spatial_layer
 from evet_lightning.saliency.outputs import logits_from_output
-from tests.saliency._models import TinyCNN, tiny_cnn
+from tests._helpers.models import TinyCNN, tiny_cnn
 
 LOGITS = torch.arange(6.0).view(2, 3)
 

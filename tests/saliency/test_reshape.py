@@ -22,7 +22,7 @@ from evet_lightning.saliency.reshape import (
     to_feature_map,
     vit_reshape_transform,
 )
-from tests.saliency._models import tiny_vit
+from tests._helpers.models import tiny_vit
 
 
 def _patch_tokens(batch: int, height: int, width: int, channels: int, prefix: int) -> torch.Tensor:

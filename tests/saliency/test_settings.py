@@ -18,7 +18,7 @@ from evet_lightning.saliency.settings import (
     resolve_max_batch_size,
 )
 from evet_lightning.saliency.transforms import HorizontalFlip, Rotate, paper_transforms
-from tests.saliency._models import tiny_cnn
+from tests._helpers.models import tiny_cnn
 
 
 def test_defaults():
