@@ -42,7 +42,6 @@ from evet_lightning.evaluation.names import (
 )
 from evet_lightning.evaluation.outputs import (
     check_output,
-    heatmap_sheet,
     prepare_output,
     write_heatmap_sheet,
     write_tables,
@@ -91,7 +90,6 @@ __all__ = [
     "epoch_table_markdown",
     "evaluate",
     "evaluation_callback",
-    "heatmap_sheet",
     "import_callable",
     "load_data",
     "load_model",

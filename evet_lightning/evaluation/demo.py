@@ -19,15 +19,16 @@ import torch
 from torch import Tensor
 
 from evet_lightning.callbacks import EVETCallback
+from evet_lightning.data.synthetic import SHAPE_NAMES
 from evet_lightning.evaluation.config import DemoConfig
 from evet_lightning.evaluation.devices import check_accelerator
 from evet_lightning.evaluation.errors import UsageError
 from evet_lightning.evaluation.names import METRIC_NAMES, PREFIX
-from evet_lightning.evaluation.outputs import check_output, heatmap_sheet, prepare_output, write_text
+from evet_lightning.evaluation.outputs import check_output, prepare_output, write_text
 from evet_lightning.evaluation.runner import quiet_lightning
 from evet_lightning.evaluation.settings import make_callback, settings_from_config
 from evet_lightning.saliency.settings import EVETSettings
-from evet_lightning.visualization.heatmaps import write_png
+from evet_lightning.visualization.heatmaps import heatmap_sheet, write_png
 
 __all__ = ["DEMO_EPOCH_KEYS", "DemoResult", "epoch_table_markdown", "run_demo"]
 
@@ -89,9 +90,22 @@ class _EpochHistory(pl.Callback):
         self.write_metrics(complete=False)
         results = self.evet_callback.last_results
         if results and self.rows > 0:
-            original = torch.cat([result.original for result in results])[: self.rows]
-            saliency = torch.cat([result.saliency for result in results])[: self.rows]
-            sheet = heatmap_sheet(self.images[: original.shape[0]], original, saliency)
+
+            def first(name: str) -> Tensor:
+                return torch.cat([getattr(result, name) for result in results])[: self.rows]
+
+            original = first("original")
+            sheet = heatmap_sheet(
+                self.images[: original.shape[0]],
+                original,
+                first("saliency"),
+                method=self.evet_callback.cam_name,
+                targets=first("targets").tolist(),
+                class_names=list(SHAPE_NAMES),
+                clean_scores=first("clean_scores"),
+                original_scores=torch.cat([result.view_scores[0] for result in results])[: self.rows],
+                evet_scores=first("saliency_scores"),
+            )
             write_png(sheet, self.folder / "heatmaps" / f"epoch_{trainer.current_epoch:03d}.png")
 
 

@@ -9,22 +9,21 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from evet_lightning.evaluation.errors import UsageError
 from evet_lightning.evaluation.records import MethodRun
 from evet_lightning.evaluation.tables import EvaluationResult
 from evet_lightning.functional.perturbation import Normalization
-from evet_lightning.visualization.heatmaps import heatmap_panel, write_png
+from evet_lightning.visualization.heatmaps import heatmap_sheet, write_png
 
-__all__ = ["check_output", "heatmap_sheet", "prepare_output", "write_heatmap_sheet", "write_tables", "write_text"]
+__all__ = ["check_output", "prepare_output", "write_heatmap_sheet", "write_tables", "write_text"]
 
 
 def check_output(path: str | os.PathLike[str], flag: str = "--output") -> Path:
@@ -117,24 +116,28 @@ def write_tables(result: EvaluationResult, output: str | os.PathLike[str]) -> di
     return {name: os.fspath(path) for name, path in paths.items()}
 
 
-def heatmap_sheet(
-    images: Tensor, original: Tensor, saliency: Tensor, normalization: Normalization = None, min_height: int = 128
-) -> Tensor:
-    """Rows ``image | original overlay | EVET overlay`` stacked vertically, ``(3, rows * H, 3 W)`` uint8.
-
-    Small images are enlarged (nearest neighbour) to at least ``min_height`` pixels per row.
-    """
-    panels = heatmap_panel(images, original, saliency, normalization)
-    factor = max(1, math.ceil(min_height / panels.shape[-2]))
-    panels = panels.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
-    return torch.cat(list(panels), dim=-2)
-
-
 def write_heatmap_sheet(
-    run: MethodRun, images: Tensor, output: str | os.PathLike[str], normalization: Normalization = None
+    run: MethodRun,
+    images: Tensor,
+    output: str | os.PathLike[str],
+    normalization: Normalization = None,
+    class_names: Sequence[str] | None = None,
 ) -> Path:
-    """``<output>/heatmaps/<method>.png``: image | original | EVET for the first ``len(images)`` samples."""
+    """``<output>/heatmaps/<method>.png``: the labelled sheet (image | original | EVET, each row with its class,
+    Y and O of each map; :func:`~evet_lightning.visualization.heatmaps.heatmap_sheet`) of the first samples."""
     rows = min(run.original_maps.shape[0], images.shape[0])
     path = Path(output) / "heatmaps" / f"{run.method}.png"
-    write_png(heatmap_sheet(images[:rows], run.original_maps[:rows], run.evet_maps[:rows], normalization), path)
+    sheet = heatmap_sheet(
+        images[:rows],
+        run.original_maps[:rows],
+        run.evet_maps[:rows],
+        normalization,
+        method=run.method,
+        targets=run.targets[:rows].tolist(),
+        class_names=class_names,
+        clean_scores=run.clean_scores[:rows],
+        original_scores=run.original_scores[:rows],
+        evet_scores=run.evet_scores[:rows],
+    )
+    write_png(sheet, path)
     return path

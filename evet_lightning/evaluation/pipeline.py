@@ -181,7 +181,7 @@ def evaluate(
         if folder is not None:
             files.update(write_tables(context.result(runs, complete=False), folder))
             if sheet_images is not None:
-                path = write_heatmap_sheet(run, sheet_images, folder, data.normalization)
+                path = write_heatmap_sheet(run, sheet_images, folder, data.normalization, _index_names(data))
                 files[f"heatmaps/{method}"] = os.fspath(path)
     timing = _timing(model, data, runs, time_score_cam, settings, accelerator)
     result = context.result(runs, timing=timing)
@@ -270,3 +270,12 @@ class _Context:
             target_layers=list(self.layer.names),
             layout=self.layer.layout,
         )
+
+
+def _index_names(data: EvaluationData) -> list[str] | None:
+    """Class names by class index, for heatmap labels (the photos' labels are ImageNet indices)."""
+    if data.name == "photos":
+        from evet_lightning.imagenet import IMAGENET_CATEGORIES
+
+        return list(IMAGENET_CATEGORIES)
+    return data.class_names
