@@ -57,3 +57,20 @@ def make_trainer(tmp_path: Path) -> TrainerFactory:
         return trainer_class(callbacks=list(callbacks), **{**TRAINER_DEFAULTS, "default_root_dir": tmp_path, **options})
 
     return make
+
+
+@pytest.fixture
+def offline_wandb_logger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A ``WandbLogger`` writing an offline run under ``tmp_path`` (silent, never on the network); the run is
+    finished after the test."""
+    import wandb
+    from pytorch_lightning.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="evet-tests")
+    try:
+        yield logger
+    finally:
+        wandb.finish()

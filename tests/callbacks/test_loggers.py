@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from torchvision.io import decode_png, read_image
 
 from evet_lightning import EVETCallback
@@ -55,20 +55,12 @@ def _assert_heatmap(image: torch.Tensor) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_wandb_offline_writes_heatmap_pngs(
-    make_trainer: TrainerFactory, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_wandb_offline_writes_heatmap_pngs(make_trainer: TrainerFactory, offline_wandb_logger: Any) -> None:
     import wandb
 
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="evet-tests")
-    try:
-        trainer = _validate(make_trainer, logger, class_names=CLASS_NAMES)
-        run_dir = logger.experiment.dir
-    finally:
-        wandb.finish()
+    trainer = _validate(make_trainer, offline_wandb_logger, class_names=CLASS_NAMES)
+    run_dir = offline_wandb_logger.experiment.dir
+    wandb.finish()  # flushes the run's files (the fixture finishing it again is harmless)
     assert "evet/evet/average_drop" in trainer.callback_metrics
     media = os.path.join(os.path.dirname(run_dir), "files", "media")
     images = sorted(glob.glob(os.path.join(media, "images", "**", "*.png"), recursive=True))

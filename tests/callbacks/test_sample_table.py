@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import pytorch_lightning as pl
-from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from pytorch_lightning.loggers import CSVLogger
 from torchvision.io import read_image
 
 from evet_lightning import EVETCallback
@@ -96,19 +96,13 @@ def test_csv_logger_gets_one_row_per_sample(make_trainer: TrainerFactory, tmp_pa
 
 @pytest.mark.timeout(120)
 def test_wandb_offline_run_holds_the_samples_table(
-    make_trainer: TrainerFactory, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+    make_trainer: TrainerFactory, offline_wandb_logger: Any, tmp_path: Any
 ) -> None:
     import wandb
 
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="evet-tests")
-    try:
-        callback = _validate(make_trainer, logger)
-        run_dir = logger.experiment.dir
-    finally:
-        wandb.finish()
+    callback = _validate(make_trainer, offline_wandb_logger)
+    run_dir = offline_wandb_logger.experiment.dir
+    wandb.finish()  # flushes the run's files (the fixture finishing it again is harmless)
     media = os.path.join(os.path.dirname(run_dir), "files", "media")
     (table_file,) = glob.glob(os.path.join(media, "table", "**", "samples*.table.json"), recursive=True)
     with open(table_file) as handle:
