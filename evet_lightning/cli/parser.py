@@ -62,7 +62,7 @@ Writes to --output: metrics.json (one record per epoch: epoch, global_step, val_
 every evet/... key the callback logged; rewritten after every epoch, so a failure keeps the finished ones),
 metrics.png (each metric over the epochs, original vs EVET), heatmaps/epoch_XXX.png, model.ckpt (for
 `evet-lightning evaluate --model DIR/model.ckpt`) and the logger's folder: wandb/ (an offline run unless
---wandb-online; sync later with `wandb sync`), tensorboard/ or csv/. The defaults take about a minute on 2 CPU
+--wandb-online; sync later with `wandb sync`), tensorboard/ or csv/. The defaults take about 30 s on 2 idle CPU
 cores.
 """
 

@@ -58,7 +58,7 @@ _ALPHA_OBJECTIVE_OPTION = cli_option(
 
 @dataclass
 class DemoConfig:
-    """Settings of ``evet-lightning demo``; the defaults finish in about a minute on 2 CPU cores.
+    """Settings of ``evet-lightning demo``; the defaults finish in about 30 s on 2 idle CPU cores.
 
     ``seed`` seeds the weights, the data order and the training images; validation images use ``seed + 1``.
     ``wandb_online`` applies to ``logger="wandb"`` only.
