@@ -15,7 +15,6 @@ __all__ = [
     "check_bool",
     "check_callable",
     "check_class_names",
-    "check_fixed_alpha",
     "check_layer_names",
     "check_model",
     "check_prefix",
@@ -38,14 +37,6 @@ def check_layer_names(target_layers: object) -> list[str] | None:
             f"`model.named_modules()`), but got {target_layers!r}"
         )
     return list(names)
-
-
-def check_fixed_alpha(alpha: object) -> None:
-    """The callback takes a fixed alpha: ``"auto"`` chosen on the very samples it scores would grade itself."""
-    if isinstance(alpha, str):
-        raise ValueError(
-            f"Expected `alpha` to be a non-negative float, but got {alpha!r}: EVETCallback does not choose alpha yet"
-        )
 
 
 def check_stability_transforms(transforms: Sequence[AffineTransform] | None) -> list[AffineTransform]:

@@ -25,7 +25,7 @@ from evet_lightning.saliency.settings import EVETSettings
 from evet_lightning.saliency.transforms import AffineTransform
 
 __all__ = [
-    "CURVE_VARIANTS",
+    "VARIANTS",
     "ExplainedChunk",
     "ExplainedSamples",
     "PerturbationCurves",
@@ -39,7 +39,8 @@ __all__ = [
 
 #: The keys of the per-sample AUCs (:attr:`ExplainedSamples.aucs`), ``"{variant}/{curve}_auc"``: the logged
 #: metric keys without the prefix.
-CURVE_VARIANTS = ("original", "evet")
+#: The two maps scored for every sample: ``J(x)`` and EVET's ``J*(x)``.
+VARIANTS = ("original", "evet")
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,7 @@ class ExplainedSamples:
 
         aucs: dict[str, list[Tensor]] = {}
         for chunk in chunks:
-            for variant in CURVE_VARIANTS:
+            for variant in VARIANTS:
                 curves = chunk.curves(variant)
                 for name, values in ({} if curves is None else curves.aucs()).items():
                     aucs.setdefault(f"{variant}/{name}", []).append(values)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.aggregation import SumMetric
 
-from evet_lightning.callbacks.explaining import ExplainedChunk, module_device
+from evet_lightning.callbacks.explaining import VARIANTS, ExplainedChunk, module_device
 from evet_lightning.callbacks.sampling import fingerprint_terms
 from evet_lightning.metrics import (
     AverageDifference,
@@ -34,9 +34,6 @@ from evet_lightning.metrics import (
 )
 
 __all__ = ["VARIANTS", "EpochCounts", "ExplanationMetrics", "MetricsAnchor"]
-
-#: The two maps scored for every sample: ``J(x)`` and EVET's ``J*(x)``.
-VARIANTS = ("original", "evet")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from evet_lightning.evaluation.errors import UsageError
-from evet_lightning.saliency.evet import check_evet_arguments
+from evet_lightning.saliency.settings import resolve_cam
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -47,7 +47,7 @@ def parse_methods(text: str) -> list[str]:
         raise UsageError(f"--methods names {', '.join(repeated)} more than once")
     for method in methods:
         try:
-            check_evet_arguments(cam=method)
+            resolve_cam(method, "auto")
         except ValueError as error:
             raise UsageError(f"unknown method {method!r} in --methods: {error}") from None
     return methods

@@ -28,7 +28,7 @@ from evet_lightning.saliency.outputs import logits_from_output
 from evet_lightning.saliency.settings import EVETSettings, resolve_cam, resolve_max_batch_size
 from evet_lightning.saliency.transforms import AffineTransform, Identity
 
-__all__ = ["EVET", "CamSpec", "EVETResult", "check_evet_arguments", "resolve_cam"]
+__all__ = ["EVET", "CamSpec", "EVETResult", "resolve_cam"]
 
 #: A CAM: a pytorch-grad-cam class, its name, or ``"Gradient"``.
 CamSpec = str | type
@@ -477,11 +477,3 @@ class EVET:
 
 #: Per-group outputs whose first dimension is the view or alpha (concatenated along the images' dimension 1).
 _VIEW_FIRST = frozenset({"weights", "kept", "view_scores", "alpha_scores", "alpha_energy"})
-
-
-def check_evet_arguments(**kwargs: Any) -> list[AffineTransform]:
-    """Check EVET's configuration without a model (``ValueError`` naming the argument); returns the transforms.
-
-    A shortcut for ``EVETSettings(**kwargs).transforms``; prefer :class:`EVETSettings`.
-    """
-    return list(EVETSettings(**kwargs).transforms or ())
