@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,6 +25,7 @@ from evet_lightning.saliency.explainers import Explainer, Explanation, GradientE
 from evet_lightning.saliency.grad_cam_adapter import GradCamLibraryExplainer
 from evet_lightning.saliency.layers import LayerSpec, check_target_layers, resolve_target_layers
 from evet_lightning.saliency.outputs import logits_from_output
+from evet_lightning.saliency.score_cam import SCORE_CAMS, ScoreCAM
 from evet_lightning.saliency.settings import EVETSettings, resolve_cam, resolve_max_batch_size
 from evet_lightning.saliency.transforms import AffineTransform, Identity
 
@@ -91,9 +92,11 @@ class EVET:
             first norm; the last stage of Swin, ConvNeXt, MaxViT: see :mod:`evet_lightning.saliency.layers` and
             docs/design.md, decision 17), reported in the log at INFO. A module called several times is
             explained at its last call. Ignored for ``"Gradient"``.
-        cam: a pytorch-grad-cam CAM class, its name (``"GradCAM"``, ``"ScoreCAM"``, ...), or ``"Gradient"``.
-            GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM and LayerCAM are computed natively in torch
-            (head-only gradients, batched on the device); other classes run through pytorch-grad-cam.
+        cam: a pytorch-grad-cam method (CAM class, FinerCAM, RefineCAM, SESS, GuidedBackpropReLUModel) or its
+            name, ``"GuidedGradCAM"``, ``"FasterScoreCAM"`` or ``"Gradient"``. GradCAM, GradCAMPlusPlus, XGradCAM,
+            HiResCAM and LayerCAM are computed natively in torch (head-only gradients, batched on the device), and
+            so is Score-CAM by name (``"ScoreCAM"``, ``"FasterScoreCAM"``; the class ``pytorch_grad_cam.ScoreCAM``
+            runs the library's); the others run through pytorch-grad-cam.
         transforms: the transforms ``T_1 .. T_n``; ``None`` means the paper's 7 (:func:`paper_transforms`).
         threshold: Gamma of Eq. (2), in (0, 1]; view v is kept when ``s_v > threshold * s_0``.
         alpha: boost strength of Eq. (5): ``"auto"`` (the default) chooses it per call from ``alpha_grid`` by
@@ -116,6 +119,10 @@ class EVET:
             (transformer tokens), applied the same way on both backends (pytorch-grad-cam's contract).
         output_transform: ``model output -> (B, K) logits`` for models that return something other than a
             tensor, a tuple/list (first item), a mapping with ``"logits"`` or an object with ``.logits``.
+        cam_kwargs: options of the method: ``base_method`` (a CAM class or name) for FinerCAM, RefineCAM, SESS
+            and GuidedGradCAM, the library's constructor and call options (``eigen_smooth``, SESS's
+            ``num_scales``, FinerCAM's ``alpha`` and ``comparison_categories``, ...), ``batch_size`` (masked
+            images per forward pass of ScoreCAM/AblationCAM) and, for native Score-CAM, ``max_channels``.
 
     Decisions where the paper is silent (docs/design.md, decisions 1-5): the target class is fixed once per image
     (label or argmax of the untransformed image); invalid pixels (no pre-image in the transformed canvas) are
@@ -147,6 +154,7 @@ class EVET:
         backend: str = "auto",
         reshape_transform: Callable[[Tensor], Tensor] | None = None,
         output_transform: Callable[[Any], Tensor] | None = None,
+        cam_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}")
@@ -164,6 +172,7 @@ class EVET:
             backend=backend,
             reshape_transform=reshape_transform,
             output_transform=output_transform,
+            cam_kwargs=cam_kwargs,
         )
         self.settings = settings
         self.cam_name, self._cam_class, self._native = resolve_cam(cam, backend)
@@ -182,6 +191,7 @@ class EVET:
         self.backend = settings.backend
         self.reshape_transform = settings.reshape_transform
         self.output_transform = settings.output_transform
+        self.cam_kwargs = settings.cam_kwargs
         self._chunk = 1
 
     @classmethod
@@ -222,6 +232,15 @@ class EVET:
             return GradientExplainer(output_transform=self.output_transform)
         assert self._layers is not None
         modules = [module for _, module in self._layers]
+        cam_kwargs = dict(self.cam_kwargs or {})
+        if self._native and self.cam_name in SCORE_CAMS:
+            return ScoreCAM(
+                modules,
+                batch_size=cam_kwargs.get("batch_size", self._chunk),
+                max_channels=cam_kwargs.get("max_channels", SCORE_CAMS[self.cam_name]),
+                reshape_transform=self.reshape_transform,
+                output_transform=self.output_transform,
+            )
         if self._native:
             return NativeCAM(
                 self.cam_name, modules, reshape_transform=self.reshape_transform, output_transform=self.output_transform
@@ -233,6 +252,7 @@ class EVET:
             batch_size=self._chunk,
             reshape_transform=self.reshape_transform,
             output_transform=self.output_transform,
+            cam_kwargs=cam_kwargs,
         )
 
     def explain(self, images: Tensor, targets: Tensor | None = None) -> Explanation:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -20,7 +20,8 @@ from evet_lightning.functional.alpha import (
 )
 from evet_lightning.functional.perturbation import Baseline, Normalization, check_baseline
 from evet_lightning.saliency.explainers import NATIVE_CAMS
-from evet_lightning.saliency.grad_cam_adapter import available_cam_classes, is_cam_class
+from evet_lightning.saliency.grad_cam_adapter import is_library_method, library_methods, split_cam_kwargs
+from evet_lightning.saliency.score_cam import SCORE_CAMS
 from evet_lightning.saliency.transforms import AffineTransform, _transform_tuple, paper_transforms
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "AUTO_MAX_BATCH_SIZE",
     "BACKENDS",
     "EVETSettings",
+    "check_cam_kwargs",
     "resolve_cam",
     "resolve_max_batch_size",
 ]
@@ -143,6 +145,7 @@ class EVETSettings:
     backend: str = "auto"
     reshape_transform: Callable[[Tensor], Tensor] | None = field(default=None, compare=False)
     output_transform: Callable[[Any], Tensor] | None = field(default=None, compare=False)
+    cam_kwargs: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         def put(name: str, value: object) -> None:
@@ -162,7 +165,8 @@ class EVETSettings:
             raise ValueError(f"Expected `backend` to be one of {BACKENDS}, but got {self.backend!r}")
         put("reshape_transform", _check_callable("reshape_transform", self.reshape_transform))
         put("output_transform", _check_callable("output_transform", self.output_transform))
-        resolve_cam(self.cam, self.backend)
+        name, cam_class, native = resolve_cam(self.cam, self.backend)
+        put("cam_kwargs", check_cam_kwargs(name, cam_class, native, self.cam_kwargs))
 
     def evet_kwargs(self) -> dict[str, Any]:
         """``EVET(model, **settings.evet_kwargs())`` builds the engine these settings describe."""
@@ -173,30 +177,76 @@ class EVETSettings:
         return dataclasses.replace(self, **changes)
 
 
+def check_cam_kwargs(name: str, cam_class: type | None, native: bool, cam_kwargs: object) -> dict[str, Any] | None:
+    """``cam_kwargs`` checked for the method (``ValueError`` naming a key it does not take), as a plain dict.
+
+    Native Score-CAM takes ``batch_size`` (masked images per forward pass) and ``max_channels`` (Faster-Score-CAM's
+    k; ``None`` for every channel); pytorch-grad-cam's methods take what
+    :func:`~evet_lightning.saliency.grad_cam_adapter.split_cam_kwargs` accepts (``base_method`` for the wrappers
+    and Guided Grad-CAM, constructor and call options). The other native methods take none.
+    """
+    if cam_kwargs is None:
+        return None
+    if not isinstance(cam_kwargs, Mapping) or not all(isinstance(key, str) for key in cam_kwargs):
+        raise ValueError(f"Expected `cam_kwargs` to be a mapping of option names to values or None, got {cam_kwargs!r}")
+    kwargs = dict(cam_kwargs)
+    if native and name in SCORE_CAMS:
+        unknown = sorted(set(kwargs) - {"batch_size", "max_channels"})
+        if unknown:
+            raise ValueError(
+                f"Expected the keys of `cam_kwargs` for {name} to be among ['batch_size', 'max_channels'], "
+                f"but got {unknown[0]!r}"
+            )
+        if "batch_size" in kwargs:
+            kwargs["batch_size"] = check_int("cam_kwargs['batch_size']", kwargs["batch_size"], 1)
+        if kwargs.get("max_channels") is not None:
+            kwargs["max_channels"] = check_int("cam_kwargs['max_channels']", kwargs["max_channels"], 1)
+    elif native or cam_class is None:
+        if kwargs:
+            raise ValueError(f"Expected no `cam_kwargs` for {name}: it takes no options, but got {sorted(kwargs)}")
+    else:
+        split_cam_kwargs(cam_class, kwargs)
+    return kwargs
+
+
 def resolve_cam(cam: str | type, backend: str) -> tuple[str, type | None, bool]:
-    """``(name, pytorch-grad-cam class or None, computed natively)``; ``ValueError`` for an unknown CAM."""
-    classes = available_cam_classes()
+    """``(name, pytorch-grad-cam method or None, computed natively)``; ``ValueError`` for an unknown CAM.
+
+    Names: ``"Gradient"``, ``"ScoreCAM"`` and ``"FasterScoreCAM"`` (native Score-CAM, decision 20: the class
+    ``pytorch_grad_cam.ScoreCAM``, or ``backend="pytorch-grad-cam"``, runs the library's), and every method of
+    :func:`~evet_lightning.saliency.grad_cam_adapter.library_methods` (CAM classes, FinerCAM, RefineCAM, SESS,
+    GuidedBackpropReLUModel, GuidedGradCAM), by name or class.
+    """
+    classes = library_methods()
+    if backend not in BACKENDS:
+        raise ValueError(f"Expected `backend` to be one of {BACKENDS}, but got {backend!r}")
     if isinstance(cam, str) and "." in cam and cam.rsplit(".", 1)[1] in classes:
-        cam = cam.rsplit(".", 1)[1]  # "pytorch_grad_cam.GradCAM", as YAML or LightningCLI may spell it
+        cam = classes[cam.rsplit(".", 1)[1]]  # "pytorch_grad_cam.ScoreCAM", as YAML or LightningCLI may spell it
     if isinstance(cam, str):
         if cam == "Gradient":
             return "Gradient", None, True
+        if cam in SCORE_CAMS:
+            if backend == "pytorch-grad-cam":
+                if cam == "FasterScoreCAM":
+                    raise ValueError("Expected backend 'auto' or 'native' for 'FasterScoreCAM': it is native only")
+                return "ScoreCAM", classes["ScoreCAM"], False
+            return cam, classes.get(cam), True
         if cam not in classes:
-            raise ValueError(
-                f"Expected `cam` to be 'Gradient' or a pytorch-grad-cam CAM class or name "
-                f"({', '.join(sorted(classes))}), but got {cam!r}"
-            )
+            names = sorted({"Gradient", *SCORE_CAMS, *classes})
+            raise ValueError(f"Expected `cam` to be one of {', '.join(names)} or such a class, but got {cam!r}")
         cam_class = classes[cam]
-    elif is_cam_class(cam):
+    elif is_library_method(cam):
         cam_class = cam  # type: ignore[assignment]
     else:
         raise ValueError(f"Expected `cam` to be 'Gradient' or a pytorch-grad-cam CAM class or name, but got {cam!r}")
     name = cam_class.__name__
-    if backend not in BACKENDS:
-        raise ValueError(f"Expected `backend` to be one of {BACKENDS}, but got {backend!r}")
-    native = name in NATIVE_CAMS and classes.get(name) is cam_class and backend != "pytorch-grad-cam"
+    is_library_class = classes.get(name) is cam_class
+    native = (
+        backend != "pytorch-grad-cam"
+        and is_library_class
+        and (name in NATIVE_CAMS or (name == "ScoreCAM" and backend == "native"))
+    )
     if backend == "native" and not native:
-        raise ValueError(
-            f"Expected a CAM with a native implementation ({sorted(NATIVE_CAMS)}) for backend='native', got {name!r}"
-        )
+        natives = sorted({*NATIVE_CAMS, *SCORE_CAMS})
+        raise ValueError(f"Expected a CAM with a native implementation ({natives}) for backend='native', got {name!r}")
     return name, cam_class, native

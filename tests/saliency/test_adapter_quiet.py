@@ -1,4 +1,4 @@
-"""ScoreCAM through pytorch-grad-cam draws no progress bars, and the library's tqdm is put back."""
+"""ScoreCAM through pytorch-grad-cam (the class; the name is native) draws no progress bars, and the library's tqdm is put back."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def _model() -> nn.Module:
 
 def test_score_cam_prints_no_progress_bar_and_restores_tqdm(capsys: pytest.CaptureFixture[str]) -> None:
     original = score_cam.tqdm
-    maps = EVET(_model(), target_layers="1", cam="ScoreCAM").explain(torch.rand(2, 3, 8, 8)).maps
+    maps = EVET(_model(), target_layers="1", cam=score_cam.ScoreCAM).explain(torch.rand(2, 3, 8, 8)).maps
     captured = capsys.readouterr()
     assert "it/s" not in captured.err and "%|" not in captured.err
     assert score_cam.tqdm is original
@@ -41,5 +41,5 @@ def test_tqdm_is_restored_when_the_library_raises() -> None:
             return features.mean(dim=(2, 3))[:, :2]
 
     with pytest.raises(RuntimeError, match="boom"):
-        EVET(Broken(), target_layers="conv", cam="ScoreCAM").explain(torch.rand(1, 3, 8, 8))
+        EVET(Broken(), target_layers="conv", cam=score_cam.ScoreCAM).explain(torch.rand(1, 3, 8, 8))
     assert score_cam.tqdm is original

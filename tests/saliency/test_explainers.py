@@ -286,4 +286,4 @@ def test_unknown_cam_raises_value_error(cam):
 
 def test_native_backend_refuses_library_only_cam():
     with pytest.raises(ValueError, match="native"):
-        EVET(tiny_cnn(), target_layers="features.5", cam="ScoreCAM", backend="native")
+        EVET(tiny_cnn(), target_layers="features.5", cam="EigenCAM", backend="native")

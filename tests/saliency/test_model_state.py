@@ -18,13 +18,23 @@ from evet_lightning.saliency.transforms import HorizontalFlip, Rotate, Scale
 
 TRANSFORMS = [HorizontalFlip(), Rotate(10.0), Scale(0.9)]
 
-#: (cam, backend): the native path, the pytorch-grad-cam path for a gradient CAM, a gradient-free CAM, a CAM
-#: that swaps layers (AblationCAM), one that draws from numpy's RNG (RandomCAM), and vanilla gradients.
+#: (cam, backend): the native path, the pytorch-grad-cam path for a gradient CAM, native and library Score-CAM, the
+#: library methods that find their own layers (FullGrad), need the graph twice (ShapleyCAM), wrap a base CAM
+#: (FinerCAM, RefineCAM) or swap every ReLU (guided backpropagation), a CAM that swaps layers (AblationCAM), one
+#: that draws from numpy's RNG (RandomCAM), and vanilla gradients.
 PATHS = [
     ("GradCAM", "auto"),
     ("GradCAMPlusPlus", "auto"),
     ("GradCAM", "pytorch-grad-cam"),
     ("ScoreCAM", "auto"),
+    ("ScoreCAM", "pytorch-grad-cam"),
+    ("FasterScoreCAM", "auto"),
+    ("FullGrad", "auto"),
+    ("ShapleyCAM", "auto"),
+    ("FinerCAM", "auto"),
+    ("RefineCAM", "auto"),
+    ("GuidedBackpropReLUModel", "auto"),
+    ("GuidedGradCAM", "auto"),
     ("AblationCAM", "auto"),
     ("RandomCAM", "auto"),
     ("Gradient", "auto"),

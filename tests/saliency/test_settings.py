@@ -117,7 +117,7 @@ def test_engine_raises_the_same_error(name, value):
 
 def test_native_backend_rejects_a_cam_without_native_implementation():
     with pytest.raises(ValueError, match="native"):
-        EVETSettings(cam="ScoreCAM", backend="native")
+        EVETSettings(cam="EigenCAM", backend="native")
 
 
 def test_numpy_and_tensor_scalars_are_accepted_and_normalized():
