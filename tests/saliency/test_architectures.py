@@ -27,6 +27,7 @@ from evet_lightning.saliency.explainers import NativeCAM
 from evet_lightning.saliency.grad_cam_adapter import GradCamLibraryExplainer
 from evet_lightning.saliency.layers import find_last_spatial_layer
 from evet_lightning.saliency.reshape import ReshapeTransform, swin_reshape_transform, vit_reshape_transform
+from evet_lightning.saliency.score_cam import ScoreCAM
 
 NUM_CLASSES = 5
 
@@ -202,3 +203,45 @@ def test_in_place_relu_after_densenet_norm5(models):
     finally:
         cam.activations_and_grads.release()
     assert float((plain - native).abs().max()) > 0.05
+
+
+def _vgg_like() -> nn.Module:
+    # VGG's conv-ReLU-pool stacks at a width Score-CAM can afford (one forward pass per channel of the last layer).
+    model = _vgg11()
+    model.features = torchvision.models.vgg.make_layers([16, "M", 32, "M", 64, 64, "M"])
+    model.classifier = nn.Sequential(nn.Linear(64 * 7 * 7, 32), nn.ReLU(inplace=True), nn.Linear(32, NUM_CLASSES))
+    return model
+
+
+#: Score-CAM makes one forward pass per channel: a representative subset, one image each, at (key, layer, size):
+#: a ResNet (layer3, 256 channels at 2 x 2), a VGG, two mobile nets and a ViT read through its reshape transform.
+SCORE_CAM_CASES = {
+    "resnet18": ("layer3", 32),
+    "vgg_like": ("features.9", 32),
+    "mobilenet_v3_small": ("features.12", 64),
+    "squeezenet1_0": ("classifier.2", 64),
+    "vit": ("encoder.layers.encoder_layer_1.ln_1", 64),
+}
+
+
+@pytest.mark.parametrize("key", list(SCORE_CAM_CASES))
+def test_native_score_cam_equals_pytorch_grad_cam(models, key):
+    name, size = SCORE_CAM_CASES[key]
+    if key == "vgg_like":
+        if key not in models:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                models[key] = _vgg_like().eval()
+        model = models[key]
+    else:
+        model = _model(models, key)
+    images = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    layer = model.get_submodule(name)
+    reshape = vit_reshape_transform() if key == "vit" else None
+    with model_state_guard(model, protect_grads=False):
+        native = ScoreCAM([layer], batch_size=64, reshape_transform=reshape)(model, images, None)
+    with model_state_guard(model, protect_grads=True):
+        explainer = GradCamLibraryExplainer(pytorch_grad_cam.ScoreCAM, [layer], 64, reshape_transform=reshape)
+        library = explainer(model, images, None)
+    assert float(native.maps.max()) > 0.5
+    assert float((library.maps - native.maps).abs().max()) < 1e-4
