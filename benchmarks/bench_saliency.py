@@ -12,9 +12,13 @@ Prints, on torchvision ResNet-18 (random weights: speed does not depend on them)
    cost of 64-image chunks);
 6. EVET-GradCAM (8 views) vs pytorch-grad-cam GradCAM with aug_smooth=True (6 views, sequential): faster;
 7. peak memory of EVET at max_batch_size 8 vs 64 (CUDA: max_memory_allocated; CPU: peak RSS growth of a
-   fresh process, from the kernel's peak-RSS mark).
+   fresh process, from the kernel's peak-RSS mark);
+8. (``--score-cam``) native Score-CAM vs pytorch-grad-cam ScoreCAM on the same ``--scorecam-images`` images
+   (target >= 3x on a CPU at 8), and EVET-GradCAM at defaults vs native Score-CAM and vs Faster-Score-CAM
+   (the paper's Table 4, made fair: both sides batched in torch), per image.
 
-Usage: ``python benchmarks/bench_saliency.py [--device cpu|cuda] [--repeats 3] [--scorecam-images 1]``
+Usage: ``python benchmarks/bench_saliency.py [--device cpu|cuda] [--repeats 3] [--scorecam-images 1]``;
+``--score-cam`` prints only the Score-CAM rows (8), with ``--scorecam-images 8`` by default.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from evet_lightning import EVET
 from evet_lightning.saliency import NativeCAM
+from evet_lightning.saliency.score_cam import FASTER_SCORE_CAM_CHANNELS
+from evet_lightning.saliency.score_cam import ScoreCAM as NativeScoreCAM
 from evet_lightning.saliency.settings import resolve_max_batch_size
 
 
@@ -69,17 +75,50 @@ def peak_memory(device: torch.device, max_batch_size: int) -> float:
     return child_peak_memory(__file__, "--memory-child", str(max_batch_size), "--device", device.type)
 
 
+def score_cam_rows(device: torch.device, count: int) -> None:
+    """Native Score-CAM vs the library's on ``count`` images, and EVET-GradCAM vs both native Score-CAMs."""
+    model, images, targets = build_resnet18(device, num_images=count)
+    cam_targets = [ClassifierOutputTarget(int(k)) for k in targets]
+    chunk = resolve_max_batch_size("auto", images)
+    native = NativeScoreCAM([model.layer4], batch_size=chunk)
+    faster = NativeScoreCAM([model.layer4], batch_size=chunk, max_channels=FASTER_SCORE_CAM_CHANNELS)
+    evet = EVET(model, target_layers=[model.layer4], cam="GradCAM")  # the defaults: alpha and chunk "auto"
+
+    def library_score_cam() -> object:
+        # pytorch-grad-cam's default of 16 masked images per forward pass; no tqdm bars in the table.
+        with ScoreCAM(model, [model.layer4]) as cam, contextlib.redirect_stderr(io.StringIO()):
+            return cam(images, cam_targets)
+
+    t_native, t_library = compare(lambda: native(model, images, targets), library_score_cam, device, 1, rounds=1)
+    t_evet, t_faster = compare(lambda: evet(images, targets), lambda: faster(model, images, targets), device, 1)
+    print(f"ResNet-18 layer4 (512 channels), 224x224, {count} images, device {device}, masked images per pass {chunk}")
+    print("| comparison | ours (s/image) | reference (s/image) | ratio | target |")
+    print("| --- | --- | --- | --- | --- |")
+    rows = [
+        ("native Score-CAM vs pytorch-grad-cam ScoreCAM", t_native, t_library, ">= 3x"),
+        ("EVET-GradCAM at defaults vs native Score-CAM", t_evet, t_native, "info"),
+        (f"EVET-GradCAM at defaults vs Faster-Score-CAM (k = {FASTER_SCORE_CAM_CHANNELS})", t_evet, t_faster, "info"),
+    ]
+    for name, ours, reference, target in rows:
+        print(f"| {name} | {ours / count:.4f} | {reference / count:.4f} | {reference / ours:.2f}x | {target} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--scorecam-images", type=int, default=1, help="images timed for ScoreCAM (slow)")
+    parser.add_argument("--scorecam-images", type=int, default=None, help="images timed for ScoreCAM (slow)")
+    parser.add_argument("--score-cam", action="store_true", help="only the Score-CAM rows")
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child is not None:
         peak_memory_child(args.device, args.memory_child)
         return
     device = torch.device(args.device)
+    if args.score_cam:
+        score_cam_rows(device, args.scorecam_images or 8)
+        return
+    args.scorecam_images = args.scorecam_images or 1
     model, images, targets = build_resnet18(device)
     batch = images.shape[0]
     cam_targets = [ClassifierOutputTarget(int(k)) for k in targets]

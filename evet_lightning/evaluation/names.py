@@ -25,7 +25,12 @@ METRIC_NAMES: tuple[str, ...] = ("average_drop", "increase_in_confidence", "ener
 #: The first part of every key the evaluation's callback logs (``evet/original/average_drop``, ...).
 PREFIX = "evet"
 
-_DISPLAY_NAMES = {"GradCAM": "Grad-CAM", "GradCAMPlusPlus": "Grad-CAM++", "ScoreCAM": "Score-CAM"}
+_DISPLAY_NAMES = {
+    "GradCAM": "Grad-CAM",
+    "GradCAMPlusPlus": "Grad-CAM++",
+    "ScoreCAM": "Score-CAM",
+    "FasterScoreCAM": "Faster-Score-CAM",
+}
 
 
 def display_name(method: str) -> str:

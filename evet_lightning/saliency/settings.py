@@ -212,7 +212,7 @@ def check_cam_kwargs(name: str, cam_class: type | None, native: bool, cam_kwargs
 def resolve_cam(cam: str | type, backend: str) -> tuple[str, type | None, bool]:
     """``(name, pytorch-grad-cam method or None, computed natively)``; ``ValueError`` for an unknown CAM.
 
-    Names: ``"Gradient"``, ``"ScoreCAM"`` and ``"FasterScoreCAM"`` (native Score-CAM, decision 20: the class
+    Names: ``"Gradient"``, ``"ScoreCAM"`` and ``"FasterScoreCAM"`` (native Score-CAM, decision 19: the class
     ``pytorch_grad_cam.ScoreCAM``, or ``backend="pytorch-grad-cam"``, runs the library's), and every method of
     :func:`~evet_lightning.saliency.grad_cam_adapter.library_methods` (CAM classes, FinerCAM, RefineCAM, SESS,
     GuidedBackpropReLUModel, GuidedGradCAM), by name or class.

@@ -47,7 +47,12 @@ __all__ = [
 #: :func:`heatmap_sheet` enlarges panels until their longer side has at least this many pixels.
 MIN_PANEL_SIZE = 192
 
-_DISPLAY_NAMES = {"GradCAM": "Grad-CAM", "GradCAMPlusPlus": "Grad-CAM++", "ScoreCAM": "Score-CAM"}
+_DISPLAY_NAMES = {
+    "GradCAM": "Grad-CAM",
+    "GradCAMPlusPlus": "Grad-CAM++",
+    "ScoreCAM": "Score-CAM",
+    "FasterScoreCAM": "Faster-Score-CAM",
+}
 _BACKGROUND = 255
 _INK = (32, 32, 32)
 

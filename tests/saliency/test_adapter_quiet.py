@@ -1,4 +1,4 @@
-"""ScoreCAM through pytorch-grad-cam (the class; the name is native) draws no progress bars, and the library's tqdm is put back."""
+"""ScoreCAM through pytorch-grad-cam (the class; the name is native): no progress bars, tqdm put back."""
 
 from __future__ import annotations
 
