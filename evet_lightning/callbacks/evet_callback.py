@@ -6,7 +6,7 @@ import math
 import re
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import pytorch_lightning as pl
@@ -173,6 +173,8 @@ class EVETCallback(pl.Callback, _LightningCallback):
         reshape_transform: ``activation -> (B, C, H, W)`` for target layers that output tokens (ViT) or
             channels-last maps; see :class:`~evet_lightning.EVET`.
         output_transform: ``model output -> (B, K) logits`` for models whose forward returns something else.
+        cam_kwargs: the method's options (``base_method`` of FinerCAM/RefineCAM/SESS/GuidedGradCAM,
+            Faster-Score-CAM's ``max_channels``, ...); see :class:`~evet_lightning.EVET`.
         baseline: x_d of Eq. (3) for EVET and the faithfulness scores: ``"black"``, ``"zeros"``, ``"blur"``, a
             tensor or a callable.
         normalization: ``(mean, std)`` the images were normalized with: ``"black"`` is then black in pixels
@@ -250,6 +252,7 @@ class EVETCallback(pl.Callback, _LightningCallback):
         output_transform: Callable[[Any], Tensor] | None = None,
         deletion_insertion: bool = False,
         deletion_steps: int = 20,
+        cam_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.settings = EVETSettings(
@@ -265,6 +268,7 @@ class EVETCallback(pl.Callback, _LightningCallback):
             max_batch_size=max_batch_size,
             reshape_transform=reshape_transform,
             output_transform=output_transform,
+            cam_kwargs=cam_kwargs,
         )
         """EVET's settings, validated once: ``EVET(module, **settings.evet_kwargs())`` in ``setup``."""
         self.num_samples = check_int("num_samples", num_samples, 1)
