@@ -153,7 +153,10 @@ class EVETCallback(pl.Callback, _LightningCallback):
 
     Args:
         cam: a pytorch-grad-cam CAM class, its name (``"GradCAM"``, ``"GradCAMPlusPlus"``, ``"ScoreCAM"``, ...)
-            or ``"Gradient"``.
+            or ``"Gradient"``; also a callable ``(model, images, targets) -> maps`` (module level, so that it
+            pickles for ``ddp_spawn``), ``"package.module:function"``, ``"captum:Name"`` or ``"zennit:Composite"``
+            (see :class:`~evet_lightning.EVET`).
+        cam_kwargs: options of a Captum, zennit or callable method (see :class:`~evet_lightning.EVET`).
         target_layers: dotted name(s) of the layer(s) the CAM explains (``model.named_modules()`` of the
             explained model); ``None`` auto-detects the last layer with a spatial output, as early as possible:
             in ``setup`` from ``example_input_array`` if the module has one, else on the first sanity-check
@@ -250,6 +253,7 @@ class EVETCallback(pl.Callback, _LightningCallback):
         output_transform: Callable[[Any], Tensor] | None = None,
         deletion_insertion: bool = False,
         deletion_steps: int = 20,
+        cam_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.settings = EVETSettings(
@@ -265,6 +269,7 @@ class EVETCallback(pl.Callback, _LightningCallback):
             max_batch_size=max_batch_size,
             reshape_transform=reshape_transform,
             output_transform=output_transform,
+            cam_kwargs=cam_kwargs,
         )
         """EVET's settings, validated once: ``EVET(module, **settings.evet_kwargs())`` in ``setup``."""
         self.num_samples = check_int("num_samples", num_samples, 1)
@@ -315,8 +320,7 @@ class EVETCallback(pl.Callback, _LightningCallback):
 
     @property
     def cam_name(self) -> str:
-        cam = self.settings.cam
-        return cam if isinstance(cam, str) else cam.__name__
+        return self.settings.cam_name
 
     @property
     def target_layers(self) -> list[str] | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -20,6 +20,7 @@ from evet_lightning.functional.alpha import (
 )
 from evet_lightning.functional.perturbation import Baseline, Normalization, check_baseline
 from evet_lightning.saliency.explainers import NATIVE_CAMS
+from evet_lightning.saliency.external import resolve_external
 from evet_lightning.saliency.grad_cam_adapter import available_cam_classes, is_cam_class
 from evet_lightning.saliency.transforms import AffineTransform, _transform_tuple, paper_transforms
 
@@ -130,7 +131,7 @@ class EVETSettings:
         ValueError: Expected `alpha` to be a non-negative float or 'auto', but got -1
     """
 
-    cam: str | type = "GradCAM"
+    cam: str | type | Callable[..., Any] = "GradCAM"
     target_layers: Any = None
     transforms: Sequence[AffineTransform] | None = None
     threshold: float = 0.99
@@ -143,6 +144,7 @@ class EVETSettings:
     backend: str = "auto"
     reshape_transform: Callable[[Tensor], Tensor] | None = field(default=None, compare=False)
     output_transform: Callable[[Any], Tensor] | None = field(default=None, compare=False)
+    cam_kwargs: Mapping[str, Any] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         def put(name: str, value: object) -> None:
@@ -162,7 +164,23 @@ class EVETSettings:
             raise ValueError(f"Expected `backend` to be one of {BACKENDS}, but got {self.backend!r}")
         put("reshape_transform", _check_callable("reshape_transform", self.reshape_transform))
         put("output_transform", _check_callable("output_transform", self.output_transform))
-        resolve_cam(self.cam, self.backend)
+        if self.cam_kwargs is not None:
+            if not isinstance(self.cam_kwargs, Mapping) or not all(isinstance(key, str) for key in self.cam_kwargs):
+                raise ValueError(
+                    f"Expected `cam_kwargs` to be a mapping of keyword arguments, but got {self.cam_kwargs!r}"
+                )
+            put("cam_kwargs", dict(self.cam_kwargs))
+        if self.cam_kwargs and resolve_external(self.cam, self.cam_kwargs) is None:
+            raise ValueError(
+                "Expected `cam_kwargs` only with a Captum or zennit method or a callable, but `cam` is "
+                f"{self.cam!r}, which takes none"
+            )
+        resolve_cam(self.cam, self.backend, self.cam_kwargs)
+
+    @property
+    def cam_name(self) -> str:
+        """The method's name: ``"GradCAM"``, ``"captum:IntegratedGradients"``, a function's name."""
+        return resolve_cam(self.cam, self.backend, self.cam_kwargs)[0]
 
     def evet_kwargs(self) -> dict[str, Any]:
         """``EVET(model, **settings.evet_kwargs())`` builds the engine these settings describe."""
@@ -173,8 +191,18 @@ class EVETSettings:
         return dataclasses.replace(self, **changes)
 
 
-def resolve_cam(cam: str | type, backend: str) -> tuple[str, type | None, bool]:
-    """``(name, pytorch-grad-cam class or None, computed natively)``; ``ValueError`` for an unknown CAM."""
+def resolve_cam(
+    cam: object, backend: str, cam_kwargs: Mapping[str, Any] | None = None
+) -> tuple[str, type | None, bool]:
+    """``(name, pytorch-grad-cam class or None, computed natively)``; ``ValueError`` for an unknown CAM.
+
+    Outside methods come first (:func:`~evet_lightning.saliency.external.resolve_external`): ``"captum:Name"``,
+    ``"zennit:Composite"``, ``"package.module:function"``, a Captum class or any other callable give
+    ``(name, None, False)``; ``backend`` does not apply to them.
+    """
+    external = resolve_external(cam, cam_kwargs)
+    if external is not None:
+        return external.name, None, False
     classes = available_cam_classes()
     if isinstance(cam, str) and "." in cam and cam.rsplit(".", 1)[1] in classes:
         cam = cam.rsplit(".", 1)[1]  # "pytorch_grad_cam.GradCAM", as YAML or LightningCLI may spell it
@@ -183,14 +211,18 @@ def resolve_cam(cam: str | type, backend: str) -> tuple[str, type | None, bool]:
             return "Gradient", None, True
         if cam not in classes:
             raise ValueError(
-                f"Expected `cam` to be 'Gradient' or a pytorch-grad-cam CAM class or name "
-                f"({', '.join(sorted(classes))}), but got {cam!r}"
+                f"Expected `cam` to be 'Gradient', a pytorch-grad-cam CAM class or name "
+                f"({', '.join(sorted(classes))}), 'captum:Name', 'zennit:Composite', 'package.module:function' "
+                f"or a callable, but got {cam!r}"
             )
         cam_class = classes[cam]
     elif is_cam_class(cam):
         cam_class = cam  # type: ignore[assignment]
     else:
-        raise ValueError(f"Expected `cam` to be 'Gradient' or a pytorch-grad-cam CAM class or name, but got {cam!r}")
+        raise ValueError(
+            "Expected `cam` to be 'Gradient', a pytorch-grad-cam CAM class or name, a Captum class, a prefixed name "
+            f"('captum:...', 'zennit:...', 'package.module:function') or a callable, but got {cam!r}"
+        )
     name = cam_class.__name__
     if backend not in BACKENDS:
         raise ValueError(f"Expected `backend` to be one of {BACKENDS}, but got {backend!r}")
