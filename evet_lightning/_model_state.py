@@ -20,11 +20,12 @@ def model_state_guard(model: nn.Module, *, protect_grads: bool) -> Iterator[None
 
     Restored in ``finally`` (errors propagate): the module tree and its forward/backward hooks (third-party
     code may swap layers or leak hooks when it fails), no instance attribute added to a module (attribution
-    libraries leave some behind; attributes that existed keep whatever value they now have), every submodule's ``training`` flag, every parameter's
-    ``requires_grad``, every buffer, the global RNG states of torch (CPU and CUDA) and ``random`` (numpy's is
-    guarded by the pytorch-grad-cam adapter, the only code here that could draw from it), and, when
-    ``protect_grads`` is set, every parameter's ``.grad`` (the same tensor object with its old values, or
-    ``None``). Code that only calls ``torch.autograd.grad`` never writes ``.grad`` and can skip that copy.
+    libraries leave some behind; attributes that existed keep their current value), every submodule's
+    ``training`` flag, every parameter's ``requires_grad``, every buffer, the global RNG states of torch (CPU and
+    CUDA) and ``random`` (numpy's is guarded by the pytorch-grad-cam and Captum adapters, the only code here that
+    could draw from it), and, when ``protect_grads`` is set, every parameter's ``.grad`` (the same tensor object
+    with its old values, or ``None``). Code that only calls ``torch.autograd.grad`` never writes ``.grad`` and can
+    skip that copy.
 
     Buffers: a forward pass in eval mode can still change them. Examples are a step counter a model keeps,
     and QAT ``FakeQuantize`` observers after ``torch.ao.quantization.prepare_qat``, which update ``scale``,

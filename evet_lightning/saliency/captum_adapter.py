@@ -80,7 +80,8 @@ def captum_class(method: str | type) -> type:
 
 
 def parse_captum_name(text: str) -> tuple[type, type | None]:
-    """``"IntegratedGradients"`` -> (class, None); ``"NoiseTunnel(Saliency)"`` / ``"SmoothGrad"`` -> (NoiseTunnel, Saliency)."""
+    """``"IntegratedGradients"`` -> (class, None); ``"NoiseTunnel(Saliency)"``, ``"SmoothGrad"`` -> (NoiseTunnel,
+    Saliency)."""
     text = text.strip()
     if text in _ALIASES:
         outer, inner = _ALIASES[text]
@@ -173,7 +174,7 @@ class CaptumExplainer:
         """``attribute()``'s keyword arguments for ``images`` (the given ones plus the defaults Captum lacks)."""
         kwargs = dict(self.attribute_kwargs)
         explained = self.base if self.base is not None else self.method
-        parameters = inspect.signature(explained.attribute).parameters
+        parameters = inspect.signature(getattr(explained, "attribute")).parameters  # noqa: B009
         needs_baselines = "baselines" in parameters and parameters["baselines"].default is inspect.Parameter.empty
         if needs_baselines and "baselines" not in kwargs:
             kwargs["baselines"] = images.new_zeros((1, *images.shape[1:]))

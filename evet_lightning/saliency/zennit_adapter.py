@@ -1,4 +1,4 @@
-"""zennit's LRP composites as saliency functions (the optional ``zennit`` extra: ``pip install evet-lightning[zennit]``).
+"""zennit's LRP composites as saliency functions (the optional extra: ``pip install evet-lightning[zennit]``).
 
 ``"zennit:EpsilonPlusFlat"`` (any named composite of ``zennit.composites``, see :func:`composite_names`) computes
 the relevance of the input with ``zennit.attribution.Gradient`` and the composite, starting from the one-hot
