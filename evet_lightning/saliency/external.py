@@ -88,7 +88,7 @@ def resolve_external(cam: object, cam_kwargs: Mapping[str, Any] | None = None) -
             return None
         probe = CaptumExplainer(cam, base=base, layer=nn.Identity())
         return ExternalMethod(probe.name, "captum", cam, uses_layer=probe.is_layer_method)
-    if callable(cam):
+    if callable(cam) and not isinstance(cam, nn.Module):  # a module there is a mistake (a layer, the model)
         return ExternalMethod(function_name(cam), "callable", cam)
     return None
 
