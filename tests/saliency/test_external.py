@@ -250,6 +250,20 @@ def test_hook_based_methods_leave_a_prepared_model_as_found(cam):
     _assert_unchanged(model, before)
 
 
+@pytest.mark.parametrize("context", ["inference_mode", "no_grad"])
+def test_outside_methods_under_inference_mode_and_no_grad(context):
+    pytest.importorskip("captum")
+    model, images = _small_cnn(), _inputs(32)
+    expected = [_view0(model, images, cam) for cam in ("captum:Saliency", input_times_gradient)]
+    with torch.inference_mode() if context == "inference_mode" else torch.no_grad():
+        inner = images.clone()
+        before = _snapshot(model)
+        maps = [_view0(model, inner, cam) for cam in ("captum:Saliency", input_times_gradient)]
+        _assert_unchanged(model, before)
+    for got, want in zip(maps, expected, strict=True):
+        assert torch.equal(got, want)
+
+
 class _Boom(RuntimeError):
     pass
 
