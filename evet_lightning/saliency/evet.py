@@ -92,7 +92,7 @@ class EVET:
             layer an expert would pick (the last feature map before global pooling; for ViTs the last block's
             first norm; the last stage of Swin, ConvNeXt, MaxViT: see :mod:`evet_lightning.saliency.layers` and
             docs/design.md, decision 17), reported in the log at INFO. A module called several times is
-            explained at its last call. Ignored for ``"Gradient"``.
+            explained at its last call. Ignored for ``"Gradient"`` and outside methods without a layer.
         cam: a pytorch-grad-cam CAM class, its name (``"GradCAM"``, ``"ScoreCAM"``, ...), or ``"Gradient"``.
             GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM and LayerCAM are computed natively in torch
             (head-only gradients, batched on the device); other classes run through pytorch-grad-cam.
@@ -117,7 +117,7 @@ class EVET:
             ``"increase_in_confidence"``, ``"energy_pointing_game"`` (needs ``masks=`` in the call), or a
             callable ``AlphaCurve -> (A,)`` values, lower is better. Ties go to the smaller alpha.
         backend: ``"auto"`` (native when possible), ``"native"`` or ``"pytorch-grad-cam"`` (force the library,
-            e.g. to compare).
+            e.g. to compare); it does not apply to outside methods (Captum, zennit, callables).
         reshape_transform: ``activation -> (B, C, H, W)`` for target layers whose output is not a feature map
             (transformer tokens), applied the same way on both backends (pytorch-grad-cam's contract).
         output_transform: ``model output -> (B, K) logits`` for models that return something other than a
