@@ -19,11 +19,13 @@ def model_state_guard(model: nn.Module, *, protect_grads: bool) -> Iterator[None
     """Put ``model`` in eval mode for the duration, then restore what saliency code may have touched.
 
     Restored in ``finally`` (errors propagate): the module tree and its forward/backward hooks (third-party
-    code may swap layers or leak hooks when it fails), every submodule's ``training`` flag, every parameter's
-    ``requires_grad``, every buffer, the global RNG states of torch (CPU and CUDA) and ``random`` (numpy's is
-    guarded by the pytorch-grad-cam adapter, the only code here that could draw from it), and, when
-    ``protect_grads`` is set, every parameter's ``.grad`` (the same tensor object with its old values, or
-    ``None``). Code that only calls ``torch.autograd.grad`` never writes ``.grad`` and can skip that copy.
+    code may swap layers or leak hooks when it fails), no instance attribute added to a module (attribution
+    libraries leave some behind; attributes that existed keep their current value), every submodule's
+    ``training`` flag, every parameter's ``requires_grad``, every buffer, the global RNG states of torch (CPU and
+    CUDA) and ``random`` (numpy's is guarded by the pytorch-grad-cam and Captum adapters, the only code here that
+    could draw from it), and, when ``protect_grads`` is set, every parameter's ``.grad`` (the same tensor object
+    with its old values, or ``None``). Code that only calls ``torch.autograd.grad`` never writes ``.grad`` and can
+    skip that copy.
 
     Buffers: a forward pass in eval mode can still change them. Examples are a step counter a model keeps,
     and QAT ``FakeQuantize`` observers after ``torch.ao.quantization.prepare_qat``, which update ``scale``,
@@ -36,6 +38,9 @@ def model_state_guard(model: nn.Module, *, protect_grads: bool) -> Iterator[None
     # Third-party CAM code may swap submodules (AblationCAM) or leave hooks behind when it fails half-way.
     children = [(module, dict(module._modules)) for module in modules]
     hooks = [(module, name, dict(getattr(module, name))) for module in modules for name in _HOOK_DICTS]
+    # Attribution libraries leave attributes behind (Captum's DeepLift `input`/`output` tensors, LRP's
+    # `activations`; zennit's canonizers a replaced `forward`, should they fail half-way): removed on exit.
+    attributes = [(module, set(vars(module))) for module in modules]
     requires_grad = [(param, param.requires_grad) for param in model.parameters()]
     grads: list[tuple[nn.Parameter, Tensor | None, Tensor | None]] = []
     if protect_grads:
@@ -64,6 +69,9 @@ def model_state_guard(model: nn.Module, *, protect_grads: bool) -> Iterator[None
             if current != saved_hooks:
                 current.clear()
                 current.update(saved_hooks)
+        for module, names in attributes:
+            for name in set(vars(module)) - names:
+                delattr(module, name)
         for module, flag in training:
             module.training = flag
         for module, saved_buffers in buffers:

@@ -153,7 +153,10 @@ class EVETCallback(pl.Callback, _LightningCallback):
 
     Args:
         cam: a pytorch-grad-cam CAM class, its name (``"GradCAM"``, ``"GradCAMPlusPlus"``, ``"ScoreCAM"``, ...)
-            or ``"Gradient"``.
+            or ``"Gradient"``; also a callable ``(model, images, targets) -> maps`` (module level, so that it
+            pickles for ``ddp_spawn``), ``"package.module:function"``, ``"captum:Name"`` or ``"zennit:Composite"``
+            (see :class:`~evet_lightning.EVET`).
+        cam_kwargs: options of a Captum, zennit or callable method (see :class:`~evet_lightning.EVET`).
         target_layers: dotted name(s) of the layer(s) the CAM explains (``model.named_modules()`` of the
             explained model); ``None`` auto-detects the last layer with a spatial output, as early as possible:
             in ``setup`` from ``example_input_array`` if the module has one, else on the first sanity-check
@@ -319,8 +322,7 @@ class EVETCallback(pl.Callback, _LightningCallback):
 
     @property
     def cam_name(self) -> str:
-        cam = self.settings.cam
-        return cam if isinstance(cam, str) else cam.__name__
+        return self.settings.cam_name
 
     @property
     def target_layers(self) -> list[str] | None:

@@ -123,10 +123,11 @@ def write_heatmap_sheet(
     normalization: Normalization = None,
     class_names: Sequence[str] | None = None,
 ) -> Path:
-    """``<output>/heatmaps/<method>.png``: the labelled sheet (image | original | EVET, each row with its class,
-    Y and O of each map; :func:`~evet_lightning.visualization.heatmaps.heatmap_sheet`) of the first samples."""
+    """``<output>/heatmaps/<method>.png`` (a ``:`` of ``captum:Name`` written as ``_``): the labelled sheet
+    (image | original | EVET, each row with its class, Y and O of each map;
+    :func:`~evet_lightning.visualization.heatmaps.heatmap_sheet`) of the first samples."""
     rows = min(run.original_maps.shape[0], images.shape[0])
-    path = Path(output) / "heatmaps" / f"{run.method}.png"
+    path = Path(output) / "heatmaps" / f"{run.method.replace(':', '_')}.png"  # ':' is not portable in file names
     sheet = heatmap_sheet(
         images[:rows],
         run.original_maps[:rows],

@@ -22,6 +22,7 @@ from evet_lightning.functional.alpha import (
 from evet_lightning.functional.fusion import blend, fusion_parts, min_max_normalize
 from evet_lightning.functional.perturbation import Baseline, Normalization, perturb, resolve_baseline
 from evet_lightning.saliency.explainers import Explainer, Explanation, GradientExplainer, NativeCAM
+from evet_lightning.saliency.external import build_external_explainer, resolve_external
 from evet_lightning.saliency.grad_cam_adapter import GradCamLibraryExplainer
 from evet_lightning.saliency.layers import LayerSpec, check_target_layers, resolve_target_layers
 from evet_lightning.saliency.outputs import logits_from_output
@@ -31,8 +32,9 @@ from evet_lightning.saliency.transforms import AffineTransform, Identity
 
 __all__ = ["EVET", "CamSpec", "EVETResult", "resolve_cam"]
 
-#: A CAM: a pytorch-grad-cam class, its name, or ``"Gradient"``.
-CamSpec = str | type
+#: A saliency method: a pytorch-grad-cam class, its name, ``"Gradient"``, a Captum class, a prefixed name
+#: (``"captum:Name"``, ``"zennit:Composite"``, ``"package.module:function"``) or a callable.
+CamSpec = str | type | Callable[..., Any]
 
 
 @dataclass(frozen=True)
@@ -91,12 +93,16 @@ class EVET:
             layer an expert would pick (the last feature map before global pooling; for ViTs the last block's
             first norm; the last stage of Swin, ConvNeXt, MaxViT: see :mod:`evet_lightning.saliency.layers` and
             docs/design.md, decision 17), reported in the log at INFO. A module called several times is
-            explained at its last call. Ignored for ``"Gradient"``.
+            explained at its last call. Ignored for ``"Gradient"`` and outside methods without a layer.
         cam: a pytorch-grad-cam method (CAM class, FinerCAM, RefineCAM, SESS, GuidedBackpropReLUModel) or its
             name, ``"GuidedGradCAM"``, ``"FasterScoreCAM"`` or ``"Gradient"``. GradCAM, GradCAMPlusPlus, XGradCAM,
             HiResCAM and LayerCAM are computed natively in torch (head-only gradients, batched on the device), and
             so is Score-CAM by name (``"ScoreCAM"``, ``"FasterScoreCAM"``; the class ``pytorch_grad_cam.ScoreCAM``
             runs the library's); the others run through pytorch-grad-cam.
+            Also any callable ``(model, images, targets) -> maps`` (``(B, H, W)`` or ``(B, 1, h, w)``, any range)
+            or its path ``"package.module:function"``; a Captum attribution (``"captum:IntegratedGradients"`` or
+            the class; layer methods use the target layer); an LRP composite of zennit
+            (``"zennit:EpsilonPlusFlat"``). See :mod:`evet_lightning.saliency.external`.
         transforms: the transforms ``T_1 .. T_n``; ``None`` means the paper's 7 (:func:`paper_transforms`).
         threshold: Gamma of Eq. (2), in (0, 1]; view v is kept when ``s_v > threshold * s_0``.
         alpha: boost strength of Eq. (5): ``"auto"`` (the default) chooses it per call from ``alpha_grid`` by
@@ -114,7 +120,7 @@ class EVET:
             ``"increase_in_confidence"``, ``"energy_pointing_game"`` (needs ``masks=`` in the call), or a
             callable ``AlphaCurve -> (A,)`` values, lower is better. Ties go to the smaller alpha.
         backend: ``"auto"`` (native when possible), ``"native"`` or ``"pytorch-grad-cam"`` (force the library,
-            e.g. to compare).
+            e.g. to compare); it does not apply to outside methods (Captum, zennit, callables).
         reshape_transform: ``activation -> (B, C, H, W)`` for target layers whose output is not a feature map
             (transformer tokens), applied the same way on both backends (pytorch-grad-cam's contract).
         output_transform: ``model output -> (B, K) logits`` for models that return something other than a
@@ -122,7 +128,10 @@ class EVET:
         cam_kwargs: options of the method: ``base_method`` (a CAM class or name) for FinerCAM, RefineCAM, SESS
             and GuidedGradCAM, the library's constructor and call options (``eigen_smooth``, SESS's
             ``num_scales``, FinerCAM's ``alpha`` and ``comparison_categories``, ...), ``batch_size`` (masked
-            images per forward pass of ScoreCAM/AblationCAM) and, for native Score-CAM, ``max_channels``.
+            images per forward pass of ScoreCAM/AblationCAM) and, for native Score-CAM, ``max_channels``;
+            for an outside method: a callable's keyword arguments, Captum's ``attribute()``
+            arguments (``{"n_steps": 32}``) plus ``reduction``/``base``/``init_kwargs``, a zennit composite's
+            arguments plus ``reduction``/``canonizers``.
 
     Decisions where the paper is silent (docs/design.md, decisions 1-5): the target class is fixed once per image
     (label or argmax of the untransformed image); invalid pixels (no pre-image in the transformed canvas) are
@@ -175,11 +184,13 @@ class EVET:
             cam_kwargs=cam_kwargs,
         )
         self.settings = settings
-        self.cam_name, self._cam_class, self._native = resolve_cam(cam, backend)
+        self.cam_name, self._cam_class, self._native = resolve_cam(cam, backend, settings.cam_kwargs)
+        self._external = resolve_external(cam, settings.cam_kwargs)
+        self._uses_layers = self.cam_name != "Gradient" and (self._external is None or self._external.uses_layer)
         self.model = model
         self.target_layers = settings.target_layers
         # Checks names and modules now; auto-detection waits for the first images.
-        self._layers = None if self.cam_name == "Gradient" else check_target_layers(model, settings.target_layers)
+        self._layers = check_target_layers(model, settings.target_layers) if self._uses_layers else None
         self.transforms: list[AffineTransform] = list(settings.transforms or ())
         self.threshold = settings.threshold
         self.alpha = settings.alpha
@@ -214,7 +225,7 @@ class EVET:
 
         Raises ``ValueError`` when the model has no suitable layer. Leaves the model as found.
         """
-        if self.cam_name == "Gradient":
+        if not self._uses_layers:
             return []
         if self._layers is None:
             with torch.inference_mode(False), model_state_guard(self.model, protect_grads=False):
@@ -228,6 +239,14 @@ class EVET:
         return [name for name, _ in self._layers]
 
     def _explainer(self) -> Explainer:
+        if self._external is not None:
+            return build_external_explainer(
+                self._external,
+                [module for _, module in self._layers or ()],
+                self.settings.cam_kwargs,
+                output_transform=self.output_transform,
+                reshape_transform=self.reshape_transform,
+            )
         if self.cam_name == "Gradient":
             return GradientExplainer(output_transform=self.output_transform)
         assert self._layers is not None

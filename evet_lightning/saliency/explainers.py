@@ -9,6 +9,12 @@
   "Gradient").
 - Every other pytorch-grad-cam class runs through the library itself, see
   :mod:`evet_lightning.saliency.grad_cam_adapter`.
+- :class:`CallableExplainer` turns any *saliency function* ``(model, images, targets) -> maps`` into an
+  explainer (the public contract for your own method, and what the Captum and zennit adapters are built on):
+  it runs one forward pass without autograd for the logits and the class (the given target or the argmax),
+  calls the function, and reads its maps with :func:`maps_from_output` (``(B, H, W)`` or ``(B, 1, h, w)``,
+  any range: bilinear to the image size, then min-max per image). :func:`attribution_to_map` is the one rule
+  by which an attribution ``(B, C, h, w)`` becomes a map (docs/design.md, decision 22).
 
 The score of class k is its logit (pytorch-grad-cam's ``ClassifierOutputTarget``). Explainers expect to be
 called with gradients enabled, outside inference mode, inside :func:`~evet_lightning._model_state.model_state_guard`.
@@ -27,7 +33,19 @@ from evet_lightning.functional.fusion import min_max_normalize
 from evet_lightning.saliency.outputs import OutputTransform, logits_from_output
 from evet_lightning.saliency.reshape import FeatureMapReader, ReshapeTransform
 
-__all__ = ["NATIVE_CAMS", "Explainer", "Explanation", "GradientExplainer", "NativeCAM"]
+__all__ = [
+    "NATIVE_CAMS",
+    "REDUCTIONS",
+    "CallableExplainer",
+    "Explainer",
+    "Explanation",
+    "GradientExplainer",
+    "NativeCAM",
+    "Reduction",
+    "SaliencyFunction",
+    "attribution_to_map",
+    "maps_from_output",
+]
 
 
 class Explanation(NamedTuple):
@@ -40,9 +58,136 @@ class Explanation(NamedTuple):
 
 
 class Explainer(Protocol):
-    """``(model, images (N, C, H, W), targets (N,) or None = argmax) -> Explanation``."""
+    """``(model, images (N, C, H, W), targets (N,) or None = argmax) -> Explanation``.
+
+    What the EVET engine calls for every chunk of views, inside the model-state guard, with gradients enabled
+    and the model in eval mode. ``maps`` must be ``(N, H, W)`` in [0, 1]; ``logits`` those of ``images``.
+    To plug in a method of your own, write a :data:`SaliencyFunction` instead and pass it as ``cam=``:
+    :class:`CallableExplainer` makes it an explainer.
+    """
 
     def __call__(self, model: nn.Module, images: Tensor, targets: Tensor | None) -> Explanation: ...
+
+
+#: A saliency method of your own: ``(model, images (N, C, H, W), targets (N,) long) -> maps``, the maps
+#: ``(N, H, W)`` or ``(N, 1, h, w)`` in any range (:func:`maps_from_output` reads them). ``targets`` are always
+#: given: the label, or the argmax of ``model(images)``. The function may call ``backward()``, register hooks
+#: or change ``requires_grad``: the engine's guard undoes all of it (decision 6).
+SaliencyFunction = Callable[[nn.Module, Tensor, Tensor], Tensor]
+
+#: The reductions of :func:`attribution_to_map`.
+REDUCTIONS = ("abs_sum", "sum", "relu_sum", "max_abs")
+#: One of :data:`REDUCTIONS`, or a callable ``attribution (N, C, h, w) -> (N, h, w)``.
+Reduction = str | Callable[[Tensor], Tensor]
+
+
+def attribution_to_map(attribution: Tensor, size: tuple[int, int], reduction: Reduction = "abs_sum") -> Tensor:
+    """How an attribution ``(N, C, h, w)`` becomes a saliency map ``(N, H, W)`` (float32, not normalized).
+
+    The channels are reduced by ``reduction``: ``"abs_sum"`` (sum of absolute values; the default for input
+    attributions), ``"sum"`` (signed sum, e.g. to keep LRP's negative relevance low), ``"relu_sum"``
+    (``max(0, sum)``: Grad-CAM's rule, the default for layer attributions), ``"max_abs"`` (the largest absolute
+    value, this package's ``"Gradient"``), or a callable ``(N, C, h, w) -> (N, h, w)``. A map smaller than
+    ``size`` is then resized bilinearly (``align_corners=False``), as the CAMs are.
+
+    Example:
+        >>> attribution = torch.tensor([[[[1.0, -2.0]], [[-3.0, 1.0]]]])  # (1, 2, 1, 2)
+        >>> attribution_to_map(attribution, (1, 2)), attribution_to_map(attribution, (1, 2), "relu_sum")
+        (tensor([[[4., 3.]]]), tensor([[[0., 0.]]]))
+    """
+    if not isinstance(attribution, Tensor) or attribution.ndim != 4:
+        shape = tuple(attribution.shape) if isinstance(attribution, Tensor) else type(attribution).__name__
+        raise ValueError(f"Expected an attribution of shape (N, C, h, w), but got {shape}")
+    attribution = attribution.detach().float()
+    if callable(reduction):
+        maps = reduction(attribution)
+        if not isinstance(maps, Tensor) or maps.shape != (attribution.shape[0], *attribution.shape[-2:]):
+            shape = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
+            raise ValueError(
+                f"Expected the `reduction` callable to return ({attribution.shape[0]}, h, w) maps for an attribution "
+                f"of shape {tuple(attribution.shape)}, but it returned {shape}"
+            )
+    elif reduction == "abs_sum":
+        maps = attribution.abs().sum(dim=1)
+    elif reduction == "sum":
+        maps = attribution.sum(dim=1)
+    elif reduction == "relu_sum":
+        maps = attribution.sum(dim=1).clamp_min(0)
+    elif reduction == "max_abs":
+        maps = attribution.abs().amax(dim=1)
+    else:
+        raise ValueError(f"Expected `reduction` to be one of {REDUCTIONS} or a callable, but got {reduction!r}")
+    if tuple(maps.shape[-2:]) != tuple(size):
+        maps = F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+    return maps.float()
+
+
+def maps_from_output(output: object, images: Tensor, name: str = "cam") -> Tensor:
+    """Read what a saliency function returned as ``(N, H, W)`` float32 maps in [0, 1] on the images' device.
+
+    Accepts ``(N, H, W)``, ``(N, h, w)`` or ``(N, 1, h, w)`` in any range: resized bilinearly to the images'
+    size, non-finite values set to 0, then min-max normalized per map (a constant map becomes zeros).
+    ``TypeError``/``ValueError`` name the method and what it returned.
+    """
+    expected = "a tensor of maps (N, H, W) or (N, 1, h, w)"
+    if isinstance(output, Explanation):
+        output = output.maps
+    if not isinstance(output, Tensor):
+        raise TypeError(f"Expected the saliency method {name!r} to return {expected}, but it returned {type(output)}")
+    batch = images.shape[0]
+    shape = tuple(output.shape)
+    if output.ndim == 4 and output.shape[1] == 1:
+        output = output[:, 0]
+    if output.ndim != 3 or output.shape[0] != batch or output.is_complex() or 0 in output.shape:
+        raise ValueError(
+            f"Expected the saliency method {name!r} to return {expected} with N = {batch} for images of shape "
+            f"{tuple(images.shape)}, but it returned a tensor of shape {shape} and dtype {output.dtype}"
+        )
+    maps = output.detach().to(device=images.device, dtype=torch.float32)
+    maps = torch.where(torch.isfinite(maps), maps, torch.zeros_like(maps))
+    size = (int(images.shape[-2]), int(images.shape[-1]))
+    if tuple(maps.shape[-2:]) != size:
+        maps = F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+    return min_max_normalize(maps)
+
+
+def function_name(function: object) -> str:
+    """A readable name of a saliency function: its ``__name__``, or its class's."""
+    name = getattr(function, "__name__", None)
+    return name if isinstance(name, str) else type(function).__name__
+
+
+class CallableExplainer:
+    """A :data:`SaliencyFunction` as an :class:`Explainer`.
+
+    Per call: one forward pass without autograd gives the logits (``output_transform`` extracts them) and the
+    class explained (``targets``, or the argmax); the function gets a detached copy of the images and those
+    targets; its output goes through :func:`maps_from_output`. ``kwargs`` are passed to the function.
+    """
+
+    def __init__(
+        self,
+        function: Callable[..., object],
+        *,
+        name: str | None = None,
+        output_transform: OutputTransform | None = None,
+        kwargs: dict[str, object] | None = None,
+    ) -> None:
+        if not callable(function):
+            raise TypeError(f"Expected a callable (model, images, targets) -> maps, but got {function!r}")
+        self.function = function
+        self.name = name or function_name(function)
+        self.output_transform = output_transform
+        self.kwargs = dict(kwargs or {})
+
+    def __call__(self, model: nn.Module, images: Tensor, targets: Tensor | None) -> Explanation:
+        with torch.no_grad():
+            logits = logits_from_output(model(images), self.output_transform).detach().float()
+        if logits.ndim != 2 or logits.shape[0] != images.shape[0]:
+            raise ValueError(f"Expected the model to return logits of shape (N, K), but got {tuple(logits.shape)}")
+        targets = _resolve_targets(logits, targets)
+        output = self.function(model, images.detach().clone(), targets.clone(), **self.kwargs)
+        return Explanation(maps_from_output(output, images, self.name), logits)
 
 
 def _scale_like_grad_cam(cams: Tensor) -> Tensor:

@@ -20,6 +20,7 @@ from evet_lightning.functional.alpha import (
 )
 from evet_lightning.functional.perturbation import Baseline, Normalization, check_baseline
 from evet_lightning.saliency.explainers import NATIVE_CAMS
+from evet_lightning.saliency.external import resolve_external
 from evet_lightning.saliency.grad_cam_adapter import is_library_method, library_methods, split_cam_kwargs
 from evet_lightning.saliency.score_cam import SCORE_CAMS
 from evet_lightning.saliency.transforms import AffineTransform, _transform_tuple, paper_transforms
@@ -132,7 +133,7 @@ class EVETSettings:
         ValueError: Expected `alpha` to be a non-negative float or 'auto', but got -1
     """
 
-    cam: str | type = "GradCAM"
+    cam: str | type | Callable[..., Any] = "GradCAM"
     target_layers: Any = None
     transforms: Sequence[AffineTransform] | None = None
     threshold: float = 0.99
@@ -145,7 +146,7 @@ class EVETSettings:
     backend: str = "auto"
     reshape_transform: Callable[[Tensor], Tensor] | None = field(default=None, compare=False)
     output_transform: Callable[[Any], Tensor] | None = field(default=None, compare=False)
-    cam_kwargs: Mapping[str, Any] | None = None
+    cam_kwargs: Mapping[str, Any] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         def put(name: str, value: object) -> None:
@@ -165,8 +166,18 @@ class EVETSettings:
             raise ValueError(f"Expected `backend` to be one of {BACKENDS}, but got {self.backend!r}")
         put("reshape_transform", _check_callable("reshape_transform", self.reshape_transform))
         put("output_transform", _check_callable("output_transform", self.output_transform))
-        name, cam_class, native = resolve_cam(self.cam, self.backend)
-        put("cam_kwargs", check_cam_kwargs(name, cam_class, native, self.cam_kwargs))
+        external = resolve_external(self.cam, _check_cam_kwargs_mapping(self.cam_kwargs))
+        if external is not None:
+            if self.cam_kwargs is not None:
+                put("cam_kwargs", dict(self.cam_kwargs))
+        else:
+            name, cam_class, native = resolve_cam(self.cam, self.backend)
+            put("cam_kwargs", check_cam_kwargs(name, cam_class, native, self.cam_kwargs))
+
+    @property
+    def cam_name(self) -> str:
+        """The method's name: ``"GradCAM"``, ``"captum:IntegratedGradients"``, a function's name."""
+        return resolve_cam(self.cam, self.backend, self.cam_kwargs)[0]
 
     def evet_kwargs(self) -> dict[str, Any]:
         """``EVET(model, **settings.evet_kwargs())`` builds the engine these settings describe."""
@@ -185,11 +196,10 @@ def check_cam_kwargs(name: str, cam_class: type | None, native: bool, cam_kwargs
     :func:`~evet_lightning.saliency.grad_cam_adapter.split_cam_kwargs` accepts (``base_method`` for the wrappers
     and Guided Grad-CAM, constructor and call options). The other native methods take none.
     """
-    if cam_kwargs is None:
+    checked = _check_cam_kwargs_mapping(cam_kwargs)
+    if checked is None:
         return None
-    if not isinstance(cam_kwargs, Mapping) or not all(isinstance(key, str) for key in cam_kwargs):
-        raise ValueError(f"Expected `cam_kwargs` to be a mapping of option names to values or None, got {cam_kwargs!r}")
-    kwargs = dict(cam_kwargs)
+    kwargs = dict(checked)
     if native and name in SCORE_CAMS:
         unknown = sorted(set(kwargs) - {"batch_size", "max_channels"})
         if unknown:
@@ -209,14 +219,31 @@ def check_cam_kwargs(name: str, cam_class: type | None, native: bool, cam_kwargs
     return kwargs
 
 
-def resolve_cam(cam: str | type, backend: str) -> tuple[str, type | None, bool]:
+def _check_cam_kwargs_mapping(cam_kwargs: object) -> Mapping[str, Any] | None:
+    if cam_kwargs is None:
+        return None
+    if not isinstance(cam_kwargs, Mapping) or not all(isinstance(key, str) for key in cam_kwargs):
+        raise ValueError(f"Expected `cam_kwargs` to be a mapping of option names to values or None, got {cam_kwargs!r}")
+    return cam_kwargs
+
+
+def resolve_cam(
+    cam: object, backend: str, cam_kwargs: Mapping[str, Any] | None = None
+) -> tuple[str, type | None, bool]:
     """``(name, pytorch-grad-cam method or None, computed natively)``; ``ValueError`` for an unknown CAM.
+
+    Outside methods come first (:func:`~evet_lightning.saliency.external.resolve_external`): ``"captum:Name"``,
+    ``"zennit:Composite"``, ``"package.module:function"``, a Captum class or any other callable give
+    ``(name, None, False)``; ``backend`` does not apply to them.
 
     Names: ``"Gradient"``, ``"ScoreCAM"`` and ``"FasterScoreCAM"`` (native Score-CAM, decision 19: the class
     ``pytorch_grad_cam.ScoreCAM``, or ``backend="pytorch-grad-cam"``, runs the library's), and every method of
     :func:`~evet_lightning.saliency.grad_cam_adapter.library_methods` (CAM classes, FinerCAM, RefineCAM, SESS,
     GuidedBackpropReLUModel, GuidedGradCAM), by name or class.
     """
+    external = resolve_external(cam, cam_kwargs)
+    if external is not None:
+        return external.name, None, False
     classes = library_methods()
     if backend not in BACKENDS:
         raise ValueError(f"Expected `backend` to be one of {BACKENDS}, but got {backend!r}")
@@ -233,12 +260,18 @@ def resolve_cam(cam: str | type, backend: str) -> tuple[str, type | None, bool]:
             return cam, classes.get(cam), True
         if cam not in classes:
             names = sorted({"Gradient", *SCORE_CAMS, *classes})
-            raise ValueError(f"Expected `cam` to be one of {', '.join(names)} or such a class, but got {cam!r}")
+            raise ValueError(
+                f"Expected `cam` to be one of {', '.join(names)} or such a class, 'captum:Name', 'zennit:Composite', "
+                f"'package.module:function' or a callable, but got {cam!r}"
+            )
         cam_class = classes[cam]
     elif is_library_method(cam):
         cam_class = cam  # type: ignore[assignment]
     else:
-        raise ValueError(f"Expected `cam` to be 'Gradient' or a pytorch-grad-cam CAM class or name, but got {cam!r}")
+        raise ValueError(
+            "Expected `cam` to be 'Gradient', a pytorch-grad-cam CAM class or name, a Captum class, a prefixed name "
+            f"('captum:...', 'zennit:...', 'package.module:function') or a callable, but got {cam!r}"
+        )
     name = cam_class.__name__
     is_library_class = classes.get(name) is cam_class
     native = (

@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 
 from evet_lightning import EVETCallback
 from tests._helpers.models import FrozenClassifier
+from tests._helpers.saliency import input_times_gradient
 from tests._helpers.trainer import TrainerFactory
 from tests.callbacks._modules import DumpMetrics, rank_metrics_path, shapes_loader
 
@@ -61,9 +62,25 @@ def _run(
         (8, 12, 2, False, {}),
         (32, 9, 2, True, {}),
         (1, 1, 1, False, {}),
-        (3, 4, 1, False, {"deletion_insertion": True, "deletion_steps": 5, "stability_transforms": []}),
+        (
+            3,
+            4,
+            1,
+            False,
+            {
+                "deletion_insertion": True,
+                "deletion_steps": 5,
+                "stability_transforms": [],
+                "cam": input_times_gradient,  # a user callable pickles to the spawned processes (issue 17)
+            },
+        ),
     ],
-    ids=["validate_even_8_of_12", "fit_uneven_9_of_9", "validate_rank1_idle", "deletion_insertion_uneven_3"],
+    ids=[
+        "validate_even_8_of_12",
+        "fit_uneven_9_of_9",
+        "validate_rank1_idle",
+        "deletion_insertion_uneven_3_user_callable",
+    ],
 )
 def test_two_processes_log_the_single_process_values(
     make_trainer: TrainerFactory,
@@ -75,7 +92,8 @@ def test_two_processes_log_the_single_process_values(
     options: dict[str, Any],
 ) -> None:
     """Even split; uneven split in fit's validation (5 + 4: the padding repeat is not explained twice); a rank
-    with nothing to explain (its shard is only a padding repeat); deletion and insertion AUCs (2 + 1 samples).
+    with nothing to explain (its shard is only a padding repeat); deletion and insertion AUCs (2 + 1 samples) of
+    a user's saliency function.
     Same values as one process, every key the callback lists among them; nobody hangs."""
     single = _run(
         make_trainer, tmp_path, num_samples, val_size, batch_size, devices=1, fit=False, callback_options=options

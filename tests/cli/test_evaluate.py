@@ -303,3 +303,21 @@ def test_image_folder_with_masks(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "Table 2" in out and "4 samples" in out
     payload = json.loads((tmp_path / "tables.json").read_text())
     assert payload["num_samples"] == 4 and payload["data"] == str(tmp_path / "images")
+
+
+def test_outside_methods_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--methods`` takes Captum and zennit names and a user function's import path, one column each (issue 17)."""
+    pytest.importorskip("captum")
+    pytest.importorskip("zennit")
+    methods = ["GradCAM", "captum:Saliency", "zennit:EpsilonPlusFlat", "tests._helpers.saliency:input_times_gradient"]
+    args = ["--model", "tests.cli._factories:tiny_cnn", "--image-size", "32", "--num-samples", "2"]
+    args += ["--no-deletion-insertion", "--methods", ",".join(methods), "--output", str(tmp_path)]
+    code, out, _ = run_evaluate(args, capsys)
+    assert code == 0
+    assert f"| Metric |  | Grad-CAM | {' | '.join(methods[1:])} |" in out
+    payload = json.loads((tmp_path / "tables.json").read_text())
+    assert payload["methods"] == methods
+    sheets = sorted(path.name for path in (tmp_path / "heatmaps").iterdir())
+    assert sheets == sorted(f"{method.replace(':', '_')}.png" for method in methods)
+    code, _, err = run_evaluate([*args[:-4], "--methods", "captum:NoSuchMethod"], capsys)
+    assert code == 2 and "captum:NoSuchMethod" in err
