@@ -6,6 +6,7 @@ import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -22,16 +23,24 @@ def model_state_guard(model: nn.Module, *, protect_grads: bool) -> Iterator[None
     code may swap layers or leak hooks when it fails), no instance attribute added to a module (attribution
     libraries leave some behind; attributes that existed keep their current value), every submodule's
     ``training`` flag, every parameter's ``requires_grad``, every buffer, the global RNG states of torch (CPU and
-    CUDA) and ``random`` (numpy's is guarded by the pytorch-grad-cam and Captum adapters, the only code here that
-    could draw from it), and, when ``protect_grads`` is set, every parameter's ``.grad`` (the same tensor object
-    with its old values, or ``None``). Code that only calls ``torch.autograd.grad`` never writes ``.grad`` and can
-    skip that copy.
+    CUDA), numpy and ``random`` (a model may draw from any of them in eval mode), and, when ``protect_grads`` is
+    set, every parameter's ``.grad`` (the same tensor object with its old values, or ``None``). Code that only
+    calls ``torch.autograd.grad`` never writes ``.grad`` and can skip that copy.
+
+    Modes: entering calls ``model.eval()`` and leaving calls ``model.train(mode)`` with the root's old mode, then
+    ``module.train(flag)`` on every submodule (in ``model.modules()`` order, parents first) whose flag then differs
+    from the one it had: the calls the user's own code would make, so a module whose ``train()`` has side effects
+    (loralib-style layers that merge their weights in eval mode and unmerge them in train mode) undoes them. Setting
+    the ``training`` flags directly would leave such weights merged.
 
     Buffers: a forward pass in eval mode can still change them. Examples are a step counter a model keeps,
     and QAT ``FakeQuantize`` observers after ``torch.ao.quantization.prepare_qat``, which update ``scale``,
     ``zero_point`` and their min/max statistics whatever the mode. Each buffer is cloned once on entry. On exit the
     same tensor object is put back in its module and gets its old shape (observers ``resize_`` theirs) and values.
-    Inference tensors are skipped: no code outside inference mode can change them.
+    Only buffers whose values changed are written, and through ``.data`` (which has its own version counter), so a
+    buffer that autograd saved in a training forward pass (BatchNorm's running statistics) keeps its version and a
+    ``loss.backward()`` after the guard still works. Inference tensors are skipped: no code outside inference mode
+    can change them.
     """
     modules = list(model.modules())
     training = [(module, module.training) for module in modules]
@@ -56,6 +65,7 @@ def model_state_guard(model: nn.Module, *, protect_grads: bool) -> Iterator[None
     torch_rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     python_rng = random.getstate()
+    numpy_rng = np.random.get_state()  # noqa: NPY002 (the legacy global RNG is the one models draw from)
     model.eval()
     try:
         yield
@@ -72,8 +82,7 @@ def model_state_guard(model: nn.Module, *, protect_grads: bool) -> Iterator[None
         for module, names in attributes:
             for name in set(vars(module)) - names:
                 delattr(module, name)
-        for module, flag in training:
-            module.training = flag
+        _restore_modes(model, training)
         for module, saved_buffers in buffers:
             current_buffers = module._buffers
             if current_buffers.keys() != saved_buffers.keys() or any(
@@ -85,7 +94,9 @@ def model_state_guard(model: nn.Module, *, protect_grads: bool) -> Iterator[None
             for buffer, saved_values in buffer_values:
                 if buffer.shape != saved_values.shape:
                     buffer.resize_(saved_values.shape)
-                buffer.copy_(saved_values)
+                elif _same_values(buffer, saved_values):
+                    continue
+                buffer.data.copy_(saved_values)
         for param, flag in requires_grad:
             param.requires_grad_(flag)
         for param, grad, values in grads:
@@ -97,3 +108,26 @@ def model_state_guard(model: nn.Module, *, protect_grads: bool) -> Iterator[None
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
         random.setstate(python_rng)
+        np.random.set_state(numpy_rng)  # noqa: NPY002
+
+
+def _restore_modes(model: nn.Module, training: list[tuple[nn.Module, bool]]) -> None:
+    """``model.train(mode)``, then ``module.train(flag)`` where a submodule's flag still differs, parents first."""
+    if not training:
+        return
+    root, root_mode = training[0]
+    root.train(root_mode)
+    for module, flag in training[1:]:
+        if module.training != flag:
+            module.train(flag)
+
+
+def _same_values(current: Tensor, saved: Tensor) -> bool:
+    """Bit-for-bit equal (NaN equal to NaN), so an unchanged buffer is not written."""
+    if current.dtype != saved.dtype:
+        return False
+    if current.is_floating_point() or current.is_complex():
+        return bool(torch.equal(current, saved)) or bool(
+            ((current == saved) | (torch.isnan(current) & torch.isnan(saved))).all()
+        )
+    return bool(torch.equal(current, saved))

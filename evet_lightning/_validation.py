@@ -13,7 +13,12 @@ import operator
 import torch
 from torch import Tensor
 
-__all__ = ["check_alpha", "check_int", "check_threshold", "real_number"]
+__all__ = ["MAX_ALPHA", "check_alpha", "check_int", "check_threshold", "real_number"]
+
+#: The largest alpha accepted (decision 20). At 1e6 Eq. (5) already maps every pixel farther than 1e-6 from 0.5 to
+#: 0 or 1; larger values change nothing more, and above float32's maximum (3.4e38) alpha itself would overflow
+#: to inf, and inf * (0.5 - 0.5) is NaN.
+MAX_ALPHA = 1e6
 
 
 def real_number(value: object) -> float | None:
@@ -50,9 +55,10 @@ def check_threshold(threshold: object) -> float:
     return number
 
 
-def check_alpha(alpha: object) -> float:
-    """A fixed boost strength of Eq. (5): a finite real number >= 0."""
+def check_alpha(alpha: object, name: str = "alpha") -> float:
+    """A boost strength of Eq. (5): a real number in [0, :data:`MAX_ALPHA`]."""
     number = real_number(alpha)
-    if number is None or number < 0:
-        raise ValueError(f"Expected `alpha` to be a non-negative float or 'auto', but got {alpha!r}")
+    if number is None or not 0 <= number <= MAX_ALPHA:
+        what = "a float in [0, 1e6] or 'auto'" if name == "alpha" else "a float in [0, 1e6]"
+        raise ValueError(f"Expected `{name}` to be {what}, but got {alpha!r}")
     return number

@@ -27,6 +27,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from evet_lightning._validation import check_alpha
+
 __all__ = [
     "ALPHA_OBJECTIVES",
     "DEFAULT_ALPHA_GRID",
@@ -276,7 +278,7 @@ def check_alpha_grid(alpha_grid: object) -> tuple[float, ...]:
     for value in values:
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
             raise ValueError(f"Expected every `alpha_grid` value to be a non-negative float, but got {value!r}")
-        grid.append(float(value))
+        grid.append(check_alpha(value, "alpha_grid"))  # at most MAX_ALPHA
     if any(b <= a for a, b in itertools.pairwise(grid)):
         raise ValueError(f"Expected `alpha_grid` to be strictly ascending, but got {grid}")
     return tuple(grid)

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from evet_lightning._model_state import model_state_guard
+from evet_lightning._outputs import OutputTransform, logits_from_output
 from evet_lightning._validation import check_int
 from evet_lightning.functional._checks import (
     _check_floating,
@@ -36,9 +37,6 @@ from evet_lightning.functional._checks import (
 from evet_lightning.functional.perturbation import Baseline, Normalization, _gaussian_blur, resolve_baseline
 
 __all__ = ["curve_auc", "deletion_curve", "insertion_curve"]
-
-#: ``model output -> (N, K) logits``, for models that return something other than a logits tensor.
-OutputTransform = Callable[[Any], Tensor]
 
 #: The insertion baseline ``"blur"``: RISE's Gaussian blur, an 11 x 11 kernel with sigma 5.
 RISE_BLUR_KERNEL_SIZE = 11
@@ -91,9 +89,6 @@ def _check_curve_arguments(
 
 def _logits(output: object, num_images: int, output_transform: OutputTransform | None) -> Tensor:
     """The ``(num_images, K)`` logits in a model's output; ``ValueError`` for anything else."""
-    # saliency/ sits above functional/ in the layers: imported when first needed, when every module is loaded.
-    from evet_lightning.saliency.outputs import logits_from_output
-
     logits = logits_from_output(output, output_transform)
     if logits.ndim != 2 or logits.shape[0] != num_images or logits.shape[1] < 1:
         raise ValueError(

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from evet_lightning.functional.fusion import min_max_normalize
-from evet_lightning.saliency.outputs import OutputTransform, logits_from_output
+from evet_lightning.saliency.outputs import OutputTransform, logits_from_output, require_graph
 from evet_lightning.saliency.reshape import FeatureMapReader, ReshapeTransform
 
 __all__ = [
@@ -336,7 +336,10 @@ class NativeCAM:
         targets = _resolve_targets(logits, targets)
         score = _target_scores(logits, targets)
         if not score.requires_grad:
-            raise ValueError("Expected the model's logits to depend on the target layer with autograd, but they do not")
+            raise ValueError(
+                "Expected the model's logits to depend on the target layer with autograd, but they do not require "
+                "grad (does the model's forward detach its output or run under torch.no_grad()?)"
+            )
         grads = torch.autograd.grad(score, activations, allow_unused=True)
         height, width = images.shape[-2:]
         per_layer = []
@@ -368,7 +371,7 @@ class GradientExplainer:
 
     def __call__(self, model: nn.Module, images: Tensor, targets: Tensor | None) -> Explanation:
         inputs = images.detach().clone().requires_grad_(True)
-        logits = logits_from_output(model(inputs), self.output_transform)
+        logits = require_graph(logits_from_output(model(inputs), self.output_transform))
         targets = _resolve_targets(logits, targets)
         (grad,) = torch.autograd.grad(_target_scores(logits, targets), inputs)
         maps = min_max_normalize(grad.detach().abs().amax(dim=1).float())

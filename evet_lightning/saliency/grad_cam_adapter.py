@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from evet_lightning._validation import check_int
 from evet_lightning.saliency.explainers import Explanation, _no_gradient_message, _resolve_targets
-from evet_lightning.saliency.outputs import OutputTransform, logits_from_output
+from evet_lightning.saliency.outputs import OutputTransform, logits_from_output, require_graph
 from evet_lightning.saliency.reshape import FeatureMapReader, ReshapeTransform
 
 __all__ = [
@@ -155,6 +155,8 @@ class _LastCallRecorder:
             raise ValueError(
                 f"Expected every target layer to run in the forward pass, but {', '.join(map(repr, missing))} did not"
             )
+        if self.uses_gradients and torch.is_grad_enabled():  # the library differentiates these logits next
+            require_graph(outputs)
         return outputs
 
     @property

@@ -27,7 +27,15 @@ Otherwise it raises a ``ValueError`` that says to pass ``reshape_transform``. It
    tokens: ``Conv1d`` and ``BatchNorm1d``. The search looks in the layer's own submodules, then in its parent's,
    and so on up to the model. It stops at the first level that supports any reading. Exactly one supported
    reading is used; otherwise the output is ambiguous.
-4. No plausible reading, or several with no deciding evidence: ``ValueError``. The message says to pass
+4. Prefix tokens (decision 21). Tokens ``(B, N, C)`` of a layer inside a model are read only when the model says
+   how many tokens precede the patches: the nearest module at or above the layer with an integer
+   ``num_prefix_tokens`` (timm: class, distillation and register tokens), else with a ``class_token`` /
+   ``cls_token`` tensor (torchvision's ViT: 1, plus 1 for a ``dist_token``). A module that has register tokens
+   (``reg_token``, ``register_tokens``) without ``num_prefix_tokens`` says nothing readable. Without such a
+   module a prefix cannot be ruled out (timm's ViT with 8 register tokens and a class token has 9 + 4 x 4 = 25
+   tokens, which also reads as a 5 x 5 grid), so tokens are not read. Called with a shape alone (no ``layer``),
+   the readings of rule 1 (0 or 1 prefix tokens) stand.
+5. No plausible reading, or several with no deciding evidence: ``ValueError``. The message says to pass
    ``reshape_transform``.
 """
 
@@ -60,6 +68,8 @@ ReshapeTransform = Callable[[Tensor], Tensor]
 LayoutKind = Literal["channels_first", "channels_last", "tokens", "channels_first_tokens"]
 
 _FIX = "pass `reshape_transform` (e.g. vit_reshape_transform(...) or swin_reshape_transform())"
+_CLASS_TOKENS = ("class_token", "cls_token")
+_REGISTER_TOKENS = ("reg_token", "register_tokens")
 
 
 def _optional_positive_int(name: str, value: object) -> int | None:
@@ -238,10 +248,12 @@ def _grid_fits(height: int, width: int, image_size: tuple[int, int] | None) -> b
     return floor_low < floor_high or ceil_low < ceil_high
 
 
-def _token_grids(num_tokens: int, image_size: tuple[int, int] | None) -> list[tuple[int, int, int]]:
-    """``(prefix, h, w)`` for every plausible split of ``num_tokens`` into 0 or 1 prefix tokens and a grid."""
+def _token_grids(
+    num_tokens: int, image_size: tuple[int, int] | None, prefixes: Sequence[int] = (0, 1)
+) -> list[tuple[int, int, int]]:
+    """``(prefix, h, w)`` for every plausible split of ``num_tokens`` into ``prefixes`` prefix tokens and a grid."""
     grids = []
-    for prefix in (0, 1):
+    for prefix in prefixes:
         patches = num_tokens - prefix
         if patches < 1:
             continue
@@ -254,7 +266,12 @@ def _token_grids(num_tokens: int, image_size: tuple[int, int] | None) -> list[tu
     return grids
 
 
-def _readings(shape: Sequence[int], image_size: tuple[int, int] | None, batch_size: int | None) -> list[FeatureLayout]:
+def _readings(
+    shape: Sequence[int],
+    image_size: tuple[int, int] | None,
+    batch_size: int | None,
+    prefix_tokens: Sequence[int] = (0, 1),
+) -> list[FeatureLayout]:
     if batch_size is not None and shape and shape[0] != batch_size:
         return []
     if len(shape) == 4:
@@ -267,7 +284,7 @@ def _readings(shape: Sequence[int], image_size: tuple[int, int] | None, batch_si
         return layouts
     if len(shape) == 3:
         _, d1, d2 = shape
-        tokens = [FeatureLayout("tokens", h, w, prefix) for prefix, h, w in _token_grids(d1, image_size)]
+        tokens = [FeatureLayout("tokens", h, w, p) for p, h, w in _token_grids(d1, image_size, prefix_tokens)]
         first = [FeatureLayout("channels_first_tokens", h, w, p) for p, h, w in _token_grids(d2, image_size)]
         return tokens + first
     return []
@@ -299,6 +316,18 @@ class _Evidence:
             seen.add(id(module))
             yield module
             module = parents.get(id(module))
+
+    def prefix_tokens(self, layer: nn.Module) -> int | None:
+        """The prefix-token count the nearest declaring module at or above ``layer`` gives (rule 4), or ``None``."""
+        for module in self.levels(layer):
+            declared = getattr(module, "num_prefix_tokens", None)
+            if isinstance(declared, int) and not isinstance(declared, bool) and declared >= 0:
+                return declared
+            if any(isinstance(getattr(module, name, None), Tensor) for name in _REGISTER_TOKENS):
+                return None  # register tokens, and no count of them
+            if any(isinstance(getattr(module, name, None), Tensor) for name in _CLASS_TOKENS):
+                return 1 + isinstance(getattr(module, "dist_token", None), Tensor)
+        return None
 
     def widths(self, module: nn.Module) -> dict[str, frozenset[int]]:
         """``{kind: channel counts}`` of the layers in ``module``'s subtree that fix a channel axis."""
@@ -368,15 +397,27 @@ def infer_layout(
         'channels last (B, 7, 7, C)'
     """
     shape = tuple(int(size) for size in shape)
-    readings = _readings(shape, image_size, batch_size)
     what = f"the output of {name!r}" if name else "an output"
+    evidence = _evidence or _Evidence(model)
+    prefixes: Sequence[int] = (0, 1)
+    if len(shape) == 3 and layer is not None:
+        declared = evidence.prefix_tokens(layer)
+        prefixes = () if declared is None else (declared,)
+    readings = _readings(shape, image_size, batch_size, prefixes)
     image = f" for {image_size[0]} x {image_size[1]} images" if image_size else ""
+    if not prefixes and not [r for r in readings if r.kind != "channels_first_tokens"]:
+        raise ValueError(
+            f"Expected {what}, of shape {shape}, to be tokens of a model that declares its prefix tokens "
+            "(`num_prefix_tokens`, as timm's ViTs do, or a `class_token`), but no module at or above the layer "
+            "does, so class or register tokens before the patches cannot be ruled out; "
+            f"pass `reshape_transform=vit_reshape_transform(prefix_tokens=...)`"
+        )
     if not readings:
         raise ValueError(
             f"Expected {what} to be a feature map (B, C, H, W), tokens (B, N, C) or a channels-last map "
             f"(B, H, W, C) whose grid fits the input{image}, but its shape {shape} is none of these; {_FIX}"
         )
-    layout = readings[0] if len(readings) == 1 else _decide(shape, readings, layer, _evidence or _Evidence(model))
+    layout = readings[0] if len(readings) == 1 else _decide(shape, readings, layer, evidence)
     if layout is None:
         options = " or ".join(reading.describe() for reading in readings)
         raise ValueError(f"Expected {what}, of shape {shape}, to have one layout, but it can be {options}; {_FIX}")

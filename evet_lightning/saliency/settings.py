@@ -130,7 +130,7 @@ class EVETSettings:
         >>> EVETSettings(alpha=-1)
         Traceback (most recent call last):
         ...
-        ValueError: Expected `alpha` to be a non-negative float or 'auto', but got -1
+        ValueError: Expected `alpha` to be a float in [0, 1e6] or 'auto', but got -1
     """
 
     cam: str | type | Callable[..., Any] = "GradCAM"

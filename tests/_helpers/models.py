@@ -217,10 +217,21 @@ class TinyViT(nn.Module):
     """A one-block ViT: ``prefix_tokens`` learned tokens, then 4 x 4 patches; pre-norm attention; head on token 0.
 
     ``blocks.0.norm1`` is what a CAM should explain (the final ``norm`` has zero gradient on the patch tokens).
+    ``declare_prefix``: set ``num_prefix_tokens`` as timm does, so the tokens can be read without a
+    ``reshape_transform``; without it nothing says how many tokens precede the patches.
     """
 
-    def __init__(self, prefix_tokens: int = 1, dim: int = 24, image_size: int = 16, num_classes: int = 3) -> None:
+    def __init__(
+        self,
+        prefix_tokens: int = 1,
+        dim: int = 24,
+        image_size: int = 16,
+        num_classes: int = 3,
+        declare_prefix: bool = True,
+    ) -> None:
         super().__init__()
+        if declare_prefix:
+            self.num_prefix_tokens = prefix_tokens
         self.patch_embed = nn.Conv2d(3, dim, 4, stride=4)
         self.prefix = nn.Parameter(torch.randn(1, prefix_tokens, dim) * 0.02)
         self.pos_embed = nn.Parameter(torch.randn(1, prefix_tokens + (image_size // 4) ** 2, dim) * 0.02)
@@ -248,7 +259,7 @@ class _Block(nn.Module):
         return tokens + self.mlp(self.norm2(tokens))
 
 
-def tiny_vit(seed: int = 0, **kwargs: int) -> TinyViT:
+def tiny_vit(seed: int = 0, **kwargs: int | bool) -> TinyViT:
     """A seeded :class:`TinyViT` in eval mode (the global RNG is left untouched)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -136,6 +136,7 @@ def test_evidence_comes_from_the_nearest_ancestor_that_has_some():
     # A parameter-free GELU inside a transformer block: its parent has the LayerNorm over the channels.
     block = nn.Sequential(nn.LayerNorm(1024), nn.Linear(1024, 1024), nn.GELU())
     model = nn.Sequential(nn.Conv2d(3, 197, 1), block)
+    model.num_prefix_tokens = 1  # type: ignore[assignment]  # as timm's ViTs declare it
     assert (
         infer_layout((2, 197, 1024), block[2], model, image_size=(224, 224)).describe() == "tokens (B, 1 + 14 x 14, C)"
     )
@@ -156,7 +157,7 @@ def _explain(explainer, model, images):
 
 
 def test_ambiguous_tokens_at_the_target_layer_raise_naming_it_and_reshape_transform():
-    model = tiny_vit(prefix_tokens=2)  # 2 + 16 tokens: no automatic reading
+    model = tiny_vit(prefix_tokens=2, declare_prefix=False)  # 2 + 16 tokens and no declared prefix: not read
     images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     layer = model.blocks[0].norm1
     for explainer in (
@@ -168,7 +169,7 @@ def test_ambiguous_tokens_at_the_target_layer_raise_naming_it_and_reshape_transf
 
 
 def test_reshape_transform_reads_what_detection_cannot_on_both_backends():
-    model = tiny_vit(prefix_tokens=2)
+    model = tiny_vit(prefix_tokens=2, declare_prefix=False)
     images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match=r"'blocks\.0'.*reshape_transform"):
         find_last_spatial_layer(model, images[:1])  # never a silent fallback to the patch embedding
@@ -206,3 +207,52 @@ def test_tokens_are_read_automatically_and_match_the_explicit_transform(prefix):
         shifted = TokensToMap(height=4, width=4, prefix_tokens=1)
         wrong = NativeCAM("GradCAM", [layer], reshape_transform=lambda t: shifted(torch.roll(t, 1, dims=1)))
         assert float((_explain(wrong, model, images).maps - automatic).abs().max()) > 0.1
+
+
+def _timm_vit(**kwargs: object) -> nn.Module:
+    vision_transformer = pytest.importorskip("timm.models.vision_transformer")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return vision_transformer.VisionTransformer(
+            img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=3, **kwargs
+        ).eval()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"reg_tokens": 8},  # 1 + 8 + 4 x 4 = 25 tokens: also a 5 x 5 grid without prefix
+        {"reg_tokens": 9, "class_token": False, "global_pool": "avg"},  # 9 + 16 = 25
+        {"reg_tokens": 4},  # 1 + 4 + 16 = 21
+        {},  # 1 + 16
+    ],
+)
+def test_timm_register_tokens_are_read_from_num_prefix_tokens(kwargs):
+    """Issue 15, bug 7: timm's ViT with register tokens, read as its ``num_prefix_tokens`` says."""
+    model = _timm_vit(**kwargs)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    layer = model.blocks[0].norm1
+    automatic = _explain(NativeCAM("GradCAM", [layer]), model, images).maps
+    transform = vit_reshape_transform(prefix_tokens=model.num_prefix_tokens)
+    explicit = _explain(NativeCAM("GradCAM", [layer], reshape_transform=transform), model, images).maps
+    torch.testing.assert_close(automatic, explicit, atol=0, rtol=0)
+    assert float((explicit.amax(dim=(1, 2)) - explicit.amin(dim=(1, 2))).min()) > 0.5
+    name, _ = find_last_spatial_layer(model, images[:1])  # read, not refused (avg pooling: the blocks' output)
+    assert name == ("blocks" if kwargs.get("global_pool") == "avg" else "blocks.0.norm1")
+
+
+def test_tokens_are_refused_when_register_tokens_are_not_counted():
+    model = _timm_vit(reg_tokens=8)
+    del model.num_prefix_tokens  # a port that keeps register tokens but does not say how many prefix tokens it has
+    images = torch.randn(2, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"'blocks\.0\.norm1'.*prefix tokens.*reshape_transform"):
+        _explain(NativeCAM("GradCAM", [model.blocks[0].norm1]), model, images)
+
+
+def test_torchvision_class_token_declares_one_prefix_token():
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=3
+    ).eval()
+    layer = model.encoder.layers[0].ln_1
+    assert infer_layout((2, 17, 32), layer, model, image_size=(32, 32)).describe() == "tokens (B, 1 + 4 x 4, C)"
