@@ -54,10 +54,9 @@ def run_evaluation(config: EvaluateConfig) -> EvaluationResult:
     Raises:
         UsageError: any mistake in ``config`` (see the module docstring), before the first method runs.
     """
-    if config.methods is None:
-        methods = default_methods(config.model, config.data)
-    else:  # `--methods ''` is an empty list (an error), not the default
-        methods = parse_methods(config.methods)
+    methods = (  # `--methods ''` is an empty list (an error), not the default
+        default_methods(config.model, config.data) if config.methods is None else parse_methods(config.methods)
+    )
     if config.time_score_cam and "GradCAM" not in methods:
         raise UsageError("--time-score-cam needs GradCAM in --methods")
     if not config.deletion_insertion and config.deletion_steps != DEFAULT_DELETION_STEPS:

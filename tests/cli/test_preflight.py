@@ -299,3 +299,23 @@ def test_a_reshape_transform_is_tried_before_any_work(
     for fragment in fragments:
         assert fragment in line, (fragment, line)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_damaged_png_is_one_line_on_the_real_stderr(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], no_run: None
+) -> None:
+    """libpng writes ``libpng error: IHDR: CRC error`` to file descriptor 2 beside the error; only ``capfd``
+    (not ``capsys``) sees it."""
+    from evet_lightning.cli import main
+    from tests.data.test_image_folder import damage
+
+    images = image_folder(tmp_path)
+    bad = images / "class1" / "0.png"
+    damage(bad, "ihdr_crc")
+    code = main(evaluate_folder(tmp_path, "--data", str(images)))
+    err = capfd.readouterr().err
+    assert code == 2
+    assert err.splitlines() == [
+        f"evet-lightning evaluate: error: --data {images}: cannot decode image {bad}: the CRC of its IHDR chunk "
+        "does not match (the file is damaged)"
+    ], err
