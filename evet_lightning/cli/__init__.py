@@ -9,6 +9,6 @@ into one line on stderr with exit code 2 (:mod:`.commands`).
 """
 
 from evet_lightning.cli.commands import main
-from evet_lightning.cli.parser import PROG, USAGE_ERROR, build_parser
+from evet_lightning.cli.parser import INTERRUPTED, OUTPUT_ERROR, PROG, USAGE_ERROR, build_parser
 
-__all__ = ["PROG", "USAGE_ERROR", "build_parser", "main"]
+__all__ = ["INTERRUPTED", "OUTPUT_ERROR", "PROG", "USAGE_ERROR", "build_parser", "main"]

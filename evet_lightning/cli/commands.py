@@ -1,4 +1,10 @@
-"""``evet-lightning demo`` and ``evet-lightning evaluate``: parse, run, print; a user error is one line, exit 2."""
+"""``evet-lightning demo`` and ``evet-lightning evaluate``: parse, run, print; a user error is one line, exit 2.
+
+Exit codes: 0 success; 1 an unexpected failure (with its traceback); 2 a user error, found before the run
+(:class:`~evet_lightning.evaluation.UsageError`); 74 (``EX_IOERR``) a result that could not be written mid-run
+(:class:`~evet_lightning.evaluation.OutputError`); 130 interrupted (Ctrl+C). The last three end with one line
+on stderr.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,12 @@ import warnings
 from collections.abc import Sequence
 
 from evet_lightning.cli.arguments import config_from_args
-from evet_lightning.cli.parser import PROG, USAGE_ERROR, build_parser
+from evet_lightning.cli.parser import INTERRUPTED, OUTPUT_ERROR, PROG, USAGE_ERROR, build_parser
 from evet_lightning.evaluation import (
     DemoConfig,
     EvaluateConfig,
+    Interrupted,
+    OutputError,
     UsageError,
     epoch_table_markdown,
     run_demo,
@@ -65,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     0 on success; 2 with one line on stderr for a user error (bad option, missing or corrupt file, unknown
     method or model, missing optional extra, an option that does not apply, a device that is not there, an
-    output folder that cannot be written); 130 when interrupted.
+    output folder that cannot be written); 74 with one line when a file cannot be written mid-run (the files
+    written before are kept); 130 when interrupted (Ctrl+C), the last line saying what was kept.
     """
     parser = build_parser()
     try:
@@ -83,10 +92,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", ".*does not have many workers.*")
             return command(args)
-    except UsageError as error:
-        message = " ".join(str(error).split())  # always one line
-        print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
-        return USAGE_ERROR
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    except (UsageError, OutputError) as error:
+        print(f"{PROG} {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        return USAGE_ERROR if isinstance(error, UsageError) else OUTPUT_ERROR
+    except KeyboardInterrupt as interrupt:
+        kept = f": {_one_line(interrupt)}" if isinstance(interrupt, Interrupted) else ""
+        print(f"\n{PROG} {args.command}: interrupted{kept}", file=sys.stderr)
+        return INTERRUPTED
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())

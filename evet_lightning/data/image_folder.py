@@ -4,13 +4,24 @@ Files are decoded lazily, item by item, so a corrupt one would only show up when
 the middle of a long run. :meth:`ImageFolderWithMasks.verify` decodes the files of the samples that will be
 used before the run starts, and raises a ``ValueError`` naming the first file that fails. Decoding a few
 hundred images takes seconds; explaining one with EVET takes tens of forward and backward passes.
+
+A PNG's chunks (their CRCs) and its compressed image data are checked before the decoder sees it: torchvision's
+libpng decoder crashes the process (a segmentation fault) on damaged image data, and prints ``libpng error:``
+lines. What any native decoder prints to stderr while :meth:`~ImageFolderWithMasks.verify` decodes is caught:
+added to the error of a file that fails, a one-line warning naming a file that decodes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
-from collections.abc import Iterable
+import struct
+import sys
+import tempfile
+import zlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +32,12 @@ from torch.utils.data import Dataset
 from evet_lightning.functional.perturbation import Normalization
 
 __all__ = ["ImageFolderWithMasks"]
+
+log = logging.getLogger(__name__)
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: Bytes of decompressed PNG image data produced at a time while checking it (memory stays bounded).
+_INFLATE_STEP = 1 << 20
 
 
 class ImageFolderWithMasks(Dataset[tuple[Tensor, ...]]):
@@ -119,12 +136,83 @@ class ImageFolderWithMasks(Dataset[tuple[Tensor, ...]]):
 
 
 def _decode(path: str, what: str) -> Tensor:
-    """The decoded file ``(C, H, W)``; a ``ValueError`` naming the file when it is not a readable image."""
+    """The decoded file ``(C, H, W)``; a ``ValueError`` naming the file when it is not a readable image.
+
+    A PNG is checked first (:func:`_png_problem`); what the native decoder prints to stderr is caught (see the
+    module docstring).
+    """
     from torchvision.io import ImageReadMode, decode_image
 
     try:
-        return decode_image(path, mode=ImageReadMode.UNCHANGED)
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise ValueError(f"cannot read {what} {path}: {error.strerror or error}") from None
+    problem = _png_problem(data) if data.startswith(_PNG_SIGNATURE) else None
+    if problem is not None:
+        raise ValueError(f"cannot decode {what} {path}: {problem}")
+    printed: list[str] = []
+    try:
+        with _native_stderr(printed):
+            image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED)
     except Exception as error:  # torchvision raises RuntimeError for corrupt data, others for odd formats
         reason = " ".join(str(error).split()) or type(error).__name__
         reason = re.sub(r"^[^,]+, \S+:\d+, ", "", reason)  # torchvision's "function, source.cpp:line, " prefix
-        raise ValueError(f"cannot decode {what} {path}: {reason}") from None
+        detail = " ".join(" ".join(printed).split())
+        raise ValueError(f"cannot decode {what} {path}: {reason}" + (f" ({detail})" if detail else "")) from None
+    detail = " ".join(" ".join(printed).split())
+    if detail:
+        log.warning("%s %s decodes, but its decoder says: %s", what, path, detail)
+    return image
+
+
+def _png_problem(data: bytes) -> str | None:
+    """What is wrong with the PNG file ``data`` (signature included), or ``None``: a chunk that is cut off or whose
+    CRC does not match, no ``IHDR`` first, no ``IDAT`` or ``IEND``, or image data that does not inflate."""
+    position, chunks, ended = len(_PNG_SIGNATURE), 0, False
+    inflate = zlib.decompressobj()
+    while not ended and position + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[position : position + 8])
+        name = kind.decode("latin-1")
+        end = position + 12 + length
+        if end > len(data):
+            return f"its {name} chunk is cut off (the file is truncated)"
+        body = data[position + 8 : end - 4]
+        if zlib.crc32(kind + body) != int.from_bytes(data[end - 4 : end], "big"):
+            return f"the CRC of its {name} chunk does not match (the file is damaged)"
+        if chunks == 0 and kind != b"IHDR":
+            return f"its first chunk is {name}, not IHDR"
+        if kind == b"IDAT":
+            try:
+                inflate.decompress(body, _INFLATE_STEP)
+                while inflate.unconsumed_tail:
+                    inflate.decompress(inflate.unconsumed_tail, _INFLATE_STEP)
+            except zlib.error as error:
+                return f"its image data does not inflate ({error}; the file is damaged)"
+        ended = kind == b"IEND"
+        chunks += 1
+        position = end
+    if not ended:
+        return "it has no IEND chunk (the file is truncated)"
+    if not inflate.eof:
+        return "its image data is missing or incomplete (the file is damaged)"
+    return None
+
+
+@contextlib.contextmanager
+def _native_stderr(printed: list[str]) -> Iterator[None]:
+    """Send what native code writes to file descriptor 2 into ``printed`` for the duration (restored after)."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no file descriptor 2: nothing to catch
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            printed.append(sink.read().decode(errors="replace"))

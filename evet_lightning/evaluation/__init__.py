@@ -14,7 +14,9 @@ callback from it), :mod:`.runner`, :mod:`.timing` (Table 4), :mod:`.pipeline` (:
 
 A user mistake (a missing path, an unknown method, a model without a spatial layer, a missing optional extra, a
 bad ``package.module:factory``, an option that does not apply, a device that is not there, an unwritable
-output folder, a corrupt image) raises :class:`UsageError`, which the CLI prints as one line (exit code 2).
+output folder, a corrupt image) raises :class:`UsageError`, which the CLI prints as one line (exit code 2). A
+file that cannot be written mid-run raises :class:`OutputError` (exit code 74), Ctrl+C :class:`Interrupted`
+(exit code 130); both keep what finished.
 """
 
 from evet_lightning.evaluation.checks import ExplainedLayer, check_memory, check_model_outputs, check_spatial_layer
@@ -22,7 +24,7 @@ from evet_lightning.evaluation.config import DemoConfig, EvaluateConfig
 from evet_lightning.evaluation.data import DEFAULT_EVALUATION_SEED, EvaluationData, load_data
 from evet_lightning.evaluation.demo import DEMO_EPOCH_KEYS, DemoResult, epoch_table_markdown, run_demo
 from evet_lightning.evaluation.devices import ACCELERATORS, Accelerator, accelerator_device, check_accelerator
-from evet_lightning.evaluation.errors import UsageError
+from evet_lightning.evaluation.errors import Interrupted, OutputError, UsageError
 from evet_lightning.evaluation.loading import (
     RESHAPE_SHORTCUTS,
     EvaluationModel,
@@ -71,7 +73,9 @@ __all__ = [
     "EvaluationModule",
     "EvaluationResult",
     "ExplainedLayer",
+    "Interrupted",
     "MethodRun",
+    "OutputError",
     "Table",
     "TableRow",
     "Timing",

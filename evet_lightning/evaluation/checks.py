@@ -1,6 +1,7 @@
 """Checks before the long run: each turns a mistake that would fail (or mislead) later into an error now.
 
-- a CAM method with no spatial layer to explain;
+- a CAM method with no spatial layer to explain, and a ``--reshape-transform`` that does not turn that layer's
+  output into a plausible ``(B, C, h, w)`` map (tried on one sample);
 - labels the model has no output for (a 4-class model on ImageNet photos): an error, unless the explained
   class is the prediction (``target="prediction"``);
 - a model that outputs probabilities instead of logits: a warning, since EVET applies the softmax itself, so
@@ -11,12 +12,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +31,7 @@ from evet_lightning.evaluation.errors import UsageError
 from evet_lightning.evaluation.loading import EvaluationModel
 from evet_lightning.saliency.evet import EVET
 from evet_lightning.saliency.outputs import OutputTransform, logits_from_output
-from evet_lightning.saliency.reshape import infer_layout
+from evet_lightning.saliency.reshape import FeatureLayout, infer_layout
 from evet_lightning.saliency.settings import EVETSettings
 
 __all__ = [
@@ -36,6 +39,7 @@ __all__ = [
     "available_memory",
     "check_memory",
     "check_model_outputs",
+    "check_reshape_transform",
     "check_spatial_layer",
     "estimate_memory",
 ]
@@ -60,13 +64,18 @@ class ExplainedLayer:
 
 
 def check_spatial_layer(
-    model: EvaluationModel, data: EvaluationData, methods: Sequence[str], settings: EVETSettings | None = None
+    model: EvaluationModel,
+    data: EvaluationData,
+    methods: Sequence[str],
+    settings: EVETSettings | None = None,
+    transform_name: str | None = None,
 ) -> ExplainedLayer:
     """Find the layer the CAM methods explain (the model's own, or auto-detected as :class:`EVET` does) and how its
     output reads as a map; fail before any work when there is none (a user error, e.g. an MLP).
 
     ``settings``: the run's EVET settings (``target_layers``, ``reshape_transform`` and ``output_transform`` are
-    used); default: the model's own target layer.
+    used); default: the model's own target layer. ``transform_name``: how the user named the reshape transform
+    (``"vit"``), for the error message; default: its import path.
 
     Raises:
         UsageError: no spatial layer, an output that cannot be read as a map, or a model that fails on the data.
@@ -78,9 +87,26 @@ def check_spatial_layer(
         return ExplainedLayer([])
     method = cams[0]  # every CAM resolves the same layer
     try:
-        engine = EVET.from_settings(model.module, settings.replace(cam=method))
-        names = engine.resolve_target_layers(sample)
-        layout = _layout(model.module, names, sample, settings)
+        try:
+            names = EVET.from_settings(model.module, settings.replace(cam=method)).resolve_target_layers(sample)
+        except ValueError:
+            if settings.reshape_transform is None:
+                raise
+            # Auto-detection reads each candidate layer with the transform, so a broken transform leaves no
+            # layer: try it on the layer found without it, whose error says what is wrong with the transform.
+            plain = settings.replace(cam=method, reshape_transform=None)
+            with contextlib.suppress(ValueError):
+                _layout(
+                    model.module,
+                    EVET.from_settings(model.module, plain).resolve_target_layers(sample),
+                    sample,
+                    settings,
+                    transform_name,
+                )
+            raise
+        layout = _layout(model.module, names, sample, settings, transform_name)
+    except UsageError:
+        raise
     except ValueError as error:
         raise UsageError(f"{method} cannot explain {model.name}: {error}") from None
     except Exception as error:
@@ -90,28 +116,117 @@ def check_spatial_layer(
     return ExplainedLayer(names, layout)
 
 
-def _layout(module: nn.Module, names: Sequence[str], sample: Tensor, settings: EVETSettings) -> str:
-    """How the output of the (first) layer ``names`` reads as a map, from one forward pass of ``sample``."""
-    if settings.reshape_transform is not None:
-        return "--reshape-transform"
-    layer = module.get_submodule(names[0])
-    outputs: list[Tensor] = []
+def _layout(
+    module: nn.Module, names: Sequence[str], sample: Tensor, settings: EVETSettings, transform_name: str | None = None
+) -> str:
+    """How the output of the layers ``names`` reads as a map (the first one's reading), from one forward pass of
+    ``sample``; with ``settings.reshape_transform``, that transform tried on each layer's output.
 
-    def keep(_module: nn.Module, _inputs: object, output: object) -> None:
-        if isinstance(output, Tensor):
-            outputs[:] = [output]  # a module called several times is explained at its last call
+    Raises:
+        ValueError: a layer outputs no tensor, or no reading of its output is unambiguous.
+        UsageError: the reshape transform fails, or gives something other than a plausible map.
+    """
+    outputs = _layer_outputs(module, names, sample)
+    size = (int(sample.shape[-2]), int(sample.shape[-1]))
+    if settings.reshape_transform is None:
+        layer = module.get_submodule(names[0])
+        return infer_layout(outputs[0].shape, layer, module, image_size=size, batch_size=1, name=names[0]).describe()
+    for name, output in zip(names, outputs, strict=True):
+        try:
+            reading: FeatureLayout | None = infer_layout(
+                output.shape, module.get_submodule(name), module, image_size=size, batch_size=1, name=name
+            )
+        except ValueError:
+            reading = None  # ambiguous or unknown: what the transform is for
+        check_reshape_transform(settings.reshape_transform, output, size, name, reading, transform_name)
+    return "--reshape-transform"
+
+
+def _layer_outputs(module: nn.Module, names: Sequence[str], sample: Tensor) -> list[Tensor]:
+    """The output of each layer ``names`` for ``sample`` (at its last call, as a CAM explains it)."""
+    outputs: dict[str, Tensor] = {}
+    handles = []
+
+    def keeper(name: str) -> Callable[[nn.Module, object, object], None]:
+        def keep(_module: nn.Module, _inputs: object, output: object) -> None:
+            if isinstance(output, Tensor):
+                outputs[name] = output  # a module called several times is explained at its last call
+
+        return keep
 
     with model_state_guard(module, protect_grads=False), torch.no_grad():  # eval mode; the model left as found
-        handle = layer.register_forward_hook(keep)
         try:
+            for name in names:
+                handles.append(module.get_submodule(name).register_forward_hook(keeper(name)))
             module(sample)
         finally:
-            handle.remove()
-    if not outputs:
-        raise ValueError(f"Expected the layer {names[0]!r} to output a tensor")
-    size = (int(sample.shape[-2]), int(sample.shape[-1]))
-    layout = infer_layout(outputs[0].shape, layer, module, image_size=size, batch_size=1, name=names[0])
-    return layout.describe()
+            for handle in handles:
+                handle.remove()
+    missing = [name for name in names if name not in outputs]
+    if missing:
+        raise ValueError(f"Expected the layer {missing[0]!r} to output a tensor")
+    return [outputs[name] for name in names]
+
+
+def check_reshape_transform(
+    transform: Callable[..., Any],
+    output: Tensor,
+    image_size: tuple[int, int],
+    name: str,
+    reading: FeatureLayout | None = None,
+    transform_name: str | None = None,
+    flag: str = "--reshape-transform",
+) -> None:
+    """Apply ``transform`` to ``output``, the layer ``name``'s output for one image of ``image_size``, and check
+    that the result is a map a CAM can weight: a tensor ``(B, C, h, w)`` with the batch of ``output``, a grid
+    of at least two cells that fits in the image, ``C`` one of ``output``'s sizes and no more values than
+    ``output`` has (a reshape transform rearranges, and may drop prefix tokens). When the output reads
+    unambiguously without a transform (``reading``), the result must have the shape of that reading: ``swin`` on
+    a convolution's ``(B, C, h, w)`` map would otherwise garble it into ``(B, w, C, h)`` without an error.
+
+    Raises:
+        UsageError: ``transform`` is a class or fails, returns something else than a tensor (a callable: a
+            factory that builds the transform), or a result that fails the checks above.
+    """
+    what = f"{flag} {transform_name or _callable_name(transform)}"
+    shape = tuple(output.shape)
+    if isinstance(transform, type):
+        raise UsageError(f"{what} is a class; name a function activation -> (B, C, h, w) (or vit or swin)")
+    try:
+        result = transform(output)
+    except Exception as error:
+        message = " ".join(str(error).split())
+        raise UsageError(
+            f"{what} fails on the output {shape} of layer {name!r}: {type(error).__name__}: {message}"
+        ) from None
+    if not isinstance(result, Tensor):
+        hint = "; it looks like a factory: name the function it returns (or vit or swin)" if callable(result) else ""
+        raise UsageError(
+            f"{what} returned {type(result).__name__} for the output {shape} of layer {name!r}, not a tensor{hint}"
+        )
+    got = tuple(result.shape)
+    prefix = f"{what} turns the output {shape} of layer {name!r} into {got}"
+    if result.ndim != 4 or got[0] != shape[0]:
+        raise UsageError(f"{prefix}, not a (B, C, h, w) map with B = {shape[0]}")
+    if reading is not None:
+        expected = tuple(reading(output).shape)
+        if got != expected:
+            raise UsageError(
+                f"{prefix}, but that output reads unambiguously as {reading.describe()}, a map {expected}; drop {flag}"
+            )
+        return
+    channels, height, width = got[1:]
+    fits = 1 <= height <= image_size[0] and 1 <= width <= image_size[1] and height * width >= 2
+    if not fits or channels not in shape[1:] or result.numel() > output.numel():
+        raise UsageError(
+            f"{prefix}, not a map of its values: expected C among {shape[1:]} and an h x w grid of at least 2 cells "
+            f"within the {image_size[0]} x {image_size[1]} image"
+        )
+
+
+def _callable_name(value: object) -> str:
+    module, name = getattr(value, "__module__", None), getattr(value, "__qualname__", None)
+    return f"{module}:{name}" if module and name else repr(value)
 
 
 def check_model_outputs(

@@ -6,6 +6,7 @@ at the end the metrics, the checkpoint and the plot are written before the logge
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -22,10 +23,10 @@ from evet_lightning.callbacks import EVETCallback
 from evet_lightning.data.synthetic import SHAPE_NAMES
 from evet_lightning.evaluation.config import DemoConfig
 from evet_lightning.evaluation.devices import check_accelerator
-from evet_lightning.evaluation.errors import UsageError
+from evet_lightning.evaluation.errors import Interrupted, OutputError, UsageError
 from evet_lightning.evaluation.names import METRIC_NAMES, PREFIX
-from evet_lightning.evaluation.outputs import check_output, prepare_output, write_text
-from evet_lightning.evaluation.runner import quiet_lightning
+from evet_lightning.evaluation.outputs import check_output, prepare_output, write_text, writing
+from evet_lightning.evaluation.runner import keyboard_interrupts, quiet_lightning
 from evet_lightning.evaluation.settings import make_callback, settings_from_config
 from evet_lightning.saliency.settings import EVETSettings
 from evet_lightning.visualization.heatmaps import heatmap_sheet, write_png
@@ -106,7 +107,9 @@ class _EpochHistory(pl.Callback):
                 original_scores=torch.cat([result.view_scores[0] for result in results])[: self.rows],
                 evet_scores=first("saliency_scores"),
             )
-            write_png(sheet, self.folder / "heatmaps" / f"epoch_{trainer.current_epoch:03d}.png")
+            path = self.folder / "heatmaps" / f"epoch_{trainer.current_epoch:03d}.png"
+            with writing(path):
+                write_png(sheet, path)
 
 
 def _demo_logger(config: DemoConfig, folder: Path) -> Any:
@@ -158,6 +161,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
     Raises:
         UsageError: an option that does not apply, an accelerator this machine lacks, an output folder that
             cannot be written, or an invalid setting; all before training starts.
+        OutputError: a file cannot be written during or after training; the files written before are kept.
+        Interrupted: Ctrl+C during training; ``metrics.json`` keeps the finished epochs (``"complete": false``).
     """
     from evet_lightning.data import SyntheticShapesDataModule
     from evet_lightning.models import ShapesClassifier
@@ -200,11 +205,19 @@ def run_demo(config: DemoConfig) -> DemoResult:
                 default_root_dir=os.fspath(folder),
                 log_every_n_steps=1,
             )
-            trainer.fit(classifier, datamodule=datamodule)
+            try:
+                with keyboard_interrupts():
+                    trainer.fit(classifier, datamodule=datamodule)
+            except KeyboardInterrupt:
+                raise Interrupted(_kept(history, config.max_epochs)) from None
+            except OutputError as error:
+                raise OutputError(f"{error}; {_kept(history, config.max_epochs)}") from None
         files = {"metrics": os.fspath(history.write_metrics(complete=True))}
         files["checkpoint"] = os.fspath(folder / "model.ckpt")
-        trainer.save_checkpoint(files["checkpoint"], weights_only=False)
-        files["plot"] = os.fspath(plot_metric_history(history.history, folder / "metrics.png"))
+        with writing(files["checkpoint"]):
+            trainer.save_checkpoint(files["checkpoint"], weights_only=False)
+        with writing(folder / "metrics.png"):
+            files["plot"] = os.fspath(plot_metric_history(history.history, folder / "metrics.png"))
         files["heatmaps"] = os.fspath(folder / "heatmaps")
         if config.logger == "wandb":
             files["wandb"] = os.fspath(Path(logger.experiment.dir).parent)
@@ -216,6 +229,16 @@ def run_demo(config: DemoConfig) -> DemoResult:
 
             wandb.finish()
     return DemoResult(history=history.history, files=files, seconds=time.perf_counter() - start)
+
+
+def _kept(history: _EpochHistory, max_epochs: int) -> str:
+    """What an interrupted or failed training left: ``metrics.json`` with the finished epochs, not complete."""
+    with contextlib.suppress(OutputError):  # the epochs so far, also when none finished
+        history.write_metrics(complete=False)
+    done = len(history.history)
+    return (
+        f'kept {done} finished epoch{"" if done == 1 else "s"} of {max_epochs} in {history.folder} ("complete": false)'
+    )
 
 
 def epoch_table_markdown(history: Sequence[Mapping[str, float]], prefix: str = PREFIX) -> str:

@@ -1,29 +1,32 @@
 """Where results go: the output folder (checked before any work), the tables files and the heatmap sheets.
 
 Every file is written whole or not at all (written beside, then renamed), so a failure while writing never
-leaves a half-written table, and the previous version of the file survives.
+leaves a half-written table, and the previous version of the file survives. A file that cannot be written
+(``OSError``: a full disk, one turned read-only) raises :class:`~evet_lightning.evaluation.OutputError` naming it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
 from torch import Tensor
 
-from evet_lightning.evaluation.errors import UsageError
+from evet_lightning.evaluation.errors import OutputError, UsageError
 from evet_lightning.evaluation.records import MethodRun
 from evet_lightning.evaluation.tables import EvaluationResult
 from evet_lightning.functional.perturbation import Normalization
 from evet_lightning.visualization.heatmaps import heatmap_sheet, write_png
 
-__all__ = ["check_output", "prepare_output", "write_heatmap_sheet", "write_tables", "write_text"]
+__all__ = ["check_output", "prepare_output", "write_heatmap_sheet", "write_tables", "write_text", "writing"]
 
 
 def check_output(path: str | os.PathLike[str], flag: str = "--output") -> Path:
@@ -63,18 +66,34 @@ def prepare_output(path: str | os.PathLike[str], flag: str = "--output") -> Path
     return folder
 
 
-def write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` atomically: into a temporary file beside it, then renamed over it."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # open() keeps the umask's permissions
+@contextmanager
+def writing(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn an ``OSError`` while writing ``path`` into an :class:`OutputError` that names the file and why."""
     try:
-        with temporary.open("w", newline="") as file:
-            file.write(text)
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+        yield
+    except OSError as error:
+        reason = error.strerror or str(error) or type(error).__name__
+        raise OutputError(f"cannot write {os.fspath(path)}: {reason}") from None
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to ``path`` atomically: into a temporary file beside it, then renamed over it.
+
+    Raises:
+        OutputError: the file cannot be written; an earlier version of it is left as it was.
+    """
+    target = Path(path)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # open() keeps the umask's permissions
+    with writing(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with temporary.open("w", newline="") as file:
+                file.write(text)
+            os.replace(temporary, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
+            raise
     return target
 
 
@@ -125,7 +144,11 @@ def write_heatmap_sheet(
 ) -> Path:
     """``<output>/heatmaps/<method>.png`` (a ``:`` of ``captum:Name`` written as ``_``): the labelled sheet
     (image | original | EVET, each row with its class, Y and O of each map;
-    :func:`~evet_lightning.visualization.heatmaps.heatmap_sheet`) of the first samples."""
+    :func:`~evet_lightning.visualization.heatmaps.heatmap_sheet`) of the first samples.
+
+    Raises:
+        OutputError: the file cannot be written.
+    """
     rows = min(run.original_maps.shape[0], images.shape[0])
     path = Path(output) / "heatmaps" / f"{run.method.replace(':', '_')}.png"  # ':' is not portable in file names
     sheet = heatmap_sheet(
@@ -140,5 +163,6 @@ def write_heatmap_sheet(
         original_scores=run.original_scores[:rows],
         evet_scores=run.evet_scores[:rows],
     )
-    write_png(sheet, path)
+    with writing(path):
+        write_png(sheet, path)
     return path

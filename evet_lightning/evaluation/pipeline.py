@@ -32,7 +32,7 @@ from evet_lightning.evaluation.checks import ExplainedLayer, check_memory, check
 from evet_lightning.evaluation.config import DEFAULT_DELETION_STEPS, EvaluateConfig
 from evet_lightning.evaluation.data import EvaluationData, load_data
 from evet_lightning.evaluation.devices import check_accelerator
-from evet_lightning.evaluation.errors import UsageError
+from evet_lightning.evaluation.errors import Interrupted, OutputError, UsageError
 from evet_lightning.evaluation.loading import EvaluationModel, load_model
 from evet_lightning.evaluation.names import default_methods, parse_methods
 from evet_lightning.evaluation.outputs import check_output, prepare_output, write_heatmap_sheet, write_tables
@@ -54,7 +54,9 @@ def run_evaluation(config: EvaluateConfig) -> EvaluationResult:
     Raises:
         UsageError: any mistake in ``config`` (see the module docstring), before the first method runs.
     """
-    methods = parse_methods(config.methods) if config.methods else default_methods(config.model, config.data)
+    methods = (  # `--methods ''` is an empty list (an error), not the default
+        default_methods(config.model, config.data) if config.methods is None else parse_methods(config.methods)
+    )
     if config.time_score_cam and "GradCAM" not in methods:
         raise UsageError("--time-score-cam needs GradCAM in --methods")
     if not config.deletion_insertion and config.deletion_steps != DEFAULT_DELETION_STEPS:
@@ -119,6 +121,9 @@ def evaluate(
         UsageError: no samples, a CAM with no spatial layer, labels outside the model's classes (with
             ``target="label"``), more samples than memory holds, an unwritable ``output``, a missing device, an
             objective that needs masks on data without them, or an option the callback rejects.
+        OutputError: a file that cannot be written mid-run; the files written before are kept (the message
+            says how many methods they hold).
+        Interrupted: Ctrl+C during the run; the finished methods' tables are kept (``"complete": false``).
     """
     if len(data) == 0:
         raise UsageError(f"--data {data.name} has no samples")
@@ -133,7 +138,7 @@ def evaluate(
     if output is not None:
         check_output(output)
     check_memory(data)
-    layer = check_spatial_layer(model, data, methods, settings)
+    layer = check_spatial_layer(model, data, methods, settings, (record or {}).get("reshape_transform"))
     if layer.names:
         settings = settings.replace(target_layers=layer.names)  # every CAM and Table 4 explain this layer
         log.info("evaluate: the CAM methods explain %s, read as %s", ", ".join(layer.names), layer.layout)
@@ -161,33 +166,50 @@ def evaluate(
     )
     runs: list[MethodRun] = []
     files: dict[str, str] = {}
-    for method in methods:
-        log.info("evaluate: %s on %d samples", method, len(data))
-        run = run_method(
-            model,
-            data,
-            method,
-            settings=settings,
-            batch_size=batch_size,
-            accelerator=accelerator,
-            progress=progress,
-            root_dir=output,
-            target=target,
-            keep_maps=heatmaps,
-            deletion_insertion=deletion_insertion,
-            deletion_steps=deletion_steps,
-        )
-        runs.append(run)
+    saved = 0  # methods whose tables are on disk
+    try:
+        for method in methods:
+            log.info("evaluate: %s on %d samples", method, len(data))
+            run = run_method(
+                model,
+                data,
+                method,
+                settings=settings,
+                batch_size=batch_size,
+                accelerator=accelerator,
+                progress=progress,
+                root_dir=output,
+                target=target,
+                keep_maps=heatmaps,
+                deletion_insertion=deletion_insertion,
+                deletion_steps=deletion_steps,
+            )
+            runs.append(run)
+            if folder is not None:
+                files.update(write_tables(context.result(runs, complete=False), folder))
+                saved = len(runs)
+                if sheet_images is not None:
+                    path = write_heatmap_sheet(run, sheet_images, folder, data.normalization, _index_names(data))
+                    files[f"heatmaps/{method}"] = os.fspath(path)
+        timing = _timing(model, data, runs, time_score_cam, settings, accelerator)
+        result = context.result(runs, timing=timing)
         if folder is not None:
-            files.update(write_tables(context.result(runs, complete=False), folder))
-            if sheet_images is not None:
-                path = write_heatmap_sheet(run, sheet_images, folder, data.normalization, _index_names(data))
-                files[f"heatmaps/{method}"] = os.fspath(path)
-    timing = _timing(model, data, runs, time_score_cam, settings, accelerator)
-    result = context.result(runs, timing=timing)
-    if folder is not None:
-        result.files = {**files, **write_tables(result, folder)}  # the same keys: tables first, then heatmaps
+            result.files = {**files, **write_tables(result, folder)}  # the same keys: tables first, then heatmaps
+    except KeyboardInterrupt:
+        raise Interrupted(_kept(saved, len(methods), folder)) from None
+    except OutputError as error:
+        raise OutputError(f"{error}; {_kept(saved, len(methods), folder)}") from None
     return result
+
+
+def _kept(saved: int, requested: int, folder: os.PathLike[str] | None) -> str:
+    """What an interrupted or failed run left on disk: the tables of the ``saved`` methods, not complete."""
+    if folder is None:
+        return "no --output folder, nothing kept"
+    if saved == 0:
+        return f"no method finished, nothing written to {os.fspath(folder)}"
+    methods = f"{saved} finished method{'' if saved == 1 else 's'} of {requested}"
+    return f'kept {methods} in {os.fspath(folder)} ("complete": false)'
 
 
 def _timing(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -26,7 +28,14 @@ from evet_lightning.evaluation.settings import make_callback
 from evet_lightning.saliency.outputs import OutputTransform, logits_from_output
 from evet_lightning.saliency.settings import EVETSettings
 
-__all__ = ["EvaluationModule", "default_settings", "evaluation_callback", "quiet_lightning", "run_method"]
+__all__ = [
+    "EvaluationModule",
+    "default_settings",
+    "evaluation_callback",
+    "keyboard_interrupts",
+    "quiet_lightning",
+    "run_method",
+]
 
 
 class EvaluationModule(pl.LightningModule):
@@ -82,6 +91,29 @@ def quiet_lightning() -> Iterator[None]:
                 logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def keyboard_interrupts() -> Iterator[None]:
+    """Around a Lightning entry point (``fit``, ``validate``): Ctrl+C comes out as ``KeyboardInterrupt``, and the
+    ``SIGINT`` handler is left as it was.
+
+    Lightning catches ``KeyboardInterrupt``, ignores ``SIGINT`` from then on and calls ``sys.exit(1)``
+    (``pytorch_lightning/trainer/call.py``), so a caller could not tell Ctrl+C from a failure. That
+    ``SystemExit`` is raised while the ``KeyboardInterrupt`` is handled, so it is the exit's ``__context__``;
+    any other ``SystemExit`` passes through unchanged.
+    """
+    main_thread = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGINT) if main_thread else None
+    try:
+        yield
+    except SystemExit as exit_:
+        if isinstance(exit_.__context__, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGINT, handler)
+
+
 def run_method(
     model: EvaluationModel,
     data: EvaluationData,
@@ -109,6 +141,7 @@ def run_method(
 
     Raises:
         UsageError: ``accelerator`` names a device this machine does not have.
+        KeyboardInterrupt: Ctrl+C (see :func:`keyboard_interrupts`).
     """
     device = accelerator_device(accelerator)
     settings = (settings or default_settings(model, data)).replace(cam=method)
@@ -128,7 +161,8 @@ def run_method(
             default_root_dir=None if root_dir is None else os.fspath(root_dir),
         )
         module = EvaluationModule(model.module, settings.output_transform)
-        results = trainer.validate(module, dataloaders=loader, verbose=False)
+        with keyboard_interrupts():
+            results = trainer.validate(module, dataloaders=loader, verbose=False)
     metrics = {key: float(value) for key, value in results[0].items()}
     seconds = callback.last_timing.get("seconds_per_image")
     return MethodRun(

@@ -14,7 +14,7 @@
   it runs one forward pass without autograd for the logits and the class (the given target or the argmax),
   calls the function, and reads its maps with :func:`maps_from_output` (``(B, H, W)`` or ``(B, 1, h, w)``,
   any range: bilinear to the image size, then min-max per image). :func:`attribution_to_map` is the one rule
-  by which an attribution ``(B, C, h, w)`` becomes a map (docs/design.md, decision 22).
+  by which an attribution ``(B, C, h, w)`` becomes a map (docs/design.md, decision 25).
 
 The score of class k is its logit (pytorch-grad-cam's ``ClassifierOutputTarget``). Explainers expect to be
 called with gradients enabled, outside inference mode, inside :func:`~evet_lightning._model_state.model_state_guard`.

@@ -10,7 +10,7 @@ masked image is the channel's score; ``w = softmax_c(scores)`` (over the channel
 
 Faster-Score-CAM (the paper's Score-CAM, Sec. 4 and its footnote 3, tabayashi0117/Score-CAM) scores only
 the ``max_channels`` activation maps with the largest spatial variance (per image); the softmax and the sum
-run over those channels only. Its default, :data:`FASTER_SCORE_CAM_CHANNELS`, is decision 19 in docs/design.md.
+run over those channels only. Its default, :data:`FASTER_SCORE_CAM_CHANNELS`, is decision 22 in docs/design.md.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from evet_lightning.saliency.reshape import FeatureMapReader, ReshapeTransform
 __all__ = ["FASTER_SCORE_CAM_CHANNELS", "SCORE_CAMS", "ScoreCAM"]
 
 #: Faster-Score-CAM's default number of activation maps: the k of the reference implementation the paper
-#: used (tabayashi0117/Score-CAM, ``max_N=10``); the paper does not state it (decision 19).
+#: used (tabayashi0117/Score-CAM, ``max_N=10``); the paper does not state it (decision 22).
 FASTER_SCORE_CAM_CHANNELS = 10
 #: The native Score-CAM names, and their default ``max_channels`` (``None``: every channel).
 SCORE_CAMS: dict[str, int | None] = {"ScoreCAM": None, "FasterScoreCAM": FASTER_SCORE_CAM_CHANNELS}

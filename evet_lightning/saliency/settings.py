@@ -236,7 +236,7 @@ def resolve_cam(
     ``"zennit:Composite"``, ``"package.module:function"``, a Captum class or any other callable give
     ``(name, None, False)``; ``backend`` does not apply to them.
 
-    Names: ``"Gradient"``, ``"ScoreCAM"`` and ``"FasterScoreCAM"`` (native Score-CAM, decision 19: the class
+    Names: ``"Gradient"``, ``"ScoreCAM"`` and ``"FasterScoreCAM"`` (native Score-CAM, decision 22: the class
     ``pytorch_grad_cam.ScoreCAM``, or ``backend="pytorch-grad-cam"``, runs the library's), and every method of
     :func:`~evet_lightning.saliency.grad_cam_adapter.library_methods` (CAM classes, FinerCAM, RefineCAM, SESS,
     GuidedBackpropReLUModel, GuidedGradCAM), by name or class.

@@ -463,13 +463,20 @@ def _font(size: int) -> Any:
 
 
 def write_png(image: Tensor, path: str | os.PathLike[str]) -> None:
-    """Write one ``(3, H, W)`` (or ``(1, H, W)``) ``uint8`` image as PNG, creating parent directories."""
+    """Write one ``(3, H, W)`` (or ``(1, H, W)``) ``uint8`` image as PNG, creating parent directories.
+
+    Raises:
+        OSError: the file cannot be written (encoded by torchvision, written by Python, so that the error says
+            why: torchvision's own writer raises a ``RuntimeError`` without the reason).
+    """
     if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] not in (1, 3):
         raise ValueError(f"Expected a (3, H, W) uint8 image, but got {tuple(image.shape)} {image.dtype}")
-    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
     with warnings.catch_warnings():
-        # torchvision >= 0.29 deprecates its image codecs in favour of TorchCodec; write_png still works.
+        # torchvision >= 0.29 deprecates its image codecs in favour of TorchCodec; encode_png still works.
         warnings.simplefilter("ignore", DeprecationWarning)
-        from torchvision.io import write_png as _write_png
+        from torchvision.io import encode_png
 
-        _write_png(image.detach().cpu().contiguous(), os.fspath(path))
+        encoded = encode_png(image.detach().cpu().contiguous()).clone()  # its own storage, exactly the bytes
+    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
+    with open(path, "wb") as file:
+        file.write(bytes(encoded.untyped_storage()))

@@ -13,6 +13,8 @@ from tests._helpers.models import untrained_small_cnn as tiny_cnn
 __all__ = [
     "NOT_CALLABLE",
     "broken",
+    "drop_class_token",
+    "make_tokens_to_map",
     "mlp",
     "not_a_module",
     "scores_cnn",
@@ -45,3 +47,13 @@ def scores_of(output: dict[str, torch.Tensor]) -> torch.Tensor:
 def tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
     """A user's reshape transform for :func:`tiny_vit`: ``(B, 1 + 16, C)`` -> ``(B, C, 4, 4)``."""
     return tokens[:, 1:].reshape(tokens.shape[0], 4, 4, tokens.shape[-1]).permute(0, 3, 1, 2)
+
+
+def drop_class_token(tokens: torch.Tensor) -> torch.Tensor:
+    """A wrong reshape transform: ``(B, 1 + 16, C)`` -> ``(B, 16, C)``, still tokens, not a map."""
+    return tokens[:, 1:]
+
+
+def make_tokens_to_map(height: int = 4, width: int = 4) -> object:
+    """A reshape transform's factory, named where the transform itself belongs."""
+    return tokens_to_map

@@ -46,6 +46,7 @@ def assert_usage_error(capsys: pytest.CaptureFixture[str], argv: list[str], *fra
         (["--model", f"{FACTORIES}:tiny_cnn", "--methods", "GradCAM,NoSuchCAM"], ["unknown method 'NoSuchCAM'"]),
         (["--model", f"{FACTORIES}:tiny_cnn", "--methods", "GradCAM,GradCAM"], ["more than once"]),
         (["--model", f"{FACTORIES}:tiny_cnn", "--methods", ","], ["--methods is empty"]),
+        (["--model", f"{FACTORIES}:tiny_cnn", "--methods", ""], ["--methods is empty"]),  # not the defaults
         (["--model", f"{FACTORIES}:tiny_cnn", "--data", "/no/such/folder"], ["--data /no/such/folder"]),
         (["--model", f"{FACTORIES}:tiny_cnn", "--methods", "Gradient", "--time-score-cam"], ["needs GradCAM"]),
         (["--model", f"{FACTORIES}:tiny_cnn", "--data", "photos", "--masks", "/tmp"], ["--masks only applies"]),

@@ -258,3 +258,64 @@ def test_demo_writes_metrics_after_every_epoch_and_before_the_plot(
     payload = json.loads((tmp_path / "metrics.json").read_text())
     assert payload["complete"] is True and [record["epoch"] for record in payload["epochs"]] == [0, 1]
     assert (tmp_path / "model.ckpt").is_file()
+
+
+# --------------------------------------------------------------------------------------------- reshape transform
+
+
+@pytest.mark.parametrize(
+    ("model", "spec", "fragments"),
+    [
+        (
+            "demo",
+            "vit",
+            ["--reshape-transform vit fails on the output (1, 16, 4, 4)", "Expected tokens of shape (B, N, C)"],
+        ),
+        (
+            "demo",
+            "swin",
+            [
+                "swin turns the output (1, 16, 4, 4) of layer 'model.features' into (1, 4, 16, 4)",
+                "reads unambiguously as channels first",
+            ],
+        ),
+        ("vit", "tests.cli._factories:drop_class_token", ["into (1, 16, 16)", "not a (B, C, h, w) map"]),
+        ("vit", "tests.cli._factories:make_tokens_to_map", ["returned function", "looks like a factory"]),
+        ("vit", "evet_lightning.saliency.reshape:TokensToMap", ["TokensToMap is a class"]),
+    ],
+)
+def test_a_reshape_transform_is_tried_before_any_work(
+    model: str,
+    spec: str,
+    fragments: list[str],
+    demo_run: DemoRun,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    no_run: None,
+) -> None:
+    path = str(demo_run.output / "model.ckpt") if model == "demo" else "tests.cli._factories:tiny_vit"
+    argv = ["evaluate", "--model", path, "--image-size", "32", "--methods", "Gradient,GradCAM"]
+    line = assert_usage_error(capsys, [*argv, "--reshape-transform", spec, "--output", str(tmp_path / "out")])
+    for fragment in fragments:
+        assert fragment in line, (fragment, line)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_damaged_png_is_one_line_on_the_real_stderr(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], no_run: None
+) -> None:
+    """libpng writes ``libpng error: IHDR: CRC error`` to file descriptor 2 beside the error; only ``capfd``
+    (not ``capsys``) sees it."""
+    from evet_lightning.cli import main
+    from tests.data.test_image_folder import damage
+
+    images = image_folder(tmp_path)
+    bad = images / "class1" / "0.png"
+    damage(bad, "ihdr_crc")
+    code = main(evaluate_folder(tmp_path, "--data", str(images)))
+    err = capfd.readouterr().err
+    assert code == 2
+    assert err.splitlines() == [
+        f"evet-lightning evaluate: error: --data {images}: cannot decode image {bad}: the CRC of its IHDR chunk "
+        "does not match (the file is damaged)"
+    ], err

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import struct
+import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -79,3 +84,110 @@ def test_missing_masks_and_empty_folders_are_value_errors(tmp_path: Path) -> Non
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="class folder"):
         ImageFolderWithMasks(tmp_path / "empty", None, size=16, normalization=None)
+
+
+# --------------------------------------------------------------------------------------------- damaged files
+
+
+def _chunk(data: bytes, kind: bytes) -> tuple[int, int]:
+    """``(start of the chunk's data, its length)`` of the first chunk ``kind`` of the PNG ``data``."""
+    position = 8
+    while True:
+        length, name = struct.unpack(">I4s", data[position : position + 8])
+        if name == kind:
+            return position + 8, length
+        position += 12 + length
+
+
+def damage(path: Path, how: str) -> None:
+    """Damage the PNG at ``path``: flip image-data bytes (``idat_crc``), also fix that chunk's CRC so that only
+    the compressed stream is wrong (``idat_inflate``), or break the header's CRC (``ihdr_crc``)."""
+    data = bytearray(path.read_bytes())
+    kind = b"IHDR" if how == "ihdr_crc" else b"IDAT"
+    start, length = _chunk(bytes(data), kind)
+    if how == "ihdr_crc":
+        data[start + length : start + length + 4] = b"\0\0\0\0"
+    else:
+        for index in range(start + 20, start + 40):
+            data[index] ^= 0xFF
+        if how == "idat_inflate":
+            crc = zlib.crc32(bytes(data[start - 4 : start + length]))
+            data[start + length : start + length + 4] = crc.to_bytes(4, "big")
+    path.write_bytes(bytes(data))
+
+
+def noisy_png(path: Path) -> Path:
+    """A 40 x 60 RGB PNG of noise (an image-data chunk long enough to damage in its middle)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = (torch.rand(3, 40, 60, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    write_png(image, str(path))
+    return path
+
+
+def _verify_in_a_child(folder: Path) -> tuple[int, str]:
+    """``verify()`` of ``folder`` in a forked child: ``(its exit status, the error it reported)``, so that a crash
+    (the segmentation fault this guards against) fails the test instead of ending the test run."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report the error and leave at once, without pytest's clean-up
+        os.close(read_end)
+        message = "no error"
+        try:
+            ImageFolderWithMasks(folder, None, size=16, normalization=None).verify()
+        except ValueError as error:
+            message = str(error)
+        os.write(write_end, message.encode())
+        os._exit(0)
+    os.close(write_end)
+    deadline = time.monotonic() + 60
+    while (waited := os.waitpid(pid, os.WNOHANG)) == (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if waited == (0, 0):
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    with os.fdopen(read_end, "rb") as pipe:
+        return waited[1], pipe.read().decode()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [
+        ("idat_crc", "the CRC of its IDAT chunk does not match (the file is damaged)"),
+        ("idat_inflate", "its image data does not inflate (Error -3 while decompressing data: incorrect data check;"),
+    ],
+)
+def test_damaged_image_data_is_an_error_not_a_crash(how: str, reason: str, tmp_path: Path) -> None:
+    """torchvision's libpng decoder dies of a segmentation fault on damaged image data; ``verify`` must reject
+    the file before the decoder sees it."""
+    path = noisy_png(tmp_path / "cat" / "0.png")
+    damage(path, how)
+    status, message = _verify_in_a_child(tmp_path)
+    assert status == 0, f"the child died: wait status {status}"
+    assert message.startswith(f"cannot decode image {path}: {reason}"), message
+
+
+@pytest.mark.parametrize("how", ["ihdr_crc", "truncated", "jpeg_header"])
+def test_a_damaged_file_prints_nothing_but_the_error(
+    how: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    path = noisy_png(tmp_path / "cat" / "0.png")
+    if how == "ihdr_crc":
+        damage(path, how)
+        reason = "the CRC of its IHDR chunk does not match"
+    elif how == "truncated":
+        path.write_bytes(path.read_bytes()[:60])
+        reason = "its IDAT chunk is cut off (the file is truncated)"
+    else:  # libjpeg prints "Corrupt JPEG data: ..." on the way to its error
+        from torchvision.io import decode_image, encode_jpeg
+
+        jpeg = bytearray(bytes(encode_jpeg(decode_image(str(path))).untyped_storage()))
+        jpeg[20:22] = b"\xff\xff"
+        path.unlink()
+        path = path.with_suffix(".jpg")
+        path.write_bytes(bytes(jpeg))
+        reason = "Corrupt JPEG data"
+    with pytest.raises(ValueError, match=re.escape(f"cannot decode image {path}: ")) as raised:
+        ImageFolderWithMasks(tmp_path, None, size=16, normalization=None).verify()
+    assert reason in str(raised.value)
+    assert capfd.readouterr().err == ""
