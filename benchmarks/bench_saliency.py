@@ -47,17 +47,20 @@ def compare(
     device: torch.device,
     repeats: int,
     rounds: int = 3,
+    warmup: bool = True,
 ) -> tuple[float, float]:
     """Median wall times of ``ours`` and ``reference``, measured in alternating blocks.
 
     Each block runs one function ``repeats`` times after an untimed warm-up run; the two functions alternate
     over ``rounds`` rounds, so a change of machine load during the run hits both, while each timing is taken in the
     function's own steady state (right after a different function, the allocator's first calls cost extra).
+    ``warmup=False`` skips the untimed run (for functions that take tens of seconds).
     """
     times: tuple[list[float], list[float]] = ([], [])
     for _ in range(rounds):
         for fn, bucket in ((ours, times[0]), (reference, times[1])):
-            fn()
+            if warmup:
+                fn()
             for _ in range(repeats):
                 bucket.append(timed(fn, device))
     return statistics.median(times[0]), statistics.median(times[1])
@@ -89,18 +92,23 @@ def score_cam_rows(device: torch.device, count: int) -> None:
         with ScoreCAM(model, [model.layer4]) as cam, contextlib.redirect_stderr(io.StringIO()):
             return cam(images, cam_targets)
 
-    t_native, t_library = compare(lambda: native(model, images, targets), library_score_cam, device, 1, rounds=1)
-    t_evet, t_faster = compare(lambda: evet(images, targets), lambda: faster(model, images, targets), device, 1)
     print(f"ResNet-18 layer4 (512 channels), 224x224, {count} images, device {device}, masked images per pass {chunk}")
     print("| comparison | ours (s/image) | reference (s/image) | ratio | target |")
-    print("| --- | --- | --- | --- | --- |")
-    rows = [
-        ("native Score-CAM vs pytorch-grad-cam ScoreCAM", t_native, t_library, ">= 3x"),
-        ("EVET-GradCAM at defaults vs native Score-CAM", t_evet, t_native, "info"),
-        (f"EVET-GradCAM at defaults vs Faster-Score-CAM (k = {FASTER_SCORE_CAM_CHANNELS})", t_evet, t_faster, "info"),
-    ]
-    for name, ours, reference, target in rows:
-        print(f"| {name} | {ours / count:.4f} | {reference / count:.4f} | {reference / ours:.2f}x | {target} |")
+    print("| --- | --- | --- | --- | --- |", flush=True)
+
+    def row(name: str, ours: float, reference: float, target: str) -> None:
+        print(
+            f"| {name} | {ours / count:.4f} | {reference / count:.4f} | {reference / ours:.2f}x | {target} |",
+            flush=True,
+        )
+
+    t_native, t_library = compare(
+        lambda: native(model, images, targets), library_score_cam, device, 1, rounds=1, warmup=False
+    )
+    row("native Score-CAM vs pytorch-grad-cam ScoreCAM", t_native, t_library, ">= 3x")
+    t_evet, t_faster = compare(lambda: evet(images, targets), lambda: faster(model, images, targets), device, 1)
+    row("EVET-GradCAM at defaults vs native Score-CAM", t_evet, t_native, "info")
+    row(f"EVET-GradCAM at defaults vs Faster-Score-CAM (k = {FASTER_SCORE_CAM_CHANNELS})", t_evet, t_faster, "info")
 
 
 def main() -> None:
