@@ -76,10 +76,15 @@ def check_spatial_layer(
     cams = [method for method in methods if method != "Gradient"]
     if not cams:
         return ExplainedLayer([])
-    method = cams[0]  # every CAM resolves the same layer
+    names: list[str] = []
     try:
-        engine = EVET.from_settings(model.module, settings.replace(cam=method))
-        names = engine.resolve_target_layers(sample)
+        for method in cams:  # every CAM resolves the same layer; input attributions (captum:Saliency, ...) none
+            engine = EVET.from_settings(model.module, settings.replace(cam=method))
+            names = engine.resolve_target_layers(sample)
+            if names:
+                break
+        if not names:
+            return ExplainedLayer([])
         layout = _layout(model.module, names, sample, settings)
     except ValueError as error:
         raise UsageError(f"{method} cannot explain {model.name}: {error}") from None
