@@ -85,25 +85,28 @@ def check_spatial_layer(
     cams = [method for method in methods if method != "Gradient"]
     if not cams:
         return ExplainedLayer([])
-    method = cams[0]  # every CAM resolves the same layer
+    names: list[str] = []
+    method = cams[0]
     try:
-        try:
-            names = EVET.from_settings(model.module, settings.replace(cam=method)).resolve_target_layers(sample)
-        except ValueError:
-            if settings.reshape_transform is None:
+        for method in cams:  # every CAM resolves the same layer; input attributions (captum:Saliency, ...) none
+            try:
+                engine = EVET.from_settings(model.module, settings.replace(cam=method))
+                names = engine.resolve_target_layers(sample)
+            except ValueError:
+                if settings.reshape_transform is None:
+                    raise
+                # Auto-detection reads each candidate layer with the transform, so a broken transform leaves no
+                # layer: try it on the layer found without it, whose error says what is wrong with the transform.
+                plain = settings.replace(cam=method, reshape_transform=None)
+                with contextlib.suppress(ValueError):
+                    plain_names = EVET.from_settings(model.module, plain).resolve_target_layers(sample)
+                    if plain_names:
+                        _layout(model.module, plain_names, sample, settings, transform_name)
                 raise
-            # Auto-detection reads each candidate layer with the transform, so a broken transform leaves no
-            # layer: try it on the layer found without it, whose error says what is wrong with the transform.
-            plain = settings.replace(cam=method, reshape_transform=None)
-            with contextlib.suppress(ValueError):
-                _layout(
-                    model.module,
-                    EVET.from_settings(model.module, plain).resolve_target_layers(sample),
-                    sample,
-                    settings,
-                    transform_name,
-                )
-            raise
+            if names:
+                break
+        if not names:
+            return ExplainedLayer([])
         layout = _layout(model.module, names, sample, settings, transform_name)
     except UsageError:
         raise

@@ -13,10 +13,11 @@ Any ``captum.attr`` attribution class works, by class or by name (``"captum:Inte
   for input attributions, ``"relu_sum"`` for layer attributions (Grad-CAM's ReLU, so ``LayerGradCam`` needs no
   ``relu_attributions=True``), resized bilinearly; ``reduction=`` changes it.
 
-Captum's hooks and ``requires_grad`` changes, the ``.grad`` it writes and the attributes it leaves on modules
-(DeepLift's ``input``/``output``, LRP's ``activations``) are undone by the engine's guard (decision 6); numpy's
-global RNG, which GradientShap draws from, is restored here (the only use of numpy outside the pytorch-grad-cam
-adapter).
+For LRP, parameter-free layers Captum has no rule for (``Flatten``, ``Identity``) pass relevance through
+(Captum's ``IdentityRule``) instead of failing. Captum's hooks and ``requires_grad`` changes, the ``.grad`` it
+writes and the attributes it leaves on modules (DeepLift's ``input``/``output``, LRP's ``activations``) are undone
+by the engine's guard (decision 6); numpy's global RNG, which GradientShap draws from, is restored here (the only
+use of numpy outside the pytorch-grad-cam adapter).
 """
 
 from __future__ import annotations
@@ -185,16 +186,37 @@ class CaptumExplainer:
             kwargs.setdefault("strides", (int(channels), max(1, window[1] // 2), max(1, window[2] // 2)))
         return kwargs
 
+    def _pass_through_rules(self, model: nn.Module) -> list[nn.Module]:
+        """For LRP: Captum's ``IdentityRule`` on the parameter-free leaf modules it has no rule for (``Flatten``,
+        ``Identity``, the callback's metrics anchor), which it would otherwise refuse; returns those modules."""
+        from captum.attr._core import lrp
+        from captum.attr._utils.lrp_rules import IdentityRule
+
+        explained = self.base if self.base is not None else self.method
+        if not issubclass(explained, (lrp.LRP, _captum_attr().LayerLRP)):
+            return []
+        known = (*lrp.SUPPORTED_LAYERS_WITH_RULES, *lrp.SUPPORTED_NON_LINEAR_LAYERS)
+        given = []
+        for module in model.modules():
+            leaf = not module._modules and not module._parameters and not module._buffers
+            if leaf and module is not model and type(module) not in known and not hasattr(module, "rule"):
+                module.rule = IdentityRule()
+                given.append(module)
+        return given
+
     def attribution(self, model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
         """Captum's attribution of ``targets`` for ``images`` (the layer's shape for layer methods)."""
         import numpy as np  # Captum's dependency; its GradientShap draws baselines from numpy's global RNG
 
         inputs = images.detach().clone().requires_grad_(True)
         numpy_rng = np.random.get_state()  # noqa: NPY002 (the legacy global RNG is what Captum draws from)
+        given_rules = self._pass_through_rules(model)
         try:
             result = self.build(model).attribute(inputs, target=targets, **self.attribute_arguments(images))
         finally:
             np.random.set_state(numpy_rng)  # noqa: NPY002
+            for module in given_rules:
+                vars(module).pop("rule", None)
         if isinstance(result, tuple):  # return_convergence_delta=True: (attributions, delta)
             result = result[0]
         if not isinstance(result, Tensor):

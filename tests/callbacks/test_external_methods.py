@@ -3,6 +3,7 @@ engine on the same samples and leave the training run untouched."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 
 from evet_lightning import EVET, EVETCallback
+from evet_lightning.saliency.transforms import HorizontalFlip
 from tests._helpers.models import Classifier
 from tests._helpers.saliency import input_times_gradient
 from tests._helpers.trainer import TrainerFactory
@@ -50,3 +52,64 @@ def test_outside_methods_in_the_callback(make_trainer: TrainerFactory, cam: Any,
     expected = EVET(model, **callback.settings.evet_kwargs())(images, labels)
     torch.testing.assert_close(result.original, expected.original, atol=1e-5, rtol=0)
     torch.testing.assert_close(result.saliency, expected.saliency, atol=1e-5, rtol=0)
+
+
+def _all_methods() -> list[tuple[str, dict[str, Any] | None]]:
+    methods: list[tuple[str, dict[str, Any] | None]] = []
+    try:
+        import captum.attr  # noqa: F401
+
+        methods += [
+            ("captum:IntegratedGradients", {"n_steps": 2}),
+            ("captum:Saliency", None),
+            ("captum:InputXGradient", None),
+            ("captum:GuidedBackprop", None),
+            ("captum:DeepLift", None),
+            ("captum:GradientShap", {"n_samples": 2}),
+            ("captum:Occlusion", {"sliding_window_shapes": (3, 16, 16), "strides": (3, 16, 16)}),
+            ("captum:SmoothGrad", {"nt_samples": 2}),
+            ("captum:NoiseTunnel(IntegratedGradients)", {"nt_samples": 2, "n_steps": 2}),
+            ("captum:LayerGradCam", None),
+            ("captum:LRP", None),
+        ]
+    except ImportError:
+        pass
+    try:
+        from evet_lightning.saliency.zennit_adapter import composite_names
+
+        methods += [(f"zennit:{name}", None) for name in composite_names()]
+    except ValueError:
+        pass
+    return methods
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:captum")
+def test_every_outside_method_in_one_validate(make_trainer: TrainerFactory) -> None:
+    """Every listed Captum method and every zennit composite, one callback each (own prefix) in one ``validate``:
+    every key logged and finite, the model as found."""
+    methods = _all_methods()
+    if not methods:
+        pytest.skip("neither captum nor zennit is installed (the `captum` and `zennit` extras)")
+    callbacks = [
+        EVETCallback(
+            cam=cam,
+            cam_kwargs=kwargs,
+            prefix=f"m{index}",
+            num_samples=2,
+            log_images=0,
+            stability_transforms=[],
+            alpha=0.25,
+            transforms=[HorizontalFlip()],
+        )
+        for index, (cam, kwargs) in enumerate(methods)
+    ]
+    before, after = probes()
+    pl.seed_everything(0)
+    model = Classifier()
+    trainer = make_trainer([before, *callbacks, after])
+    metrics = trainer.validate(model, dataloaders=shapes_loader(2, batch_size=2), verbose=False)[0]
+    assert after.changes == [[]]
+    for index, callback in enumerate(callbacks):
+        keys = [key for key in callback.metric_keys if key.split("/")[-1] != "stability_index"]
+        assert keys and all(math.isfinite(metrics[key]) for key in keys), (methods[index], keys)
+        assert callback.last_num_samples == 2

@@ -309,12 +309,14 @@ def test_outside_methods_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[s
     """``--methods`` takes Captum and zennit names and a user function's import path, one column each (issue 17)."""
     pytest.importorskip("captum")
     pytest.importorskip("zennit")
-    methods = ["GradCAM", "captum:Saliency", "zennit:EpsilonPlusFlat", "tests._helpers.saliency:input_times_gradient"]
+    # an input attribution first: the CAM layer check must still find GradCAM's layer
+    methods = ["captum:Saliency", "GradCAM", "zennit:EpsilonPlusFlat", "tests._helpers.saliency:input_times_gradient"]
     args = ["--model", "tests.cli._factories:tiny_cnn", "--image-size", "32", "--num-samples", "2"]
     args += ["--no-deletion-insertion", "--methods", ",".join(methods), "--output", str(tmp_path)]
     code, out, _ = run_evaluate(args, capsys)
     assert code == 0
-    assert f"| Metric |  | Grad-CAM | {' | '.join(methods[1:])} |" in out
+    assert f"| Metric |  | captum:Saliency | Grad-CAM | {' | '.join(methods[2:])} |" in out
+    assert "CAM layer features.block4" in out
     payload = json.loads((tmp_path / "tables.json").read_text())
     assert payload["methods"] == methods
     sheets = sorted(path.name for path in (tmp_path / "heatmaps").iterdir())
