@@ -87,23 +87,7 @@ def check_spatial_layer(
         return ExplainedLayer([])
     method = cams[0]  # every CAM resolves the same layer
     try:
-        try:
-            names = EVET.from_settings(model.module, settings.replace(cam=method)).resolve_target_layers(sample)
-        except ValueError:
-            if settings.reshape_transform is None:
-                raise
-            # Auto-detection reads each candidate layer with the transform, so a broken transform leaves no
-            # layer: try it on the layer found without it, whose error says what is wrong with the transform.
-            plain = settings.replace(cam=method, reshape_transform=None)
-            with contextlib.suppress(ValueError):
-                _layout(
-                    model.module,
-                    EVET.from_settings(model.module, plain).resolve_target_layers(sample),
-                    sample,
-                    settings,
-                    transform_name,
-                )
-            raise
+        names = _target_layers(model.module, sample, settings.replace(cam=method), transform_name)
         layout = _layout(model.module, names, sample, settings, transform_name)
     except UsageError:
         raise
@@ -114,6 +98,27 @@ def check_spatial_layer(
             f"{model.name} fails on the data ({tuple(sample.shape)}): {type(error).__name__}: {error}"
         ) from None
     return ExplainedLayer(names, layout)
+
+
+def _target_layers(module: nn.Module, sample: Tensor, settings: EVETSettings, transform_name: str | None) -> list[str]:
+    """The layers :class:`EVET` explains with ``settings``.
+
+    Auto-detection reads every candidate layer with the reshape transform, so a broken transform leaves no layer
+    to explain; the transform is then tried on the layer found without it, whose error says what is wrong.
+
+    Raises:
+        ValueError: no layer to explain.
+        UsageError: the reshape transform fails on the layer found without it.
+    """
+    try:
+        return EVET.from_settings(module, settings).resolve_target_layers(sample)
+    except ValueError:
+        if settings.reshape_transform is None:
+            raise
+        plain = EVET.from_settings(module, settings.replace(reshape_transform=None))
+        with contextlib.suppress(ValueError):
+            _layout(module, plain.resolve_target_layers(sample), sample, settings, transform_name)
+        raise
 
 
 def _layout(
