@@ -60,6 +60,9 @@ with every EVET value marked against the original's: ✓ better, ✗ worse, = th
 deletion and insertion AUC (RISE; --no-deletion-insertion skips its 4 (S + 1) forward passes per sample).
 Writes DIR/tables.json, tables.csv, tables.md and heatmaps/<method>.png (image | original | EVET) after each
 method, so a failure later keeps every finished method (tables.json says "complete": false until the end).
+
+Exit codes: 0 done; 2 a mistake, found before the run; 74 a file could not be written mid-run; 130 interrupted
+(Ctrl+C). Each but 0 ends with one line on stderr saying what happened and what was kept.
 """
 
 _DEMO_EPILOG = """\
@@ -68,7 +71,8 @@ every evet/... key the callback logged; rewritten after every epoch, so a failur
 metrics.png (each metric over the epochs, original vs EVET), heatmaps/epoch_XXX.png, model.ckpt (for
 `evet-lightning evaluate --model DIR/model.ckpt`) and the logger's folder: wandb/ (an offline run unless
 --wandb-online; sync later with `wandb sync`), tensorboard/ or csv/. The defaults take about 30 s on 2 idle CPU
-cores.
+cores. Exit codes: 0 done; 2 a mistake, found before training; 74 a file could not be written; 130 interrupted
+(metrics.json keeps the finished epochs, "complete": false).
 """
 
 

@@ -89,20 +89,7 @@ def check_spatial_layer(
     method = cams[0]
     try:
         for method in cams:  # every CAM resolves the same layer; input attributions (captum:Saliency, ...) none
-            try:
-                engine = EVET.from_settings(model.module, settings.replace(cam=method))
-                names = engine.resolve_target_layers(sample)
-            except ValueError:
-                if settings.reshape_transform is None:
-                    raise
-                # Auto-detection reads each candidate layer with the transform, so a broken transform leaves no
-                # layer: try it on the layer found without it, whose error says what is wrong with the transform.
-                plain = settings.replace(cam=method, reshape_transform=None)
-                with contextlib.suppress(ValueError):
-                    plain_names = EVET.from_settings(model.module, plain).resolve_target_layers(sample)
-                    if plain_names:
-                        _layout(model.module, plain_names, sample, settings, transform_name)
-                raise
+            names = _target_layers(model.module, sample, settings.replace(cam=method), transform_name)
             if names:
                 break
         if not names:
@@ -117,6 +104,29 @@ def check_spatial_layer(
             f"{model.name} fails on the data ({tuple(sample.shape)}): {type(error).__name__}: {error}"
         ) from None
     return ExplainedLayer(names, layout)
+
+
+def _target_layers(module: nn.Module, sample: Tensor, settings: EVETSettings, transform_name: str | None) -> list[str]:
+    """The layers :class:`EVET` explains with ``settings``.
+
+    Auto-detection reads every candidate layer with the reshape transform, so a broken transform leaves no layer
+    to explain; the transform is then tried on the layer found without it, whose error says what is wrong.
+
+    Raises:
+        ValueError: no layer to explain.
+        UsageError: the reshape transform fails on the layer found without it.
+    """
+    try:
+        return EVET.from_settings(module, settings).resolve_target_layers(sample)
+    except ValueError:
+        if settings.reshape_transform is None:
+            raise
+        plain = EVET.from_settings(module, settings.replace(reshape_transform=None))
+        with contextlib.suppress(ValueError):
+            plain_names = plain.resolve_target_layers(sample)
+            if plain_names:
+                _layout(module, plain_names, sample, settings, transform_name)
+        raise
 
 
 def _layout(

@@ -212,6 +212,12 @@ def run_demo(config: DemoConfig) -> DemoResult:
                 raise Interrupted(_kept(history, config.max_epochs)) from None
             except OutputError as error:
                 raise OutputError(f"{error}; {_kept(history, config.max_epochs)}") from None
+            except OSError as error:  # a file the callback or the logger writes in the output folder
+                if not _inside(error.filename, folder):
+                    raise
+                reason = error.strerror or str(error)
+                kept = _kept(history, config.max_epochs)
+                raise OutputError(f"cannot write {os.fspath(error.filename)}: {reason}; {kept}") from None
         files = {"metrics": os.fspath(history.write_metrics(complete=True))}
         files["checkpoint"] = os.fspath(folder / "model.ckpt")
         with writing(files["checkpoint"]):
@@ -229,6 +235,13 @@ def run_demo(config: DemoConfig) -> DemoResult:
 
             wandb.finish()
     return DemoResult(history=history.history, files=files, seconds=time.perf_counter() - start)
+
+
+def _inside(path: object, folder: Path) -> bool:
+    """Whether ``path`` (an ``OSError``'s ``filename``, maybe ``None``) is inside ``folder``."""
+    if not isinstance(path, (str, os.PathLike)):
+        return False
+    return Path(os.path.abspath(path)).is_relative_to(Path(os.path.abspath(folder)))
 
 
 def _kept(history: _EpochHistory, max_epochs: int) -> str:

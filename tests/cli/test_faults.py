@@ -110,3 +110,27 @@ def test_a_heatmap_that_cannot_be_written_is_one_line(
     assert code == 74, err
     assert f"cannot write {tmp_path / 'heatmaps' / 'Gradient.png'}: Is a directory" in last_line(err)
     assert json.loads((tmp_path / "tables.json").read_text())["complete"] is False
+
+
+def test_a_heatmap_the_demo_callback_cannot_write_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from evet_lightning.callbacks import image_logging
+
+    real = image_logging.write_png
+    written: list[str] = []
+
+    def read_only_in_epoch_1(image: object, path: str) -> None:
+        written.append(path)
+        if "epoch_001" in path:
+            raise OSError(errno.EROFS, "Read-only file system", path)
+        real(image, path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(image_logging, "write_png", read_only_in_epoch_1)
+    code = main(["demo", "--output", str(tmp_path), "--logger", "csv", *TINY_DEMO])
+    err = capsys.readouterr().err
+    assert code == 74, err
+    line = last_line(err)
+    assert f"cannot write {written[-1]}: Read-only file system" in line and "Traceback" not in err
+    assert f"kept 1 finished epoch of 2 in {tmp_path}" in line
+    assert [record["epoch"] for record in json.loads((tmp_path / "metrics.json").read_text())["epochs"]] == [0]

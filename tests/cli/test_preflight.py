@@ -319,3 +319,33 @@ def test_a_damaged_png_is_one_line_on_the_real_stderr(
         f"evet-lightning evaluate: error: --data {images}: cannot decode image {bad}: the CRC of its IHDR chunk "
         "does not match (the file is damaged)"
     ], err
+
+
+@pytest.mark.parametrize(
+    ("shape", "ok"),
+    [
+        ((2, 8, 4, 4), True),  # the 16 patches of 1 + 16 tokens, 8 channels
+        ((2, 8, 2, 8), True),  # another grid of the same tokens: plausible, so allowed
+        ((2, 136, 1, 1), False),  # one cell: every CAM would be constant
+        ((2, 5, 4, 4), False),  # 5 channels: not one of the output's sizes
+        ((2, 8, 40, 1), False),  # taller than the 32 px image
+        ((1, 8, 4, 4), False),  # another batch size
+        ((2, 17, 8, 2), False),  # more values than the output has
+    ],
+)
+def test_a_reshape_result_must_be_a_plausible_map_when_the_output_is_ambiguous(
+    shape: tuple[int, ...], ok: bool
+) -> None:
+    from evet_lightning.evaluation import UsageError
+    from evet_lightning.evaluation.checks import check_reshape_transform
+
+    tokens = torch.randn(2, 17, 8)
+
+    def transform(activation: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(shape)
+
+    if ok:
+        check_reshape_transform(transform, tokens, (32, 32), "blocks.1", None, "mine")
+    else:
+        with pytest.raises(UsageError, match=r"--reshape-transform mine turns the output \(2, 17, 8\)"):
+            check_reshape_transform(transform, tokens, (32, 32), "blocks.1", None, "mine")
