@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from evet_lightning import EVETCallback
-from evet_lightning.saliency import EVETSettings
 from evet_lightning._validation import MAX_ALPHA
 from evet_lightning.functional.fusion import blend, fuse_maps
+from evet_lightning.saliency import EVETSettings
 from tests.cli.test_errors import assert_usage_error
 
 MEAN = torch.tensor([[[0.2, 0.5], [0.9, 0.5]]])
