@@ -5,7 +5,7 @@ mode, Hugging Face models return a ``ModelOutput`` mapping with a ``logits`` key
 models return ``(logits, features)`` pairs or dicts. :func:`logits_from_output` is the one place that turns such an
 output into the ``(N, K)`` logits every explainer and every score in this package works with.
 
-Binary classifiers (decision 19): ``(N, 1)`` logits z, one logit per image for the positive class, are read as the
+Binary classifiers (decision 26): ``(N, 1)`` logits z, one logit per image for the positive class, are read as the
 two-class logits ``[-z/2, z/2]``, whose softmax is ``[1 - sigmoid(z), sigmoid(z)]``: class 1 is the positive class
 with probability ``sigmoid(z)``, class 0 the negative one, and a CAM of class 1 (0) follows the gradient of z (-z),
 scaled by 1/2. ``(N,)`` outputs (``model(x).squeeze(-1)``) are refused: with one image they cannot be told from the

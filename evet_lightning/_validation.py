@@ -15,7 +15,7 @@ from torch import Tensor
 
 __all__ = ["MAX_ALPHA", "check_alpha", "check_int", "check_threshold", "real_number"]
 
-#: The largest alpha accepted (decision 20). At 1e6 Eq. (5) already maps every pixel farther than 1e-6 from 0.5 to
+#: The largest alpha accepted (decision 27). At 1e6 Eq. (5) already maps every pixel farther than 1e-6 from 0.5 to
 #: 0 or 1; larger values change nothing more, and above float32's maximum (3.4e38) alpha itself would overflow
 #: to inf, and inf * (0.5 - 0.5) is NaN.
 MAX_ALPHA = 1e6

@@ -18,9 +18,6 @@ Definitions, for an image ``x`` of ``N = H * W`` pixels, its saliency map ``M`` 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 

@@ -141,7 +141,7 @@ def blend(mean: Tensor, sigma: Tensor, alpha: float | Tensor) -> Tensor:
         tensor([[0.0000, 0.5000],
                 [0.0000, 0.7000]])
     """
-    # alpha is bounded (decision 20), but as a float32 it must not overflow to inf: inf * (0.5 - 0.5) is NaN.
+    # alpha is bounded (decision 27), but as a float32 it must not overflow to inf: inf * (0.5 - 0.5) is NaN.
     largest = torch.finfo(mean.dtype).max
     if isinstance(alpha, Tensor):
         alpha = alpha.double().clamp(max=largest).to(device=mean.device, dtype=mean.dtype).view(-1, *([1] * mean.ndim))

@@ -3,7 +3,7 @@
 It runs every pytorch-grad-cam method through the library itself and turns its numpy output into a tensor on the
 images' device: the CAM classes (EigenCAM, AblationCAM, FullGrad, ShapleyCAM, the class ScoreCAM, ...), the methods
 that wrap a base CAM (FinerCAM, RefineCAM, SESS; ``cam_kwargs["base_method"]``), ``GuidedBackpropReLUModel`` and
-Guided Grad-CAM (docs/design.md, decisions 20-21). FullGrad records the layers it chooses itself (every Conv2d and
+Guided Grad-CAM (docs/design.md, decisions 23-24). FullGrad records the layers it chooses itself (every Conv2d and
 BatchNorm2d with a bias), ShapleyCAM the live activations and gradients it differentiates again. The library
 flips the model to eval mode in its constructor, writes parameter ``.grad`` through ``loss.backward()``,
 registers hooks, may swap layers (AblationCAM) and draws from numpy's global RNG (RandomCAM); the caller

@@ -27,7 +27,7 @@ Otherwise it raises a ``ValueError`` that says to pass ``reshape_transform``. It
    tokens: ``Conv1d`` and ``BatchNorm1d``. The search looks in the layer's own submodules, then in its parent's,
    and so on up to the model. It stops at the first level that supports any reading. Exactly one supported
    reading is used; otherwise the output is ambiguous.
-4. Prefix tokens (decision 21). Tokens ``(B, N, C)`` of a layer inside a model are read only when the model says
+4. Prefix tokens (decision 28). Tokens ``(B, N, C)`` of a layer inside a model are read only when the model says
    how many tokens precede the patches: the nearest module at or above the layer with an integer
    ``num_prefix_tokens`` (timm: class, distillation and register tokens), else with a ``class_token`` /
    ``cls_token`` tensor (torchvision's ViT: 1, plus 1 for a ``dist_token``). A module that has register tokens

@@ -1,4 +1,4 @@
-"""alpha is bounded to what float32 holds (issue 15, bug 6; decision 20): above 3.4e38 it overflowed to inf, and
+"""alpha is bounded to what float32 holds (issue 15, bug 6; decision 27): above 3.4e38 it overflowed to inf, and
 inf * (0.5 - 0.5) = NaN turned every pixel at exactly 0.5 into zero."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from evet_lightning import EVETCallback
-from evet_lightning.saliency import EVETSettings
 from evet_lightning._validation import MAX_ALPHA
 from evet_lightning.functional.fusion import blend, fuse_maps
+from evet_lightning.saliency import EVETSettings
 from tests.cli.test_errors import assert_usage_error
 
 MEAN = torch.tensor([[[0.2, 0.5], [0.9, 0.5]]])

@@ -1,6 +1,6 @@
 """Binary classifiers with one logit (issue 15, bug 9) and logits of a wrong shape or without a graph (bug 8).
 
-A ``(N, 1)`` logit z is read as the two classes ``[-z/2, z/2]`` (decision 19): every probability must be the
+A ``(N, 1)`` logit z is read as the two classes ``[-z/2, z/2]`` (decision 26): every probability must be the
 sigmoid's (class 1 = sigmoid(z), class 0 = 1 - sigmoid(z)), and everything else what the same network with the
 explicit two-class head ``[-z/2, z/2]`` gives.
 """

@@ -128,7 +128,9 @@ class NumpyNoiseModule(pl.LightningModule):
 
 def _fit_with_numpy_noise(make_trainer: TrainerFactory, with_callback: bool) -> dict[str, Tensor]:
     generator = torch.Generator().manual_seed(1)
-    dataset = TensorDataset(torch.rand(16, 3, 16, 16, generator=generator), torch.randint(0, 3, (16,), generator=generator))
+    dataset = TensorDataset(
+        torch.rand(16, 3, 16, 16, generator=generator), torch.randint(0, 3, (16,), generator=generator)
+    )
     np.random.seed(0)  # noqa: NPY002
     module = NumpyNoiseModule()
     callbacks = (
