@@ -449,7 +449,6 @@ def test_model_outputs_are_read_with_logits_from_output(curve_fn) -> None:
     with pytest.raises(ValueError, match="`output_transform` to be a callable or None"):
         curve_fn(**arguments, steps=3, output_transform="scores")
     arguments["model"] = WrappedOutputModel("flat")
-    with pytest.raises(
-        ValueError, match=r"logits of shape \(N, K\), but the model returned shape \(8,\)"
-    ):  # 2 x (3 + 1)
+    # 2 x (3 + 1) step images
+    with pytest.raises(ValueError, match=r"logits of shape \(N, K\), but the model returned shape \(8,\)"):
         curve_fn(**arguments, steps=3)
