@@ -331,7 +331,7 @@ def test_bad_callable_output_names_what_it_returned(returned, error, message):
         ("zennit:NoSuchComposite", {}, "zennit composite"),
         ("no_such_module_xyz:f", {}, "importable module"),
         ("tests._helpers.saliency:missing", {}, "has no 'missing'"),
-        ("GradCAM", {"cam_kwargs": {"n_steps": 4}}, "`cam_kwargs` only"),
+        ("GradCAM", {"cam_kwargs": {"n_steps": 4}}, "Expected no `cam_kwargs` for GradCAM"),
         ("captum:Saliency", {"cam_kwargs": {"reduction": "median"}}, "`reduction`"),
     ],
 )
