@@ -43,7 +43,7 @@ from evet_lightning.callbacks.image_logging import (
     log_heatmaps,
     log_samples,
 )
-from evet_lightning.callbacks.sampling import SampleBuffer, in_validate, new_buffer, rank_quota
+from evet_lightning.callbacks.sampling import SampleBuffer, agree_across_ranks, in_validate, new_buffer, rank_quota
 from evet_lightning.data.batch import BatchUnpacker, check_images, read_batch, unpack_batch, unpack_with
 from evet_lightning.functional.alpha import DEFAULT_ALPHA_GRID, DEFAULT_ALPHA_OBJECTIVE, AlphaObjective
 from evet_lightning.functional.perturbation import Baseline, Normalization
@@ -509,35 +509,54 @@ class EVETCallback(pl.Callback, _LightningCallback):
         self.last_timing = {
             "evet_seconds": samples.evet_seconds,
             "curve_seconds": samples.curve_seconds,
-            "num_samples": float(buffer.count),
+            "num_samples": float(len(samples)),
             "seconds_per_image": samples.evet_seconds / max(buffer.count, 1),
             "seconds": time.perf_counter() - start,
         }
 
     def _explain(self, buffer: SampleBuffer) -> ExplainedSamples:
-        """EVET on every buffered sample, chunk by chunk, on the explained model's device."""
+        """EVET on every buffered sample, chunk by chunk, on the explained model's device.
+
+        With several processes every rank first agrees on the work (decision 19): the same number of samples
+        (padding a short shard), the same shapes and one chunk size, used for EVET's views and the curves too.
+        """
         assert self._evet is not None
         evet, device = self._evet, module_device(self._evet.model)
         max_batch_size = self.settings.max_batch_size
 
-        def chunk_size(images: Tensor) -> int:
+        def resolved(images: Tensor) -> int:
             return resolve_max_batch_size(max_batch_size, images[:0].to(device))  # by shape and device type
 
-        chunks = [explain_chunk(evet, batch, device, self.stability_transforms) for batch in buffer.chunks(chunk_size)]
-        if self.settings.alpha == "auto":
-            chunks = self._out_of_fold(chunks, device)
-        if self.deletion_insertion:  # on the final maps: after the out-of-fold alpha replaced the EVET maps
+        chunk_size: int | Callable[[Tensor], int] = resolved
+        if buffer.world_size > 1:
+            local = min((resolved(batch.images) for batch in buffer.batches), default=1 << 30)
+            chunk_size = agree_across_ranks(buffer, local)
+
+        def size_of(images: Tensor) -> int:
+            return chunk_size(images) if callable(chunk_size) else chunk_size
+
+        previous = evet.max_batch_size
+        evet.max_batch_size = max_batch_size if callable(chunk_size) else chunk_size
+        try:
             chunks = [
-                add_curves(chunk, evet.model, self.deletion_steps, self.settings, chunk_size(chunk.images))
-                for chunk in chunks
+                explain_chunk(evet, batch, device, self.stability_transforms) for batch in buffer.chunks(chunk_size)
             ]
+            if self.settings.alpha == "auto":
+                chunks = self._out_of_fold(chunks, device)
+            if self.deletion_insertion:  # on the final maps: after the out-of-fold alpha replaced the EVET maps
+                chunks = [
+                    add_curves(chunk, evet.model, self.deletion_steps, self.settings, size_of(chunk.images))
+                    for chunk in chunks
+                ]
+        finally:
+            evet.max_batch_size = previous
         return ExplainedSamples.from_chunks(chunks)
 
     def _out_of_fold(self, chunks: list[ExplainedChunk], device: torch.device) -> list[ExplainedChunk]:
         """Each fold's maps at the alpha chosen on the other fold, from sums over all processes (decision 11)."""
         selection = OutOfFoldAlpha(self.settings.alpha_grid, self.settings.alpha_objective).to(device)
-        for chunk in chunks:
-            selection.add(chunk.folds, chunk.result, chunk.masks)
+        for chunk in chunks:  # padding goes into no fold (fold -1), so it never enters a choice
+            selection.add(torch.where(chunk.padding_mask, -1, chunk.folds), chunk.result, chunk.masks)
         self.last_alpha = selection.choose()  # every rank, once per explained epoch: it syncs
         return [chunk.out_of_fold(self.last_alpha) for chunk in chunks]
 
