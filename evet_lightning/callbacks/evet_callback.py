@@ -136,6 +136,10 @@ class EVETCallback(pl.Callback, _LightningCallback):
     ``DistributedSampler`` are exactly the first ``num_samples`` dataset indices, as with one process. The
     samples are the same every epoch when the validation loader is deterministic (not shuffled); their
     fingerprint is saved in :meth:`state_dict` and a resumed run warns when it explains different samples.
+    Under sharded training (FSDP2, DeepSpeed) every forward pass is a collective, so every rank explains the
+    same number of samples, ``ceil(n / W)``, in chunks of one agreed size; the extra samples are padding, left
+    out of every result, and a rank whose samples differ in shape, dtype or label/mask presence raises a
+    ``RuntimeError`` before any forward pass (docs/design.md, decision 19; README "Sharded training").
     Every process computes every metric (torchmetrics syncs them), so the logged values are global and are
     logged with ``sync_dist=False``; Lightning's generic advice to use ``sync_dist=True`` is silenced for the
     ``{prefix}/`` keys only. Heatmaps are rendered and written by rank zero only.
