@@ -65,6 +65,18 @@ else:
         _LightningCallback = object
 
 
+def _fsdp1_root(trainer: pl.Trainer, pl_module: pl.LightningModule) -> nn.Module | None:
+    """FSDP1's root wrapper of ``pl_module`` (``FSDPStrategy``), or ``None`` for any other strategy."""
+    root = getattr(trainer.strategy, "model", None)
+    if root is None or root is pl_module:
+        return None
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if isinstance(root, FullyShardedDataParallel) and root.module is pl_module:
+        return root
+    return None
+
+
 def _setting(name: str) -> Any:
     """A property that reads ``self.settings.<name>``; setting it replaces ``self.settings`` (validated)."""
 
@@ -434,6 +446,11 @@ class EVETCallback(pl.Callback, _LightningCallback):
 
     def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Build EVET for the explained module, register the metrics on the module, resolve the layer early."""
+        if self.model is not None and type(trainer.strategy).__name__.startswith("FSDP"):
+            raise ValueError(
+                "Expected `model=None` under FSDPStrategy: a submodule cannot be run outside FSDP's root wrapper "
+                f"(got model={self.model!r}); explain the LightningModule, whose forward returns the logits"
+            )
         module = explained_module(pl_module, self.model)
         self._evet = EVET(module, **self.settings.evet_kwargs())
         self._layers_resolved = self._batch_checked = False
@@ -493,7 +510,7 @@ class EVETCallback(pl.Callback, _LightningCallback):
         buffer, self._buffer = self._buffer, None
         start = time.perf_counter()
         with torch.inference_mode(False), torch.no_grad():
-            samples = self._explain(buffer)
+            samples = self._explain(buffer, _fsdp1_root(trainer, pl_module))
             self._update_metrics(samples)
             values, mean_curves = self._compute_metrics()
         if self.last_alpha is not None and self.settings.alpha == "auto":
@@ -518,14 +535,20 @@ class EVETCallback(pl.Callback, _LightningCallback):
             "seconds": time.perf_counter() - start,
         }
 
-    def _explain(self, buffer: SampleBuffer) -> ExplainedSamples:
+    def _explain(self, buffer: SampleBuffer, root: nn.Module | None = None) -> ExplainedSamples:
         """EVET on every buffered sample, chunk by chunk, on the explained model's device.
 
         With several processes every rank first agrees on the work (decision 19): the same number of samples
         (padding a short shard), the same shapes and one chunk size, used for EVET's views and the curves too.
+        ``root``: FSDP1's root wrapper of the LightningModule, run instead of the module itself (the target layers
+        are the same module objects inside it), so every FSDP unit gathers and frees its parameters as usual.
         """
         assert self._evet is not None
-        evet, device = self._evet, module_device(self._evet.model)
+        evet = self._evet
+        explained = evet.model
+        if root is not None:
+            evet.model = root
+        device = module_device(evet.model)
         max_batch_size = self.settings.max_batch_size
 
         def resolved(images: Tensor) -> int:
@@ -554,6 +577,7 @@ class EVETCallback(pl.Callback, _LightningCallback):
                 ]
         finally:
             evet.max_batch_size = previous
+            evet.model = explained
         return ExplainedSamples.from_chunks(chunks)
 
     def _out_of_fold(self, chunks: list[ExplainedChunk], device: torch.device) -> list[ExplainedChunk]:

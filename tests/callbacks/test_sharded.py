@@ -109,6 +109,50 @@ def _run_case(directory: Path, case: tuple[str, int, int, int, dict[str, Any]], 
     return {"out": str(out)}
 
 
+class CPUFSDPStrategy(pl.strategies.FSDPStrategy):
+    """Lightning's FSDP1 strategy, which refuses ``accelerator="cpu"`` only for its exact type; FSDP1 runs on the
+    CPU with gloo when given ``device_id=cpu`` (Lightning passes the device index, ``None`` on a CPU)."""
+
+    def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        return FullyShardedDataParallel(model, device_id=torch.device("cpu"), **self.kwargs)
+
+
+#: The FSDP1 case, also run on one process for the reference values.
+FSDP1_CASE: tuple[str, int, int, int, dict[str, Any]] = ("fsdp1", 5, 8, 2, {"alpha": 0.5})
+
+
+def _fsdp1_case(directory: Path, rank: int) -> None:
+    """FSDP1 with an auto-wrap policy (each conv block a unit): the callback runs the root wrapper, every unit
+    ends IDLE, and a checkpoint saved right after validation works."""
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    out = directory / "fsdp1_sharded"
+    out.mkdir(parents=True, exist_ok=True)
+    strategy = CPUFSDPStrategy(auto_wrap_policy=ModuleWrapPolicy({torch.nn.Sequential}), timeout=timedelta(seconds=30))
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy=strategy,
+        callbacks=[
+            CountForwards(str(out)),
+            EVETCallback(num_samples=5, log_images=1, alpha=0.5),
+            DumpMetrics(str(out)),
+        ],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=str(out),
+    )
+    trainer.validate(
+        ShardedClassifier(), dataloaders=shapes_loader(FSDP1_CASE[2], batch_size=FSDP1_CASE[3]), verbose=False
+    )
+    trainer.save_checkpoint(str(out / "after_validation.ckpt"))
+    (out / f"checkpoint_rank{rank}.txt").write_text("saved")
+
+
 def _mismatch_case(directory: Path, rank: int) -> None:
     """Rank 1 holds images of another size: the agreement raises on every rank instead of hanging."""
     buffer = SampleBuffer(capacity=2, rank=rank, world_size=2, total=4)
@@ -142,6 +186,7 @@ def _worker(local_rank: int, directory: str, port: int) -> None:
         for case in CASES:
             _run_case(path, case, sharded=True)
         _mismatch_case(path, local_rank)
+        _fsdp1_case(path, local_rank)
     except BaseException:
         (path / f"error_rank{local_rank}.txt").write_text(traceback.format_exc())
         raise
@@ -160,9 +205,11 @@ def _read(path: str) -> Any:
 
 @pytest.mark.timeout(300)
 def test_fsdp2_two_processes_equal_work_and_single_process_values(tmp_path: Path) -> None:
-    """Even split, 5 samples at chunk 8, one sample, 32 of 7 with alpha='auto', deletion/insertion: DTensor
-    parameters, no ``.grad`` left, equal forward counts on both ranks, values equal to one process; a shape
-    mismatch raises a RuntimeError naming both ranks; an empty rank is padded with zeros to the common count."""
+    """FSDP2: even split, 5 samples at chunk 8, one sample, 32 of 7 with alpha='auto', deletion/insertion: DTensor
+    parameters, no ``.grad`` left, equal forward counts on both ranks, values equal to one process. FSDP1 through
+    Lightning (auto-wrapped blocks): run through the root wrapper, equal forward counts, single-process values, and
+    a checkpoint saved right after validation works. A shape mismatch raises a RuntimeError naming both ranks; an
+    empty rank is padded with zeros to the common count."""
     context = mp.start_processes(
         _worker, args=(str(tmp_path), _free_port()), nprocs=2, join=False, start_method="spawn"
     )
@@ -195,6 +242,17 @@ def test_fsdp2_two_processes_equal_work_and_single_process_values(tmp_path: Path
             }
             assert set(sharded) == set(single), case[0]
             assert sharded == pytest.approx(single, abs=1e-5), case[0]
+    fsdp1_single = _run_case(tmp_path, FSDP1_CASE, sharded=False)["out"]
+    single = {key: value for key, value in _read(rank_metrics_path(fsdp1_single, 0)).items() if key.startswith("evet/")}
+    fsdp1_dir = str(tmp_path / "fsdp1_sharded")
+    forwards = [_read(forwards_path(fsdp1_dir, rank)) for rank in range(2)]
+    assert forwards[0] == forwards[1] and forwards[0]["calls"] > 0, forwards
+    for rank in range(2):
+        assert (tmp_path / "fsdp1_sharded" / f"checkpoint_rank{rank}.txt").read_text() == "saved"
+        sharded = {
+            key: value for key, value in _read(rank_metrics_path(fsdp1_dir, rank)).items() if key.startswith("evet/")
+        }
+        assert sharded == pytest.approx(single, abs=1e-5)
     for rank in range(2):
         message = (tmp_path / f"mismatch_rank{rank}.txt").read_text()
         assert "rank 0 has 2 x [3, 16, 16]" in message and "rank 1 has 2 x [3, 12, 12]" in message, message
