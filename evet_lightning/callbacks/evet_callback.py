@@ -211,7 +211,8 @@ class EVETCallback(pl.Callback, _LightningCallback):
             :func:`unpack_batch` does not understand.
         model: the module to explain: ``None`` for the LightningModule itself, a dotted attribute name of it
             (``"model"``), or a callable ``pl_module -> nn.Module`` (use a module-level function, not a lambda,
-            if the callback must pickle, e.g. for ``strategy="ddp_spawn"``).
+            if the callback must pickle, e.g. for ``strategy="ddp_spawn"``). Under ``FSDPStrategy`` (FSDP1) only
+            ``None``: the LightningModule is explained through FSDP's root wrapper, a submodule cannot run outside it.
         class_names: the name of each class by index, for the heatmaps' row labels (``"class 2: triangle"``)
             and the ``class_name`` column of the per-sample table; ``None`` shows the index only, as does an index
             beyond the names.
@@ -446,7 +447,7 @@ class EVETCallback(pl.Callback, _LightningCallback):
 
     def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Build EVET for the explained module, register the metrics on the module, resolve the layer early."""
-        if self.model is not None and type(trainer.strategy).__name__.startswith("FSDP"):
+        if self.model is not None and any(cls.__name__ == "FSDPStrategy" for cls in type(trainer.strategy).__mro__):
             raise ValueError(
                 "Expected `model=None` under FSDPStrategy: a submodule cannot be run outside FSDP's root wrapper "
                 f"(got model={self.model!r}); explain the LightningModule, whose forward returns the logits"

@@ -15,6 +15,7 @@ import time
 import traceback
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -260,3 +261,10 @@ def test_fsdp2_two_processes_equal_work_and_single_process_values(tmp_path: Path
         assert padded["count"] == 3 and padded["chunk"] == 2, padded
         assert padded["runs"] == [[[3, 8, 8], "torch.float32", False, False, 3]], padded
         assert padded["padding"] == ([False, False, False] if rank == 0 else [True, True, True]), padded
+
+
+def test_fsdp1_rejects_a_submodule_at_setup() -> None:
+    """Under FSDP1 a submodule cannot run outside the root wrapper: ``model=`` is a ValueError in ``setup``."""
+    trainer = SimpleNamespace(strategy=CPUFSDPStrategy(), world_size=2)
+    with pytest.raises(ValueError, match="Expected `model=None` under FSDPStrategy"):
+        EVETCallback(model="model").setup(trainer, ShardedClassifier(), "fit")  # type: ignore[arg-type]
