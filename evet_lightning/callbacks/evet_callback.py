@@ -43,7 +43,7 @@ from evet_lightning.callbacks.image_logging import (
     log_heatmaps,
     log_samples,
 )
-from evet_lightning.callbacks.sampling import SampleBuffer, in_validate, new_buffer, rank_quota
+from evet_lightning.callbacks.sampling import SampleBuffer, agree_across_ranks, in_validate, new_buffer, rank_quota
 from evet_lightning.data.batch import BatchUnpacker, check_images, read_batch, unpack_batch, unpack_with
 from evet_lightning.functional.alpha import DEFAULT_ALPHA_GRID, DEFAULT_ALPHA_OBJECTIVE, AlphaObjective
 from evet_lightning.functional.perturbation import Baseline, Normalization
@@ -63,6 +63,18 @@ else:
         from lightning.pytorch import Callback as _LightningCallback
     except ImportError:  # only the `pytorch_lightning` distribution is installed
         _LightningCallback = object
+
+
+def _fsdp1_root(trainer: pl.Trainer, pl_module: pl.LightningModule) -> nn.Module | None:
+    """FSDP1's root wrapper of ``pl_module`` (``FSDPStrategy``), or ``None`` for any other strategy."""
+    root = getattr(trainer.strategy, "model", None)
+    if root is None or root is pl_module:
+        return None
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if isinstance(root, FullyShardedDataParallel) and root.module is pl_module:
+        return root
+    return None
 
 
 def _setting(name: str) -> Any:
@@ -136,6 +148,10 @@ class EVETCallback(pl.Callback, _LightningCallback):
     ``DistributedSampler`` are exactly the first ``num_samples`` dataset indices, as with one process. The
     samples are the same every epoch when the validation loader is deterministic (not shuffled); their
     fingerprint is saved in :meth:`state_dict` and a resumed run warns when it explains different samples.
+    Under sharded training (FSDP2, DeepSpeed) every forward pass is a collective, so every rank explains the
+    same number of samples, ``ceil(n / W)``, in chunks of one agreed size; the extra samples are padding, left
+    out of every result, and a rank whose samples differ in shape, dtype or label/mask presence raises a
+    ``RuntimeError`` before any forward pass (docs/design.md, decision 29; README "Sharded training").
     Every process computes every metric (torchmetrics syncs them), so the logged values are global and are
     logged with ``sync_dist=False``; Lightning's generic advice to use ``sync_dist=True`` is silenced for the
     ``{prefix}/`` keys only. Heatmaps are rendered and written by rank zero only.
@@ -200,7 +216,8 @@ class EVETCallback(pl.Callback, _LightningCallback):
             :func:`unpack_batch` does not understand.
         model: the module to explain: ``None`` for the LightningModule itself, a dotted attribute name of it
             (``"model"``), or a callable ``pl_module -> nn.Module`` (use a module-level function, not a lambda,
-            if the callback must pickle, e.g. for ``strategy="ddp_spawn"``).
+            if the callback must pickle, e.g. for ``strategy="ddp_spawn"``). Under ``FSDPStrategy`` (FSDP1) only
+            ``None``: the LightningModule is explained through FSDP's root wrapper, a submodule cannot run outside it.
         class_names: the name of each class by index, for the heatmaps' row labels (``"class 2: triangle"``)
             and the ``class_name`` column of the per-sample table; ``None`` shows the index only, as does an index
             beyond the names.
@@ -436,6 +453,11 @@ class EVETCallback(pl.Callback, _LightningCallback):
 
     def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Build EVET for the explained module, register the metrics on the module, resolve the layer early."""
+        if self.model is not None and any(cls.__name__ == "FSDPStrategy" for cls in type(trainer.strategy).__mro__):
+            raise ValueError(
+                "Expected `model=None` under FSDPStrategy: a submodule cannot be run outside FSDP's root wrapper "
+                f"(got model={self.model!r}); explain the LightningModule, whose forward returns the logits"
+            )
         module = explained_module(pl_module, self.model)
         self._evet = EVET(module, **self.settings.evet_kwargs())
         self._layers_resolved = self._batch_checked = False
@@ -495,7 +517,7 @@ class EVETCallback(pl.Callback, _LightningCallback):
         buffer, self._buffer = self._buffer, None
         start = time.perf_counter()
         with torch.inference_mode(False), torch.no_grad():
-            samples = self._explain(buffer)
+            samples = self._explain(buffer, _fsdp1_root(trainer, pl_module))
             self._update_metrics(samples)
             values, mean_curves = self._compute_metrics()
         if self.last_alpha is not None and self.settings.alpha == "auto":
@@ -515,35 +537,61 @@ class EVETCallback(pl.Callback, _LightningCallback):
         self.last_timing = {
             "evet_seconds": samples.evet_seconds,
             "curve_seconds": samples.curve_seconds,
-            "num_samples": float(buffer.count),
+            "num_samples": float(len(samples)),
             "seconds_per_image": samples.evet_seconds / max(buffer.count, 1),
             "seconds": time.perf_counter() - start,
         }
 
-    def _explain(self, buffer: SampleBuffer) -> ExplainedSamples:
-        """EVET on every buffered sample, chunk by chunk, on the explained model's device."""
+    def _explain(self, buffer: SampleBuffer, root: nn.Module | None = None) -> ExplainedSamples:
+        """EVET on every buffered sample, chunk by chunk, on the explained model's device.
+
+        With several processes every rank first agrees on the work (decision 29): the same number of samples
+        (padding a short shard), the same shapes and one chunk size, used for EVET's views and the curves too.
+        ``root``: FSDP1's root wrapper of the LightningModule, run instead of the module itself (the target layers
+        are the same module objects inside it), so every FSDP unit gathers and frees its parameters as usual.
+        """
         assert self._evet is not None
-        evet, device = self._evet, module_device(self._evet.model)
+        evet = self._evet
+        explained = evet.model
+        if root is not None:
+            evet.model = root
+        device = module_device(evet.model)
         max_batch_size = self.settings.max_batch_size
 
-        def chunk_size(images: Tensor) -> int:
+        def resolved(images: Tensor) -> int:
             return resolve_max_batch_size(max_batch_size, images[:0].to(device))  # by shape and device type
 
-        chunks = [explain_chunk(evet, batch, device, self.stability_transforms) for batch in buffer.chunks(chunk_size)]
-        if self.settings.alpha == "auto":
-            chunks = self._out_of_fold(chunks, device)
-        if self.deletion_insertion:  # on the final maps: after the out-of-fold alpha replaced the EVET maps
+        chunk_size: int | Callable[[Tensor], int] = resolved
+        if buffer.world_size > 1:
+            local = min((resolved(batch.images) for batch in buffer.batches), default=1 << 30)
+            chunk_size = agree_across_ranks(buffer, local)
+
+        def size_of(images: Tensor) -> int:
+            return chunk_size(images) if callable(chunk_size) else chunk_size
+
+        previous = evet.max_batch_size
+        evet.max_batch_size = max_batch_size if callable(chunk_size) else chunk_size
+        try:
             chunks = [
-                add_curves(chunk, evet.model, self.deletion_steps, self.settings, chunk_size(chunk.images))
-                for chunk in chunks
+                explain_chunk(evet, batch, device, self.stability_transforms) for batch in buffer.chunks(chunk_size)
             ]
+            if self.settings.alpha == "auto":
+                chunks = self._out_of_fold(chunks, device)
+            if self.deletion_insertion:  # on the final maps: after the out-of-fold alpha replaced the EVET maps
+                chunks = [
+                    add_curves(chunk, evet.model, self.deletion_steps, self.settings, size_of(chunk.images))
+                    for chunk in chunks
+                ]
+        finally:
+            evet.max_batch_size = previous
+            evet.model = explained
         return ExplainedSamples.from_chunks(chunks)
 
     def _out_of_fold(self, chunks: list[ExplainedChunk], device: torch.device) -> list[ExplainedChunk]:
         """Each fold's maps at the alpha chosen on the other fold, from sums over all processes (decision 11)."""
         selection = OutOfFoldAlpha(self.settings.alpha_grid, self.settings.alpha_objective).to(device)
-        for chunk in chunks:
-            selection.add(chunk.folds, chunk.result, chunk.masks)
+        for chunk in chunks:  # padding goes into no fold (fold -1), so it never enters a choice
+            selection.add(torch.where(chunk.padding_mask, -1, chunk.folds), chunk.result, chunk.masks)
         self.last_alpha = selection.choose()  # every rank, once per explained epoch: it syncs
         return [chunk.out_of_fold(self.last_alpha) for chunk in chunks]
 

@@ -105,6 +105,21 @@ class ExplainedChunk:
     """Deletion and insertion curves of the final EVET maps (after the out-of-fold alpha, if any)."""
     curve_seconds: float = 0.0
     """Wall seconds spent on the curves of both maps."""
+    padding: Tensor | None = None
+    """``(B,)`` bool: samples explained only so every rank does the same work (decision 29), left out of every
+    metric, the fingerprint, the table and the heatmaps; ``None`` for none."""
+
+    @property
+    def padding_mask(self) -> Tensor:
+        """``(B,)`` bool on the images' device, all false when :attr:`padding` is ``None``."""
+        if self.padding is None:
+            return torch.zeros(self.images.shape[0], dtype=torch.bool, device=self.images.device)
+        return self.padding.to(self.images.device)
+
+    @property
+    def scored(self) -> Tensor:
+        """``(B,)`` bool: the samples that enter the scores, finite and not padding."""
+        return self.result.finite & ~self.padding_mask
 
     def curves(self, variant: str) -> PerturbationCurves | None:
         """The curves of the ``"original"`` or the ``"evet"`` maps (``None`` when they were not computed)."""
@@ -165,7 +180,7 @@ class ExplainedSamples:
 
     The per-sample values are concatenated over the chunks; images and maps stay in their chunks, because
     chunks may differ in image size. Non-finite samples (see ``finite``) are included here and left out of
-    every metric.
+    every metric; so are padding samples (see ``padding``, decision 29), which :meth:`first` and ``len`` skip.
     """
 
     chunks: tuple[ExplainedChunk, ...]
@@ -184,6 +199,8 @@ class ExplainedSamples:
     aucs: dict[str, Tensor] = dataclasses.field(default_factory=dict)
     """``{"original/deletion_auc": (N,), "evet/deletion_auc", "original/insertion_auc", "evet/insertion_auc"}``
     when the curves were computed (NaN for a non-finite sample), else empty."""
+    padding: Tensor | None = None
+    """``(N,)`` bool: padding samples (decision 29), ``None`` for none."""
 
     @classmethod
     def from_chunks(cls, chunks: Sequence[ExplainedChunk]) -> ExplainedSamples:
@@ -205,10 +222,13 @@ class ExplainedSamples:
             original_scores=cat([chunk.result.view_scores[0] for chunk in chunks], torch.float32),
             evet_scores=cat([chunk.evet_scores for chunk in chunks], torch.float32),
             aucs={key: torch.cat(values) for key, values in aucs.items()},
+            padding=cat([chunk.padding_mask.cpu() for chunk in chunks], torch.bool),
         )
 
     def __len__(self) -> int:
-        return int(self.positions.shape[0])
+        """The number of explained samples, padding excluded."""
+        total = int(self.positions.shape[0])
+        return total if self.padding is None else total - int(self.padding.sum())
 
     @property
     def results(self) -> list[EVETResult]:
@@ -225,13 +245,16 @@ class ExplainedSamples:
         return sum(chunk.curve_seconds for chunk in self.chunks)
 
     def first(self, count: int) -> Iterator[SampleView]:
-        """The first ``count`` samples, finite or not, one by one."""
-        index = 0
+        """The first ``count`` samples, finite or not, one by one (padding skipped)."""
+        index = yielded = 0
         for chunk in self.chunks:
-            result = chunk.result
+            result, padding = chunk.result, chunk.padding_mask
             for row in range(chunk.images.shape[0]):
-                if index >= count:
+                if yielded >= count:
                     return
+                if padding[row]:
+                    index += 1
+                    continue
                 yield SampleView(
                     chunk.images[row],
                     result.original[row],
@@ -244,6 +267,7 @@ class ExplainedSamples:
                     {key: float(values[index]) for key, values in self.aucs.items()},
                 )
                 index += 1
+                yielded += 1
 
     def to_cpu(self) -> ExplainedSamples:
         """A detached CPU copy (no autograd graph, no device memory kept)."""
@@ -271,6 +295,7 @@ def explain_chunk(
         result=result,
         stability=tuple(_stability_maps(evet, transform, images, result) for transform in stability_transforms),
         seconds=seconds,
+        padding=batch.padding,
     )
 
 

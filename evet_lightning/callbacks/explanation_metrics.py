@@ -110,8 +110,8 @@ class ExplanationMetrics(nn.Module):
         return keys
 
     def update(self, chunk: ExplainedChunk) -> None:
-        """Add one chunk of explained samples; only its finite samples enter the scores."""
-        result, keep = chunk.result, chunk.result.finite
+        """Add one chunk of explained samples; only its finite samples that are not padding enter the scores."""
+        result, keep, padding = chunk.result, chunk.scored, chunk.padding_mask
         scores = result.clean_scores[keep]
         original_scores, evet_scores = result.view_scores[0][keep], chunk.evet_scores[keep]
         maps = {"original": result.original, "evet": result.saliency}
@@ -121,7 +121,7 @@ class ExplanationMetrics(nn.Module):
             collection = self.variant(name)
             _feed(collection, scores=scores, masked_scores=masked_scores[name], saliency=maps[name][keep], **masks)
             for stability in chunk.stability:
-                both = stability.finite
+                both = stability.finite & ~padding
                 transformed = stability.original if name == "original" else stability.saliency
                 valid = stability.valid.expand(int(both.sum()), -1, -1)
                 _feed(collection, saliency=maps[name][both], saliency_transformed=transformed[both], valid=valid)
@@ -132,10 +132,10 @@ class ExplanationMetrics(nn.Module):
                 collection["insertion_auc"].update(curves.insertion[keep])
         self.comparison.update(scores_a=evet_scores, scores_b=original_scores)
         self.num_explained.update(keep.sum())
-        self.num_skipped.update((~keep).sum())
+        self.num_skipped.update((~result.finite & ~padding).sum())
         if chunk.masks is not None:
             self.num_masked.update(keep.sum())
-        self.fingerprint.update(fingerprint_terms(chunk.images, chunk.positions).sum())
+        self.fingerprint.update(fingerprint_terms(chunk.images[~padding], chunk.positions[~padding.cpu()]).sum())
 
     def finish_epoch(self) -> None:
         """Give every metric an empty update, so that it has seen one on every process (a process may have had

@@ -69,6 +69,39 @@ class DumpMetrics(pl.Callback):
             json.dump(values, handle)
 
 
+def forwards_path(directory: str, rank: int) -> str:
+    return os.path.join(directory, f"forwards_rank{rank}.json")
+
+
+class CountForwards(pl.Callback):
+    """Counts the LightningModule's forward calls (and images through it) during the epoch-end work of the
+    callbacks listed after it; every process writes them to JSON at validation end. List it *before* the
+    EVETCallback: its ``on_validation_epoch_end`` starts the count."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.calls = self.images = 0
+        self.handle: Any = None
+
+    def _count(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self.calls += 1
+        self.images += int(args[0].shape[0]) if args and isinstance(args[0], Tensor) else 0
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.calls = self.images = 0
+        if self.handle is None:
+            self.handle = pl_module.register_forward_pre_hook(self._count)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+        if trainer.sanity_checking:
+            return
+        with open(forwards_path(self.directory, trainer.global_rank), "w") as handle:
+            json.dump({"calls": self.calls, "images": self.images}, handle)
+
+
 def count_graph_tensors() -> int:
     """Number of live tensors that carry an autograd graph."""
     count = 0

@@ -13,7 +13,7 @@ from evet_lightning import EVETCallback
 from tests._helpers.models import FrozenClassifier
 from tests._helpers.saliency import input_times_gradient
 from tests._helpers.trainer import TrainerFactory
-from tests.callbacks._modules import DumpMetrics, rank_metrics_path, shapes_loader
+from tests.callbacks._modules import CountForwards, DumpMetrics, forwards_path, rank_metrics_path, shapes_loader
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -29,14 +29,18 @@ def _run(
     callback_options: dict[str, Any],
 ) -> dict[str, float]:
     """Validate (or fit one frozen step, then validate) a seeded model; returns the ``evet/`` values, checked
-    equal on every rank."""
+    equal on every rank, after checking that every rank made the same forward passes in the explained epoch."""
     pl.seed_everything(0)
     model = FrozenClassifier()
     out_dir = str(tmp_path / f"devices{devices}_fit{fit}")
     os.makedirs(out_dir, exist_ok=True)
     options: dict[str, Any] = {"strategy": "ddp_spawn", "devices": devices} if devices > 1 else {"devices": 1}
     trainer = make_trainer(
-        [EVETCallback(num_samples=num_samples, log_images=2, **callback_options), DumpMetrics(out_dir)],
+        [
+            CountForwards(out_dir),
+            EVETCallback(num_samples=num_samples, log_images=2, **callback_options),
+            DumpMetrics(out_dir),
+        ],
         accelerator="cpu",
         limit_train_batches=1,
         num_sanity_val_steps=0,
@@ -47,6 +51,12 @@ def _run(
         trainer.fit(model, shapes_loader(4, seed=0), loader)
     else:
         trainer.validate(model, dataloaders=loader, verbose=False)
+    forwards = []
+    for rank in range(devices):
+        with open(forwards_path(out_dir, rank)) as handle:
+            forwards.append(json.load(handle))
+    assert forwards[0]["calls"] > 0
+    assert all(counts == forwards[0] for counts in forwards), forwards  # equal work on every rank (decision 29)
     per_rank = []
     for rank in range(devices):
         with open(rank_metrics_path(out_dir, rank)) as handle:
