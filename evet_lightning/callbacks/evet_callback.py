@@ -537,7 +537,7 @@ class EVETCallback(pl.Callback, _LightningCallback):
         """Each fold's maps at the alpha chosen on the other fold, from sums over all processes (decision 11)."""
         selection = OutOfFoldAlpha(self.settings.alpha_grid, self.settings.alpha_objective).to(device)
         for chunk in chunks:
-            selection.add(chunk.folds, chunk.result, chunk.masks)
+            selection.add(chunk.folds, chunk.result, chunk.masks, chunk.stability)
         self.last_alpha = selection.choose()  # every rank, once per explained epoch: it syncs
         return [chunk.out_of_fold(self.last_alpha) for chunk in chunks]
 
