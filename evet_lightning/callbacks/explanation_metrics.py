@@ -24,7 +24,6 @@ from evet_lightning.callbacks.explaining import VARIANTS, ExplainedChunk, module
 from evet_lightning.callbacks.sampling import fingerprint_terms
 from evet_lightning.functional.alpha import map_energy
 from evet_lightning.functional.average_drop import drop_per_sample
-from evet_lightning.functional.deletion_insertion import curve_auc
 from evet_lightning.functional.stability_index import stability_per_sample
 from evet_lightning.metrics import (
     AverageDifference,
@@ -94,18 +93,16 @@ class ExplanationMetrics(nn.Module):
         curves: dict[str, Metric] = {}
         if deletion_steps is not None:
             curves = {"deletion_auc": DeletionAUC(deletion_steps), "insertion_auc": InsertionAUC(deletion_steps)}
-        variant = MetricCollection(
-            {
-                "average_drop": AverageDrop(),
-                "increase_in_confidence": IncreaseInConfidence(),
-                "energy_pointing_game": EnergyPointingGame(),
-                **({"stability_index": StabilityIndex()} if stability else {}),
-                **curves,
-            },
-            compute_groups=False,
-        )
+        metrics: dict[str, Metric] = {
+            "average_drop": AverageDrop(),
+            "increase_in_confidence": IncreaseInConfidence(),
+            "energy_pointing_game": EnergyPointingGame(),
+            **({"stability_index": StabilityIndex()} if stability else {}),
+            **curves,
+        }
+        variant = MetricCollection(metrics, compute_groups=False)
         self.variants = nn.ModuleDict({name: variant.clone(prefix=f"{prefix}/{name}/") for name in VARIANTS})
-        self.differences = nn.ModuleDict({name: PairedDifference(seed=seed) for name in variant.keys()})
+        self.differences = nn.ModuleDict({name: PairedDifference(seed=seed) for name in sorted(metrics)})
         self.comparison = MetricCollection(
             {"win": Win(), "average_difference": AverageDifference()}, prefix=f"{prefix}/", compute_groups=False
         )

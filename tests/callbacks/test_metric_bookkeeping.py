@@ -116,9 +116,7 @@ def _evet_values(metrics: dict[str, Any], differences: bool = False) -> dict[str
     }
 
 
-def _chunks_run(
-    make_trainer: TrainerFactory, differences: bool = False
-) -> tuple[EVETCallback, dict[str, float]]:
+def _chunks_run(make_trainer: TrainerFactory, differences: bool = False) -> tuple[EVETCallback, dict[str, float]]:
     """7 samples in batches of 4, explained 3 at a time (chunks of 3, 3, 1), two stability transforms."""
     pl.seed_everything(0)
     stability = [Rotate(5.0), HorizontalFlip()]
