@@ -53,6 +53,10 @@ def check_stability_transforms(transforms: Sequence[AffineTransform] | str | Non
         return [Rotate(5.0)]
     if transforms == "paper":
         return table5_transforms()
+    if isinstance(transforms, str):
+        raise ValueError(
+            f"Expected `stability_transforms` to be 'paper' or a sequence of transforms, got {transforms!r}"
+        )
     if isinstance(transforms, AffineTransform) or not isinstance(transforms, Sequence):
         raise ValueError(f"Expected `stability_transforms` to be a sequence of transforms, but got {transforms!r}")
     for transform in transforms:
@@ -60,7 +64,7 @@ def check_stability_transforms(transforms: Sequence[AffineTransform] | str | Non
             raise ValueError(
                 f"Expected every item of `stability_transforms` to be an AffineTransform, but got {transform!r}"
             )
-    return list(transforms)
+    return [transform for transform in transforms if isinstance(transform, AffineTransform)]
 
 
 def check_class_names(class_names: Sequence[str] | None) -> tuple[str, ...] | None:

@@ -93,7 +93,7 @@ class ExplanationMetrics(nn.Module):
         curves: dict[str, Metric] = {}
         if deletion_steps is not None:
             curves = {"deletion_auc": DeletionAUC(deletion_steps), "insertion_auc": InsertionAUC(deletion_steps)}
-        metrics: dict[str, Metric] = {
+        metrics: dict[str, Metric | MetricCollection] = {
             "average_drop": AverageDrop(),
             "increase_in_confidence": IncreaseInConfidence(),
             "energy_pointing_game": EnergyPointingGame(),
@@ -116,7 +116,10 @@ class ExplanationMetrics(nn.Module):
         keys = [f"{self.prefix}/num_skipped"]
         for collection in self._logged_collections():
             keys += [str(key) for key in collection.keys(keep_base=False)]
-        return keys + [key for name in self.differences for key in self._difference_keys(name)]
+        return keys + [key for name in self._differences() for key in self._difference_keys(name)]
+
+    def _differences(self) -> dict[str, PairedDifference]:
+        return {name: cast(PairedDifference, metric) for name, metric in self.differences.items()}
 
     def _difference_keys(self, name: str) -> list[str]:
         return [f"{self.prefix}/diff/{name}{suffix}" for suffix in DIFFERENCE_SUFFIXES]
@@ -144,7 +147,7 @@ class ExplanationMetrics(nn.Module):
                 collection["insertion_auc"].update(curves.insertion[keep])
         self.comparison.update(scores_a=evet_scores, scores_b=original_scores)
         per_sample = {name: _per_sample(chunk, name) for name in VARIANTS}
-        for name, metric in self.differences.items():
+        for name, metric in self._differences().items():
             if name in per_sample["evet"]:
                 metric.update(per_sample["evet"][name], per_sample["original"][name])
         self.num_explained.update(keep.sum())
@@ -174,7 +177,7 @@ class ExplanationMetrics(nn.Module):
                 value=empty_scores,
                 curves=empty_curves,
             )
-        for metric in self.differences.values():
+        for metric in self._differences().values():
             metric.update(empty_scores, empty_scores)
 
     def compute(self) -> tuple[dict[str, Tensor], EpochCounts]:
@@ -197,9 +200,9 @@ class ExplanationMetrics(nn.Module):
                 for key, metric in collection.items(keep_base=False, copy_state=False):
                     if counts.masked > 0 or not _takes(metric, "mask"):
                         values[key] = metric.compute().float()
-            for name, metric in self.differences.items():
+            for name, difference in self._differences().items():
                 if counts.masked > 0 or name != "energy_pointing_game":
-                    interval = metric.compute().float()
+                    interval = difference.compute().float()
                     if bool(torch.isfinite(interval).all()):  # never log NaN (decision 4)
                         values.update(zip(self._difference_keys(name), interval, strict=True))
         for metric in self._metrics():
@@ -227,7 +230,7 @@ class ExplanationMetrics(nn.Module):
     def _metrics(self) -> Iterator[Metric]:
         for collection in self._logged_collections():
             yield from collection.values(copy_state=False)
-        yield from self.differences.values()
+        yield from self._differences().values()
         yield from (self.num_skipped, self.num_explained, self.num_masked, self.fingerprint)
 
 
