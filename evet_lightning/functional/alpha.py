@@ -232,7 +232,21 @@ def _faithful_boost(curve: AlphaCurve) -> Tensor:
             guarded_drop = torch.where(guarded, drop, math.inf)
             admissible = order == order[guarded_drop == guarded_drop.min()][0]
             return torch.where(admissible, -order, drop.numel() + torch.nan_to_num(drop, nan=math.inf))
-        # No alpha is guarded: the rule without stability below (localization, then faithfulness).
+        else:
+            # No alpha is both as stable and as localized as the original map: the one that falls least short of
+            # it (the larger relative shortfall of the two, smallest), among those no less faithful than the
+            # original map if any; ties to the smaller alpha.
+            shortfall = (curve.original_stability / count - stability).clamp_min(0) / (
+                curve.original_stability / count
+            ).clamp_min(1e-12)
+            if energy is not None and curve.original_energy is not None:
+                energy_short = (curve.original_energy / count - energy).clamp_min(0)
+                shortfall = torch.maximum(shortfall, energy_short / (curve.original_energy / count).clamp_min(1e-12))
+            faithful = finite & (drop <= curve.original_drop / count + 1e-12)
+            pool = faithful if bool(faithful.any()) else finite
+            ranked = torch.where(pool, torch.nan_to_num(shortfall, nan=math.inf), math.inf)
+            admissible = order == order[ranked == ranked.min()][0]
+            return torch.where(admissible, -order, drop.numel() + torch.nan_to_num(drop, nan=math.inf))
     if energy is not None and curve.original_energy is not None:
         # With object masks, localization must not fall below the original map's either.
         if bool((admissible & localized).any()):

@@ -522,8 +522,8 @@ def _stable_curve(drop, stability, original_stability, energy=None, original_ene
         # Only alphas 0 and 0.1 are stable, neither within a point of the best drop (0.01): the more faithful
         # stable one, 0.1.
         ([0.05, 0.04, 0.02, 0.01, 0.015], [0.92, 0.91, 0.88, 0.87, 0.86], 0.9, 1),
-        # No alpha is as stable as the original map: the rule without stability.
-        ([0.024, 0.025, 0.022, 0.019, 0.018], [0.8] * 5, 0.9, 4),
+        # No alpha is as stable as the original map: the one that falls least short of it (0.1: 0.89 vs 0.9).
+        ([0.024, 0.025, 0.022, 0.019, 0.018], [0.8, 0.89, 0.85, 0.8, 0.7], 0.9, 1),
     ],
 )
 def test_faithful_boost_stability_guard(drop, stability, original_stability, expected):
@@ -536,6 +536,15 @@ def test_faithful_boost_stability_guard_with_masks_needs_both():
         [0.03, 0.03, 0.022, 0.02, 0.015], [0.95, 0.95, 0.95, 0.95, 0.8], 0.9, [0.1, 0.1, 0.1, 0.4, 0.5], 0.3
     )
     assert choose_alpha(curve, "faithful_boost")[0] == 3
+
+
+def test_faithful_boost_with_stability_and_masks_in_conflict_takes_the_smallest_shortfall():
+    # alpha 0 is stable but localizes 10% worse; 0.1 localizes well and is 0.2% less stable: 0.1. alpha 1 is the
+    # least short, but less faithful than the original map (drop 0.05 > 0.04): not a candidate.
+    curve = _stable_curve(
+        [0.02, 0.021, 0.022, 0.03, 0.05], [0.92, 0.898, 0.89, 0.88, 0.899], 0.9, [0.27, 0.31, 0.33, 0.35, 0.4], 0.3
+    )._replace(original_drop=_f64(0.04))
+    assert choose_alpha(curve, "faithful_boost")[0] == 1
 
 
 def test_alpha_curve_sums_stability_and_merge_keeps_it():
