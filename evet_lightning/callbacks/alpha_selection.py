@@ -4,12 +4,16 @@ The explained samples are split into two folds by their global position (even an
 chosen, the same with any number of processes). The per-alpha sums of each fold are reduced across processes
 (a torchmetrics :class:`~torchmetrics.Metric`), each fold's alpha is chosen on the *other* fold, and each
 sample's EVET map is the blend at its fold's alpha, so no logged score grades its own selection.
+
+The stability guard of the default objective (decision 30) needs each alpha's stability index: the stability
+runs on ``T(x)`` are made anyway (for the logged stability index), and keep their fusion parts, so each alpha's
+``J*_a(T(x))`` is a blend and a warp, never a new view.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -17,13 +21,58 @@ from torchmetrics import Metric
 
 from evet_lightning.functional.alpha import AlphaCurve, AlphaObjective, alpha_curve, choose_alpha, map_energy
 from evet_lightning.functional.fusion import blend
+from evet_lightning.functional.stability_index import stability_per_sample
 from evet_lightning.saliency.evet import EVETResult
+from evet_lightning.saliency.transforms import AffineTransform
 
-__all__ = ["FoldAlphaSums", "FoldChoice", "OutOfFoldAlpha", "sample_folds"]
+__all__ = ["FoldAlphaSums", "FoldChoice", "OutOfFoldAlpha", "StabilityRun", "alpha_stability", "sample_folds"]
 
 _NUM_FOLDS = 2
-_SUM_FIELDS = ("drop", "increase", "energy")
-_ORIGINAL_FIELDS = ("original_drop", "original_increase", "original_energy")
+_SUM_FIELDS = ("drop", "increase", "energy", "stability")
+_ORIGINAL_FIELDS = ("original_drop", "original_increase", "original_energy", "original_stability")
+
+
+class StabilityRun(Protocol):
+    """One stability transform's run on ``T(x)``, as the callback keeps it (``StabilityMaps``)."""
+
+    @property
+    def original(self) -> Tensor:
+        """``(B, H, W)`` ``T^-1(J(T(x)))``."""
+        ...
+
+    @property
+    def valid(self) -> Tensor:
+        """``(H, W)`` bool, the pixels with a pre-image under ``T``."""
+        ...
+
+    @property
+    def transform(self) -> AffineTransform | None: ...
+
+    @property
+    def transformed(self) -> EVETResult | None: ...
+
+
+def alpha_stability(
+    result: EVETResult, runs: Sequence[StabilityRun], grid: Sequence[float]
+) -> tuple[Tensor, Tensor] | None:
+    """``((A, B), (B,))``: the stability index of each alpha's EVET map and of the original map, averaged over
+    the stability transforms (NaN where a map is not finite); ``None`` without a run that kept its fusion parts.
+
+    ``J*_a(T(x))`` is the blend of the run's ``M_hat``/``sigma`` at ``a``, mapped back with ``T^-1``.
+    """
+    usable = [run for run in runs if run.transform is not None and run.transformed is not None]
+    if not usable or len(usable) != len(runs):
+        return None
+    alphas = torch.tensor(list(grid), dtype=result.fused_mean.dtype, device=result.fused_mean.device)
+    evet_maps = blend(result.fused_mean, result.fused_sigma, alphas)  # (A, B, H, W)
+    per_alpha, original = [], []
+    for run in usable:
+        assert run.transform is not None and run.transformed is not None
+        moved = blend(run.transformed.fused_mean, run.transformed.fused_sigma, alphas)
+        back = run.transform.inverse(moved.flatten(0, 1).unsqueeze(1)).squeeze(1).view_as(moved)
+        per_alpha.append(stability_per_sample(evet_maps, back, run.valid))
+        original.append(stability_per_sample(result.original, run.original, run.valid))
+    return torch.stack(per_alpha).mean(0), torch.stack(original).mean(0)
 
 
 def sample_folds(num_local: int, rank: int, world_size: int, device: torch.device | None = None) -> Tensor:
@@ -50,8 +99,11 @@ class FoldAlphaSums(Metric):
     original_drop: Tensor
     original_increase: Tensor
     original_energy: Tensor
+    stability: Tensor
+    original_stability: Tensor
     num_samples: Tensor
     masked: Tensor
+    stable: Tensor
 
     def __init__(self, alphas: Sequence[float], **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -59,7 +111,7 @@ class FoldAlphaSums(Metric):
         num_alphas = len(self.alphas)
         for name in _SUM_FIELDS:
             self.add_state(name, torch.zeros(_NUM_FOLDS, num_alphas, dtype=torch.float64), dist_reduce_fx="sum")
-        for name in (*_ORIGINAL_FIELDS, "num_samples", "masked"):
+        for name in (*_ORIGINAL_FIELDS, "num_samples", "masked", "stable"):
             self.add_state(name, torch.zeros(_NUM_FOLDS, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, fold: int, curve: AlphaCurve) -> None:  # type: ignore[override]
@@ -71,12 +123,17 @@ class FoldAlphaSums(Metric):
         self.num_samples[fold] += curve.num_samples.to(self.device, torch.float64)
         if curve.energy is not None:
             self.masked[fold] += curve.num_samples.to(self.device, torch.float64)
+        if curve.stability is not None:
+            self.stable[fold] += curve.num_samples.to(self.device, torch.float64)
 
     def compute(self) -> list[AlphaCurve]:
-        """One curve per fold; the pointing-game sums only when every summed sample had a mask."""
+        """One curve per fold; the pointing-game (stability) sums only when every summed sample had a mask
+        (a stability run)."""
         curves = []
         alphas = torch.tensor(self.alphas, dtype=torch.float64, device=self.device)
-        with_masks = bool((self.masked == self.num_samples).all()) and bool((self.num_samples > 0).any())
+        any_sample = bool((self.num_samples > 0).any())
+        with_masks = bool((self.masked == self.num_samples).all()) and any_sample
+        with_stability = bool((self.stable == self.num_samples).all()) and any_sample
         for fold in range(_NUM_FOLDS):
             curves.append(
                 AlphaCurve(
@@ -88,6 +145,8 @@ class FoldAlphaSums(Metric):
                     self.original_drop[fold],
                     self.original_increase[fold],
                     self.original_energy[fold] if with_masks else None,
+                    self.stability[fold] if with_stability else None,
+                    self.original_stability[fold] if with_stability else None,
                 )
             )
         return curves
@@ -127,11 +186,16 @@ class OutOfFoldAlpha:
         self.sums = self.sums.to(device)
         return self
 
-    def add(self, folds: Tensor, result: EVETResult, masks: Tensor | None) -> None:
-        """Sum one chunk's per-alpha scores (an ``alpha="auto"`` EVET result) into each sample's fold."""
+    def add(
+        self, folds: Tensor, result: EVETResult, masks: Tensor | None, stability: Sequence[StabilityRun] = ()
+    ) -> None:
+        """Sum one chunk's per-alpha scores (an ``alpha="auto"`` EVET result) into each sample's fold; with the
+        chunk's stability runs, each alpha's stability index too (for the guard, decision 30)."""
         assert result.alpha_scores is not None, "out of fold needs an alpha='auto' run"
         grid = torch.tensor(self.sums.alphas, dtype=torch.float64, device=result.alpha_scores.device)
         original_energy = None if masks is None else map_energy(result.original, masks)
+        stable = alpha_stability(result, stability, self.sums.alphas) if stability else None
+        alpha_si, original_si = (None, None) if stable is None else stable
         for fold in range(_NUM_FOLDS):
             include = result.finite & (folds == fold)
             curve = alpha_curve(
@@ -141,6 +205,8 @@ class OutOfFoldAlpha:
                 result.view_scores[0],
                 alpha_energy=result.alpha_energy,
                 original_energy=original_energy,
+                alpha_stability=alpha_si,
+                original_stability=original_si,
                 include=include,
             )
             self.sums.update(fold, curve)

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from evet_lightning.saliency.transforms import AffineTransform, Rotate
+from evet_lightning.saliency.transforms import AffineTransform, HorizontalFlip, Rotate, Scale, Shear
 
 __all__ = [
     "TARGET_CHOICES",
@@ -21,6 +21,7 @@ __all__ = [
     "check_stability_transforms",
     "check_target",
     "explained_module",
+    "table5_transforms",
 ]
 
 TARGET_CHOICES = ("label", "prediction")
@@ -39,9 +40,23 @@ def check_layer_names(target_layers: object) -> list[str] | None:
     return list(names)
 
 
-def check_stability_transforms(transforms: Sequence[AffineTransform] | None) -> list[AffineTransform]:
+def table5_transforms() -> list[AffineTransform]:
+    """The paper's stability protocol (Table 5, Fig. 4a): EVET's own four basic transforms, scale 0.9, rotate
+    10 degrees, shear 0.2 and the horizontal flip; the stability index is their mean."""
+    return [Scale(0.9), Rotate(10.0), Shear(0.2), HorizontalFlip()]
+
+
+def check_stability_transforms(transforms: Sequence[AffineTransform] | str | None) -> list[AffineTransform]:
+    """``None``: ``[Rotate(5.0)]`` (a transform EVET does not use, Fig. 4b); ``"paper"``: :func:`table5_transforms`;
+    else a sequence of transforms."""
     if transforms is None:
         return [Rotate(5.0)]
+    if transforms == "paper":
+        return table5_transforms()
+    if isinstance(transforms, str):
+        raise ValueError(
+            f"Expected `stability_transforms` to be 'paper' or a sequence of transforms, got {transforms!r}"
+        )
     if isinstance(transforms, AffineTransform) or not isinstance(transforms, Sequence):
         raise ValueError(f"Expected `stability_transforms` to be a sequence of transforms, but got {transforms!r}")
     for transform in transforms:
@@ -49,7 +64,7 @@ def check_stability_transforms(transforms: Sequence[AffineTransform] | None) -> 
             raise ValueError(
                 f"Expected every item of `stability_transforms` to be an AffineTransform, but got {transform!r}"
             )
-    return list(transforms)
+    return [transform for transform in transforms if isinstance(transform, AffineTransform)]
 
 
 def check_class_names(class_names: Sequence[str] | None) -> tuple[str, ...] | None:

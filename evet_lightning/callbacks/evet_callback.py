@@ -206,8 +206,10 @@ class EVETCallback(pl.Callback, _LightningCallback):
             ``val_check_interval`` every validation run counts), >= 1. ``trainer.validate`` always explains.
         target: ``"label"`` (the batch's label when it has one, else the prediction) or ``"prediction"``.
         stability_transforms: the transforms T of the stability index; default ``[Rotate(5.0)]``, a transform
-            EVET itself does not use, so the index measures how EVET generalizes (paper Fig. 4b). Each one
-            costs another EVET run per sample.
+            EVET itself does not use, so the index measures how EVET generalizes (paper Fig. 4b); ``"paper"``
+            for the paper's protocol (Table 5, Fig. 4a): the mean over scale 0.9, rotate 10, shear 0.2 and flip,
+            EVET's own transforms. Each one costs another EVET run per sample. With ``alpha="auto"`` the runs
+            also give each alpha's stability index for the default objective's stability guard (decision 30).
         log_images: how many samples' heatmaps to log, >= 0. 0 turns every image, table and file off (the
             heatmaps, the per-sample table or CSV, the alpha and the deletion/insertion plots); the metrics are
             logged all the same.
@@ -260,7 +262,7 @@ class EVETCallback(pl.Callback, _LightningCallback):
         num_samples: int = 32,
         every_n_epochs: int = 1,
         target: Literal["label", "prediction"] = "label",
-        stability_transforms: Sequence[AffineTransform] | None = None,
+        stability_transforms: Sequence[AffineTransform] | Literal["paper"] | None = None,
         log_images: int = 8,
         prefix: str = "evet",
         batch_unpacker: BatchUnpacker | None = None,
@@ -591,7 +593,7 @@ class EVETCallback(pl.Callback, _LightningCallback):
         """Each fold's maps at the alpha chosen on the other fold, from sums over all processes (decision 11)."""
         selection = OutOfFoldAlpha(self.settings.alpha_grid, self.settings.alpha_objective).to(device)
         for chunk in chunks:  # padding goes into no fold (fold -1), so it never enters a choice
-            selection.add(torch.where(chunk.padding_mask, -1, chunk.folds), chunk.result, chunk.masks)
+            selection.add(torch.where(chunk.padding_mask, -1, chunk.folds), chunk.result, chunk.masks, chunk.stability)
         self.last_alpha = selection.choose()  # every rank, once per explained epoch: it syncs
         return [chunk.out_of_fold(self.last_alpha) for chunk in chunks]
 

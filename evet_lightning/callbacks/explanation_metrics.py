@@ -22,6 +22,9 @@ from torchmetrics.aggregation import SumMetric
 
 from evet_lightning.callbacks.explaining import VARIANTS, ExplainedChunk, module_device
 from evet_lightning.callbacks.sampling import fingerprint_terms
+from evet_lightning.functional.alpha import map_energy
+from evet_lightning.functional.average_drop import drop_per_sample
+from evet_lightning.functional.stability_index import stability_per_sample
 from evet_lightning.metrics import (
     AverageDifference,
     AverageDrop,
@@ -29,11 +32,15 @@ from evet_lightning.metrics import (
     EnergyPointingGame,
     IncreaseInConfidence,
     InsertionAUC,
+    PairedDifference,
     StabilityIndex,
     Win,
 )
 
-__all__ = ["VARIANTS", "EpochCounts", "ExplanationMetrics", "MetricsAnchor"]
+__all__ = ["DIFFERENCE_SUFFIXES", "VARIANTS", "EpochCounts", "ExplanationMetrics", "MetricsAnchor"]
+
+#: Each paired difference is logged as ``{prefix}/diff/{metric}{suffix}``: the mean, the interval's bounds.
+DIFFERENCE_SUFFIXES = ("", "_low", "_high")
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,9 @@ class ExplanationMetrics(nn.Module):
       ``energy_pointing_game``, (with stability transforms) ``stability_index`` and (with ``deletion_steps``)
       ``deletion_auc`` and ``insertion_auc``;
     - ``comparison`` (prefix ``{prefix}/``): ``win`` and ``average_difference`` of ``O`` (EVET against original);
+    - ``differences``, one :class:`~evet_lightning.metrics.PairedDifference` per metric of a variant: the mean
+      paired difference EVET minus original over the explained samples, logged as ``{prefix}/diff/{metric}``
+      with its seeded 95% bootstrap interval ``{prefix}/diff/{metric}_low`` / ``_high`` (decision 31);
     - ``num_skipped`` (logged as ``{prefix}/num_skipped``), and the unlogged ``num_explained``, ``num_masked`` and
       ``fingerprint`` sums.
 
@@ -75,7 +85,7 @@ class ExplanationMetrics(nn.Module):
     alphabetical order torchmetrics keeps (the same on every process).
     """
 
-    def __init__(self, prefix: str, stability: bool, deletion_steps: int | None = None) -> None:
+    def __init__(self, prefix: str, stability: bool, deletion_steps: int | None = None, seed: int = 0) -> None:
         super().__init__()
         self.prefix = prefix
         self.deletion_steps = deletion_steps
@@ -83,17 +93,16 @@ class ExplanationMetrics(nn.Module):
         curves: dict[str, Metric] = {}
         if deletion_steps is not None:
             curves = {"deletion_auc": DeletionAUC(deletion_steps), "insertion_auc": InsertionAUC(deletion_steps)}
-        variant = MetricCollection(
-            {
-                "average_drop": AverageDrop(),
-                "increase_in_confidence": IncreaseInConfidence(),
-                "energy_pointing_game": EnergyPointingGame(),
-                **({"stability_index": StabilityIndex()} if stability else {}),
-                **curves,
-            },
-            compute_groups=False,
-        )
+        metrics: dict[str, Metric | MetricCollection] = {
+            "average_drop": AverageDrop(),
+            "increase_in_confidence": IncreaseInConfidence(),
+            "energy_pointing_game": EnergyPointingGame(),
+            **({"stability_index": StabilityIndex()} if stability else {}),
+            **curves,
+        }
+        variant = MetricCollection(metrics, compute_groups=False)
         self.variants = nn.ModuleDict({name: variant.clone(prefix=f"{prefix}/{name}/") for name in VARIANTS})
+        self.differences = nn.ModuleDict({name: PairedDifference(seed=seed) for name in sorted(metrics)})
         self.comparison = MetricCollection(
             {"win": Win(), "average_difference": AverageDifference()}, prefix=f"{prefix}/", compute_groups=False
         )
@@ -107,7 +116,13 @@ class ExplanationMetrics(nn.Module):
         keys = [f"{self.prefix}/num_skipped"]
         for collection in self._logged_collections():
             keys += [str(key) for key in collection.keys(keep_base=False)]
-        return keys
+        return keys + [key for name in self._differences() for key in self._difference_keys(name)]
+
+    def _differences(self) -> dict[str, PairedDifference]:
+        return {name: cast(PairedDifference, metric) for name, metric in self.differences.items()}
+
+    def _difference_keys(self, name: str) -> list[str]:
+        return [f"{self.prefix}/diff/{name}{suffix}" for suffix in DIFFERENCE_SUFFIXES]
 
     def update(self, chunk: ExplainedChunk) -> None:
         """Add one chunk of explained samples; only its finite samples that are not padding enter the scores."""
@@ -131,6 +146,10 @@ class ExplanationMetrics(nn.Module):
                 collection["deletion_auc"].update(curves.deletion[keep])
                 collection["insertion_auc"].update(curves.insertion[keep])
         self.comparison.update(scores_a=evet_scores, scores_b=original_scores)
+        per_sample = {name: _per_sample(chunk, name) for name in VARIANTS}
+        for name, metric in self._differences().items():
+            if name in per_sample["evet"]:
+                metric.update(per_sample["evet"][name], per_sample["original"][name])
         self.num_explained.update(keep.sum())
         self.num_skipped.update((~result.finite & ~padding).sum())
         if chunk.masks is not None:
@@ -158,6 +177,8 @@ class ExplanationMetrics(nn.Module):
                 value=empty_scores,
                 curves=empty_curves,
             )
+        for metric in self._differences().values():
+            metric.update(empty_scores, empty_scores)
 
     def compute(self) -> tuple[dict[str, Tensor], EpochCounts]:
         """The logged values and the counts of the epoch, over all processes; then every metric is reset.
@@ -179,6 +200,11 @@ class ExplanationMetrics(nn.Module):
                 for key, metric in collection.items(keep_base=False, copy_state=False):
                     if counts.masked > 0 or not _takes(metric, "mask"):
                         values[key] = metric.compute().float()
+            for name, difference in self._differences().items():
+                if counts.masked > 0 or name != "energy_pointing_game":
+                    interval = difference.compute().float()
+                    if bool(torch.isfinite(interval).all()):  # never log NaN (decision 4)
+                        values.update(zip(self._difference_keys(name), interval, strict=True))
         for metric in self._metrics():
             metric.reset()
         return values, counts
@@ -204,7 +230,34 @@ class ExplanationMetrics(nn.Module):
     def _metrics(self) -> Iterator[Metric]:
         for collection in self._logged_collections():
             yield from collection.values(copy_state=False)
+        yield from self._differences().values()
         yield from (self.num_skipped, self.num_explained, self.num_masked, self.fingerprint)
+
+
+def _per_sample(chunk: ExplainedChunk, variant: str) -> dict[str, Tensor]:
+    """Each metric's value per finite sample of ``chunk`` for the ``variant``'s maps (the inputs of the paired
+    differences; NaN where a sample has no value, e.g. a non-finite stability run)."""
+    result, keep = chunk.result, chunk.result.finite
+    maps = result.original if variant == "original" else result.saliency
+    scores = result.clean_scores[keep]
+    masked_scores = (result.view_scores[0] if variant == "original" else chunk.evet_scores)[keep]
+    values = {
+        "average_drop": drop_per_sample(scores, masked_scores),
+        "increase_in_confidence": (masked_scores > scores).double(),
+    }
+    if chunk.masks is not None:
+        values["energy_pointing_game"] = map_energy(maps[keep], chunk.masks[keep])
+    if chunk.stability:
+        per_transform = []
+        for stability in chunk.stability:
+            transformed = stability.original if variant == "original" else stability.saliency
+            similarity = stability_per_sample(maps, transformed, stability.valid)
+            per_transform.append(torch.where(stability.finite, similarity, torch.nan))
+        values["stability_index"] = torch.stack(per_transform).mean(0)[keep]
+    curves = chunk.curves(variant)
+    if curves is not None:
+        values.update({name: auc.double()[keep] for name, auc in curves.aucs().items()})
+    return values
 
 
 def _takes(metric: Metric, argument: str) -> bool:

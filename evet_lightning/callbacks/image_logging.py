@@ -167,7 +167,14 @@ def log_alpha_curve(trainer: pl.Trainer, key: str, choice: FoldChoice) -> None:
     log_figure(trainer, key, image, file_name, caption)
     if not trainer.is_global_zero:
         return
-    columns = ["alpha", "average_drop", "increase_in_confidence", "energy_pointing_game", "folds_using_it"]
+    columns = [
+        "alpha",
+        "average_drop",
+        "increase_in_confidence",
+        "energy_pointing_game",
+        "stability_index",
+        "folds_using_it",
+    ]
     data = [[*row, sum(alpha == row[0] for alpha in choice.alphas)] for row in alpha_curve_rows(choice.curve)]
     for logger in trainer.loggers:
         if isinstance(logger, logger_classes("WandbLogger")):

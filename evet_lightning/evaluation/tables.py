@@ -20,8 +20,11 @@ All fractions are shown in % unless said otherwise:
 Table 1 also shows the alpha of each method's EVET maps: with ``--alpha auto`` the one the callback chose
 (``evet/alpha``, the mean of the two folds' out-of-fold choices), else the fixed value.
 
-Each *w/ EVET* value that has an *Original* value to compare with is marked in the markdown: ✓ when EVET goes the
-better way for that metric, ✗ when it goes the other way, = when both print the same.
+Each *w/ EVET* value that has an *Original* value to compare with is marked in the markdown. Where the callback
+logged the paired difference's 95% interval (``evet/diff/{metric}_low`` / ``_high``, decision 31), the interval
+of EVET minus original follows in brackets and the mark says what it says: ✓ when it excludes zero on the better
+side, ✗ on the worse side, ≈ when it contains zero. Without an interval (Win, older runs): ✓ when EVET goes the
+better way as printed, ✗ the other way, = when both print the same.
 
 The values are the ones ``trainer.validate`` returned; the few per-sample comparisons the callback does not log
 (the "Original" row of Win, Table 3) use the same functional metrics on the per-sample scores it kept.
@@ -40,10 +43,23 @@ from evet_lightning.evaluation.names import PREFIX, display_name
 from evet_lightning.evaluation.records import MethodRun, Timing
 from evet_lightning.functional import average_difference, win
 
-__all__ = ["Better", "EvaluationResult", "Table", "TableRow", "build_tables", "direction_mark"]
+__all__ = ["Better", "EvaluationResult", "Table", "TableRow", "build_tables", "direction_mark", "interval_mark"]
 
 #: Which way a metric is better.
 Better = Literal["lower", "higher"]
+
+
+def interval_mark(low: float, high: float, better: Better) -> str:
+    """``"✓"`` when the interval of EVET minus original excludes zero on the ``better`` side, ``"✗"`` when it
+    excludes it on the other side, ``"≈"`` when it contains zero.
+
+    Example:
+        >>> interval_mark(-2.0, -0.5, "lower"), interval_mark(-2.0, -0.5, "higher"), interval_mark(-1.0, 0.5, "lower")
+        ('✓', '✗', '≈')
+    """
+    if low > 0 or high < 0:
+        return "✓" if (high < 0) == (better == "lower") else "✗"
+    return "≈"
 
 
 def direction_mark(original: float | None, enhanced: float | None, better: Better, digits: int) -> str:
@@ -75,6 +91,9 @@ class TableRow:
     values: list[float | None]
     digits: int | None = None
     better: Better | None = None
+    intervals: list[tuple[float, float] | None] | None = None
+    """Per column (Table 5: for the last column), the 95% interval of w/ EVET minus Original, in the row's
+    units; a cell with one is marked by :func:`interval_mark` and shows it."""
 
 
 @dataclass
@@ -118,10 +137,13 @@ class Table:
             digits = self.digits if row.digits is None else row.digits
             if row.better is not None and previous is not None:
                 for index, (before, after) in enumerate(zip(previous.values, row.values, strict=True)):
-                    cells[index] = _marked(cells[index], direction_mark(before, after, row.better, digits))
+                    interval = row.intervals[index] if row.intervals else None
+                    mark = direction_mark(before, after, row.better, digits)
+                    cells[index] = _marked(cells[index], mark, interval, row.better, digits)
             if self.better_column is not None and len(row.values) > 1:
+                interval = row.intervals[0] if row.intervals else None
                 mark = direction_mark(row.values[0], row.values[-1], self.better_column, digits)
-                cells[-1] = _marked(cells[-1], mark)
+                cells[-1] = _marked(cells[-1], mark, interval, self.better_column, digits)
             lines.append("| " + " | ".join([*labels, *cells]) + " |")
             previous = row
         lines.extend(["", *self.notes] if self.notes else [])
@@ -140,8 +162,32 @@ class Table:
         return records
 
 
-def _marked(cell: str, mark: str) -> str:
+def _marked(
+    cell: str,
+    mark: str,
+    interval: tuple[float, float] | None = None,
+    better: Better | None = None,
+    digits: int = 1,
+) -> str:
+    if interval is not None and better is not None and mark:
+        low, high = interval
+        return f"{cell} {interval_mark(low, high, better)} [{low:+.{digits}f}, {high:+.{digits}f}]"
     return f"{cell} {mark}" if mark else cell
+
+
+def _intervals(runs: Sequence[MethodRun], name: str, scale: float = 100.0) -> list[tuple[float, float] | None]:
+    """Per run, the logged 95% interval of the paired difference of ``name`` (EVET minus original), scaled."""
+    out: list[tuple[float, float] | None] = []
+    for run in runs:
+        low, high = (run.metrics.get(f"{PREFIX}/diff/{name}{end}") for end in ("_low", "_high"))
+        out.append(None if low is None or high is None else (scale * float(low), scale * float(high)))
+    return out
+
+
+_INTERVAL_NOTE = (
+    "[low, high]: 95% interval of the mean paired difference w/ EVET minus Original over the samples (seeded "
+    "percentile bootstrap, docs/design.md decision 31); ✓/✗ only when it excludes zero, ≈ when it contains it."
+)
 
 
 def _percent(value: float | None) -> float | None:
@@ -168,15 +214,24 @@ def build_tables(
     evet_wins = [_percent(run.metrics.get(f"{PREFIX}/win")) for run in runs]
     rows = [
         TableRow("Average drop (%)", "Original", metric("average_drop", "original")),
-        TableRow("", "w/ EVET", metric("average_drop", "evet"), better="lower"),
+        TableRow(
+            "", "w/ EVET", metric("average_drop", "evet"), better="lower", intervals=_intervals(runs, "average_drop")
+        ),
         TableRow("Increase in confidence (%)", "Original", metric("increase_in_confidence", "original")),
-        TableRow("", "w/ EVET", metric("increase_in_confidence", "evet"), better="higher"),
+        TableRow(
+            "",
+            "w/ EVET",
+            metric("increase_in_confidence", "evet"),
+            better="higher",
+            intervals=_intervals(runs, "increase_in_confidence"),
+        ),
         TableRow("Win (%)", "Original", original_wins),  # type: ignore[arg-type]
         TableRow("", "w/ EVET", evet_wins, better="higher"),
     ]
     notes = [
         "Win: share of samples whose perturbed-image target probability is higher with that map than "
-        "with the other (ties count for neither)."
+        "with the other (ties count for neither).",
+        _INTERVAL_NOTE,
     ]
     if any(run.alpha is not None for run in runs):
         chosen = any(run.alpha_choice is not None for run in runs)
@@ -204,8 +259,15 @@ def build_tables(
                 columns,
                 [
                     TableRow("Energy-based pointing game (%)", "Original", metric("energy_pointing_game", "original")),
-                    TableRow("", "w/ EVET", metric("energy_pointing_game", "evet"), better="higher"),
+                    TableRow(
+                        "",
+                        "w/ EVET",
+                        metric("energy_pointing_game", "evet"),
+                        better="higher",
+                        intervals=_intervals(runs, "energy_pointing_game"),
+                    ),
                 ],
+                notes=[_INTERVAL_NOTE],
             )
         )
     by_method = {run.method: run for run in runs}
@@ -227,12 +289,14 @@ def build_tables(
                         run.metrics.get(key.format("original", "stability_index")),
                         run.metrics.get(key.format("evet", "stability_index")),
                     ],
+                    intervals=_intervals([run], "stability_index", scale=1.0),
                 )
                 for run in runs
             ],
             digits=3,
             row_header="Method",
             better_column="higher",
+            notes=[_INTERVAL_NOTE],
         )
     )
     if any(key.format(variant, name) in run.metrics for run in runs for variant, name in _AUC_KEYS):
@@ -257,14 +321,27 @@ def _deletion_insertion_table(runs: Sequence[MethodRun], columns: list[str], ste
         columns,
         [
             TableRow("Deletion AUC", "Original", auc("deletion_auc", "original")),
-            TableRow("", "w/ EVET", auc("deletion_auc", "evet"), better="lower"),
+            TableRow(
+                "",
+                "w/ EVET",
+                auc("deletion_auc", "evet"),
+                better="lower",
+                intervals=_intervals(runs, "deletion_auc", 1.0),
+            ),
             TableRow("Insertion AUC", "Original", auc("insertion_auc", "original")),
-            TableRow("", "w/ EVET", auc("insertion_auc", "evet"), better="higher"),
+            TableRow(
+                "",
+                "w/ EVET",
+                auc("insertion_auc", "evet"),
+                better="higher",
+                intervals=_intervals(runs, "insertion_auc", 1.0),
+            ),
         ],
         digits=3,
         notes=[
             "Area under the target-class probability as the most salient pixels are replaced by the baseline "
-            "(deletion) or put back into a blurred image (insertion), step by step (docs/design.md, decision 16)."
+            "(deletion) or put back into a blurred image (insertion), step by step (docs/design.md, decision 16).",
+            _INTERVAL_NOTE,
         ],
     )
 

@@ -80,6 +80,11 @@ class AlphaCurve(NamedTuple):
     """``()`` the same count for the original map."""
     original_energy: Tensor | None
     """``()`` the same sum for the original map; ``None`` without object masks."""
+    stability: Tensor | None = None
+    """``(A,)`` sum of the stability index of each alpha's map (Eq. 8-9, averaged over the stability
+    transforms); ``None`` where no stability run was made (an :class:`~evet_lightning.EVET` call alone)."""
+    original_stability: Tensor | None = None
+    """``()`` the same sum for the original map; ``None`` with ``stability``."""
 
     def _mean(self, total: Tensor) -> Tensor:
         return total / self.num_samples.clamp_min(1)
@@ -99,11 +104,17 @@ class AlphaCurve(NamedTuple):
         """``(A,)`` energy pointing game at each alpha, or ``None`` without masks (higher is better)."""
         return None if self.energy is None else self._mean(self.energy)
 
+    @property
+    def stability_index(self) -> Tensor | None:
+        """``(A,)`` stability index at each alpha, or ``None`` without a stability run (higher is better)."""
+        return None if self.stability is None else self._mean(self.stability)
+
     def merge(self, other: AlphaCurve) -> AlphaCurve:
         """The curve of both sample sets (the grids must be equal)."""
         if not torch.equal(self.alphas.cpu(), other.alphas.cpu()):
             raise ValueError(f"Expected curves on the same alpha grid, but got {self.alphas} and {other.alphas}")
         with_masks = self.energy is not None and other.energy is not None
+        with_stability = self.stability is not None and other.stability is not None
         return AlphaCurve(
             self.alphas,
             self.num_samples + other.num_samples,
@@ -113,6 +124,8 @@ class AlphaCurve(NamedTuple):
             self.original_drop + other.original_drop,
             self.original_increase + other.original_increase,
             self.original_energy + other.original_energy if with_masks else None,  # type: ignore[operator]
+            self.stability + other.stability if with_stability else None,  # type: ignore[operator]
+            self.original_stability + other.original_stability if with_stability else None,  # type: ignore[operator]
         )
 
 
@@ -141,6 +154,8 @@ def alpha_curve(
     *,
     alpha_energy: Tensor | None = None,
     original_energy: Tensor | None = None,
+    alpha_stability: Tensor | None = None,
+    original_stability: Tensor | None = None,
     include: Tensor | None = None,
 ) -> AlphaCurve:
     """Sum the per-alpha scores of ``B`` samples.
@@ -152,6 +167,8 @@ def alpha_curve(
         original_scores: ``(B,)`` ``O = f_k(Phi(x, J(x)))`` of the original map.
         alpha_energy: ``(A, B)`` energy pointing game of each EVET map (:func:`map_energy`), or ``None``.
         original_energy: ``(B,)`` the same for the original maps; given together with ``alpha_energy``.
+        alpha_stability: ``(A, B)`` stability index of each EVET map, or ``None``.
+        original_stability: ``(B,)`` the same for the original maps; given together with ``alpha_stability``.
         include: ``(B,)`` bool, the samples to sum (default: all); samples with non-finite scores never count.
 
     Example:
@@ -162,6 +179,8 @@ def alpha_curve(
     """
     if (alpha_energy is None) != (original_energy is None):
         raise ValueError("Expected `alpha_energy` and `original_energy` together, or neither")
+    if (alpha_stability is None) != (original_stability is None):
+        raise ValueError("Expected `alpha_stability` and `original_stability` together, or neither")
     finite = torch.isfinite(clean_scores) & torch.isfinite(alpha_scores).all(0) & torch.isfinite(original_scores)
     include = finite if include is None else include.bool() & finite
     weight = include.double()
@@ -186,6 +205,8 @@ def alpha_curve(
         drop(original_scores),
         increase(original_scores),
         energy(original_energy),
+        energy(alpha_stability),
+        energy(original_stability),
     )
 
 
@@ -195,11 +216,41 @@ def _faithful_boost(curve: AlphaCurve) -> Tensor:
     best = drop[finite].min() if bool(finite.any()) else drop.new_tensor(0.0)
     admissible = finite & (drop <= best + FAITHFUL_BOOST_TOLERANCE + 1e-12)
     order = torch.arange(drop.numel(), dtype=torch.float64, device=drop.device)
+    count = curve.num_samples.clamp_min(1)
+    localized = torch.ones_like(finite)
     energy = curve.energy_pointing_game
     if energy is not None and curve.original_energy is not None:
-        # With object masks, localization must not fall below the original map's either.
-        count = curve.num_samples.clamp_min(1)
         localized = torch.isfinite(energy) & (energy >= curve.original_energy / count - 1e-12)
+    guarded = finite & localized
+    stability = curve.stability_index
+    if stability is not None and curve.original_stability is not None:
+        # The stability guard (decision 30): never less stable (nor, with masks, less localized) than the
+        # original map when some alpha of the grid is both.
+        guarded = guarded & torch.isfinite(stability) & (stability >= curve.original_stability / count - 1e-12)
+        if bool((admissible & guarded).any()):
+            admissible = admissible & guarded
+        elif bool(guarded.any()):
+            # No guarded alpha is within the tolerance: the most faithful guarded one (ties: the smaller).
+            guarded_drop = torch.where(guarded, drop, math.inf)
+            admissible = order == order[guarded_drop == guarded_drop.min()][0]
+            return torch.where(admissible, -order, drop.numel() + torch.nan_to_num(drop, nan=math.inf))
+        else:
+            # No alpha is both as stable and as localized as the original map: the one that falls least short of
+            # it (the larger relative shortfall of the two, smallest), among those no less faithful than the
+            # original map if any; ties to the smaller alpha.
+            shortfall = (curve.original_stability / count - stability).clamp_min(0) / (
+                curve.original_stability / count
+            ).clamp_min(1e-12)
+            if energy is not None and curve.original_energy is not None:
+                energy_short = (curve.original_energy / count - energy).clamp_min(0)
+                shortfall = torch.maximum(shortfall, energy_short / (curve.original_energy / count).clamp_min(1e-12))
+            faithful = finite & (drop <= curve.original_drop / count + 1e-12)
+            pool = faithful if bool(faithful.any()) else finite
+            ranked = torch.where(pool, torch.nan_to_num(shortfall, nan=math.inf), math.inf)
+            admissible = order == order[ranked == ranked.min()][0]
+            return torch.where(admissible, -order, drop.numel() + torch.nan_to_num(drop, nan=math.inf))
+    if energy is not None and curve.original_energy is not None:
+        # With object masks, localization must not fall below the original map's either.
         if bool((admissible & localized).any()):
             admissible = admissible & localized
         else:

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from evet_lightning.functional._checks import _check_range, _check_score_pair, _finite_samples, _safe_mean, _sum_kept
 
-__all__ = ["average_drop"]
+__all__ = ["average_drop", "drop_per_sample"]
 
 
 def _average_drop_update(
@@ -26,12 +26,21 @@ def _average_drop_update(
     if validate_args:
         _check_range("scores", scores, keep, 0.0, 1.0)
         _check_range("masked_scores", masked_scores, keep, 0.0, 1.0)
+    return _sum_kept(drop_per_sample(scores, masked_scores), keep)
+
+
+def drop_per_sample(scores: Tensor, masked_scores: Tensor) -> Tensor:
+    """``(N,)`` float64 ``relu(Y - O) / Y`` of each sample (0 where ``Y <= 0``; leave out non-finite samples).
+
+    Example:
+        >>> drop_per_sample(torch.tensor([0.8, 0.5, 0.0]), torch.tensor([0.4, 0.6, 0.1])).tolist()
+        [0.5, 0.0, 0.0]
+    """
     y = scores.to(torch.float64)
     o = masked_scores.to(torch.float64)
     positive = y > 0
     # The denominator is replaced where Y <= 0 so the unused branch never divides by zero.
-    drop = torch.where(positive, (y - o).clamp_min(0.0) / torch.where(positive, y, torch.ones_like(y)), 0.0)
-    return _sum_kept(drop, keep)
+    return torch.where(positive, (y - o).clamp_min(0.0) / torch.where(positive, y, torch.ones_like(y)), 0.0)
 
 
 def _average_drop_compute(sum_drop: Tensor, num_samples: Tensor, warn: bool = True) -> Tensor:

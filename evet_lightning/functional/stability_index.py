@@ -15,7 +15,7 @@ from evet_lightning.functional._checks import (
     _sum_kept,
 )
 
-__all__ = ["stability_index"]
+__all__ = ["stability_index", "stability_per_sample"]
 
 
 def _stability_index_update(
@@ -39,17 +39,41 @@ def _stability_index_update(
     if validate_args:
         _check_range("saliency", saliency, finite, 0.0, 1.0)
         _check_range("saliency_transformed", saliency_transformed, finite, 0.0, 1.0)
-    valid = valid.flatten(1)
-    num_valid = valid.sum(dim=1)
+    similarity, keep = _similarity(saliency, saliency_transformed, valid, finite)
+    return _sum_kept(similarity, keep)
+
+
+def _similarity(saliency: Tensor, saliency_transformed: Tensor, valid: Tensor, finite: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-sample ``1 - ||(M1 - M2) * valid||_F / sqrt(#valid)`` (float64, 0 where skipped) and the kept samples.
+
+    ``valid`` broadcasts against the maps (``(H, W)`` or ``(N, H, W)``; the maps may carry leading dimensions).
+    """
+    valid = valid.expand_as(saliency).flatten(-2)
+    num_valid = valid.sum(dim=-1)
     keep = finite & (num_valid > 0)
     # Zero the skipped and invalid pixels first so NaN/Inf never reach a sum.
-    use = keep.view(-1, 1) & valid
-    difference = saliency.flatten(1).to(torch.float64) - saliency_transformed.flatten(1).to(torch.float64)
+    use = keep.unsqueeze(-1) & valid
+    difference = saliency.flatten(-2).to(torch.float64) - saliency_transformed.flatten(-2).to(torch.float64)
     difference = torch.where(use, difference, torch.zeros_like(difference))
-    distance = difference.square().sum(dim=1).sqrt()
+    distance = difference.square().sum(dim=-1).sqrt()
     max_distance = num_valid.clamp_min(1).to(torch.float64).sqrt()
-    similarity = 1.0 - distance / max_distance
-    return _sum_kept(similarity, keep)
+    return torch.where(keep, 1.0 - distance / max_distance, 0.0), keep
+
+
+def stability_per_sample(saliency: Tensor, saliency_transformed: Tensor, valid: Tensor | None = None) -> Tensor:
+    """The similarity of Eq. (8)-(9) of each pair of maps, float64, shape ``saliency.shape[:-2]``; NaN where a
+    map is not finite or no pixel is valid. Maps ``(..., H, W)`` in [0, 1] (not checked: hot path of the
+    alpha choice), ``valid`` bool broadcasting against them (default: every pixel).
+
+    Example:
+        >>> stability_per_sample(torch.zeros(2, 1, 2), torch.tensor([[[0.0, 0.0]], [[1.0, 1.0]]])).tolist()
+        [1.0, 0.0]
+    """
+    if valid is None:
+        valid = torch.ones(saliency.shape[-2:], dtype=torch.bool, device=saliency.device)
+    finite = torch.isfinite(saliency).flatten(-2).all(-1) & torch.isfinite(saliency_transformed).flatten(-2).all(-1)
+    similarity, keep = _similarity(saliency, saliency_transformed, valid.bool(), finite)
+    return torch.where(keep, similarity, torch.nan)
 
 
 def _stability_index_compute(sum_similarity: Tensor, num_samples: Tensor, warn: bool = True) -> Tensor:

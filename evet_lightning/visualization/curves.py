@@ -16,18 +16,21 @@ _METRICS = (
     ("average_drop", "average drop (%) ↓"),
     ("increase_in_confidence", "increase in confidence (%) ↑"),
     ("energy_pointing_game", "energy pointing game (%) ↑"),
+    ("stability_index", "stability index (x100) ↑"),
 )
 
 
 def alpha_curve_rows(curve: AlphaCurve) -> list[list[float | None]]:
-    """One row per alpha: ``[alpha, average_drop, increase_in_confidence, energy_pointing_game or None]``."""
-    energy = curve.energy_pointing_game
+    """One row per alpha: ``[alpha, average_drop, increase_in_confidence, energy_pointing_game or None,
+    stability_index or None]``."""
+    energy, stability = curve.energy_pointing_game, curve.stability_index
     return [
         [
             float(alpha),
             float(curve.average_drop[index]),
             float(curve.increase_in_confidence[index]),
             None if energy is None else float(energy[index]),
+            None if stability is None else float(stability[index]),
         ]
         for index, alpha in enumerate(curve.alphas.tolist())
     ]
@@ -63,6 +66,7 @@ def render_alpha_curve(curve: AlphaCurve, chosen: Sequence[float], title: str = 
         "average_drop": float(curve.original_drop) / count,
         "increase_in_confidence": float(curve.original_increase) / count,
         "energy_pointing_game": None if curve.original_energy is None else float(curve.original_energy) / count,
+        "stability_index": None if curve.original_stability is None else float(curve.original_stability) / count,
     }
     alphas = curve.alphas.tolist()
     metrics = [(key, name) for key, name in _METRICS if getattr(curve, key) is not None]

@@ -109,3 +109,28 @@ def test_folds_follow_the_global_position_whatever_the_number_of_processes(rank:
     local = sample_folds(4, rank=rank, world_size=world_size)
     positions = [k * world_size + rank for k in range(4)]
     assert local.tolist() == [position % 2 for position in positions]
+
+
+def test_each_alphas_stability_is_a_blend_of_the_stability_run(make_trainer: TrainerFactory) -> None:
+    """The guard's per-alpha stability index equals the logged stability index of the maps at that alpha."""
+    from evet_lightning.callbacks.alpha_selection import alpha_stability
+    from evet_lightning.functional.stability_index import stability_index
+    from evet_lightning.saliency.transforms import Rotate
+
+    pl.seed_everything(0)
+    callback = EVETCallback(num_samples=5, log_images=0, stability_transforms=[Rotate(5.0)])
+    make_trainer([callback]).validate(Classifier(), dataloaders=shapes_loader(5, batch_size=5), verbose=False)
+    assert callback.last_samples is not None and callback.last_alpha is not None
+    assert callback.last_alpha.curve.stability is not None  # the guard saw the stability run
+    chunk = callback.last_samples.chunks[0]
+    (run,) = chunk.stability
+    per_alpha = alpha_stability(chunk.result, chunk.stability, GRID)
+    assert per_alpha is not None
+    for index, alpha in enumerate(GRID):
+        moved = run.at_alphas(torch.zeros(5, dtype=torch.long), (alpha, alpha))
+        maps = blend(chunk.result.fused_mean, chunk.result.fused_sigma, alpha)
+        expected = stability_index(maps, moved.saliency, run.valid.expand(5, -1, -1))
+        assert float(per_alpha[0][index].mean()) == pytest.approx(float(expected), abs=1e-6)
+    assert float(per_alpha[1].mean()) == pytest.approx(
+        float(stability_index(chunk.result.original, run.original, run.valid.expand(5, -1, -1))), abs=1e-6
+    )

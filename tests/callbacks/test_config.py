@@ -190,3 +190,18 @@ def test_unreadable_batch_fails_in_sanity_check(make_trainer: TrainerFactory) ->
     with pytest.raises(ValueError, match="integer class indices"):
         trainer.fit(model, shapes_loader(8), shapes_loader(4))
     assert model.training_steps == 0
+
+
+def test_stability_transforms_paper_are_the_table5_transforms() -> None:
+    from evet_lightning.saliency.transforms import HorizontalFlip, Rotate, Scale, Shear
+
+    callback = EVETCallback(stability_transforms="paper")
+    assert [type(transform) for transform in callback.stability_transforms] == [Scale, Rotate, Shear, HorizontalFlip]
+    assert [repr(transform) for transform in callback.stability_transforms] == [
+        repr(Scale(0.9)),
+        repr(Rotate(10.0)),
+        repr(Shear(0.2)),
+        repr(HorizontalFlip()),
+    ]
+    with pytest.raises(ValueError, match="stability_transforms"):
+        EVETCallback(stability_transforms="table5")  # type: ignore[arg-type]

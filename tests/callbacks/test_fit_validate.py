@@ -41,6 +41,11 @@ ALL_KEYS = {
         "average_difference",
         "num_skipped",
         "alpha",
+        *(
+            f"diff/{metric}{suffix}"
+            for metric in ("average_drop", "increase_in_confidence", "energy_pointing_game", "stability_index")
+            for suffix in ("", "_low", "_high")
+        ),
     )
 }
 

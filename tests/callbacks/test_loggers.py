@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 from typing import Any
 
@@ -70,7 +71,11 @@ def test_wandb_offline_writes_heatmap_pngs(make_trainer: TrainerFactory, offline
         _assert_heatmap(read_image(path))
     # alpha="auto": the epoch's per-alpha curve as a plot and a table.
     assert [os.path.basename(path).startswith("alpha_curve") for path in images if path not in heatmaps] == [True]
-    assert glob.glob(os.path.join(media, "table", "**", "alpha_curve_table*.json"), recursive=True)
+    (table_file,) = glob.glob(os.path.join(media, "table", "**", "alpha_curve_table*.json"), recursive=True)
+    with open(table_file) as handle:
+        table = json.load(handle)
+    assert table["columns"][4] == "stability_index"  # the guard's column (decision 30), a number per alpha
+    assert all(isinstance(row[4], float) and 0 < row[4] <= 1 for row in table["data"])
     (run_file,) = glob.glob(os.path.join(os.path.dirname(run_dir), "*.wandb"))
     with open(run_file, "rb") as handle:
         logged = handle.read()

@@ -43,6 +43,11 @@ KEYS = [
     "evet/evet/stability_index",
     "evet/average_difference",
     "evet/win",
+    *(
+        f"evet/diff/{name}{suffix}"
+        for name in ("average_drop", "energy_pointing_game", "increase_in_confidence", "stability_index")
+        for suffix in ("", "_low", "_high")
+    ),
 ]
 
 # Logged by the callback before its metrics became MetricCollections (dictionaries of metrics keyed by hand),
@@ -102,17 +107,22 @@ BEFORE_NAN_SAMPLE = {
 }
 
 
-def _evet_values(metrics: dict[str, Any]) -> dict[str, float]:
-    return {key: float(value) for key, value in metrics.items() if key.startswith("evet/")}
+def _evet_values(metrics: dict[str, Any], differences: bool = False) -> dict[str, float]:
+    """The callback's values; the paired differences (added after the values below were recorded) on request."""
+    return {
+        key: float(value)
+        for key, value in metrics.items()
+        if key.startswith("evet/") and (differences or not key.startswith("evet/diff/"))
+    }
 
 
-def _chunks_run(make_trainer: TrainerFactory) -> tuple[EVETCallback, dict[str, float]]:
+def _chunks_run(make_trainer: TrainerFactory, differences: bool = False) -> tuple[EVETCallback, dict[str, float]]:
     """7 samples in batches of 4, explained 3 at a time (chunks of 3, 3, 1), two stability transforms."""
     pl.seed_everything(0)
     stability = [Rotate(5.0), HorizontalFlip()]
     callback = EVETCallback(num_samples=7, log_images=0, max_batch_size=3, stability_transforms=stability, alpha=0.5)
     results = make_trainer([callback]).validate(Classifier(), shapes_loader(10, batch_size=4), verbose=False)
-    return callback, _evet_values(results[0])
+    return callback, _evet_values(results[0], differences)
 
 
 def test_logged_values_are_those_before_the_metric_collections(make_trainer: TrainerFactory) -> None:
@@ -124,7 +134,12 @@ def test_logged_values_are_those_before_the_metric_collections(make_trainer: Tra
     trainer.fit(Classifier(), shapes_loader(8), shapes_loader(8))
     logged = [_evet_values(metrics) for _, metrics in logger.records if "evet/win" in metrics]
     assert logged == [pytest.approx(epoch, rel=0, abs=1e-6) for epoch in BEFORE_FIT_EPOCHS]
-    assert [list(epoch) for epoch in logged] == [KEYS, KEYS]
+    assert [[key for key in epoch if "/diff/" not in key] for epoch in logged] == [
+        [key for key in KEYS if "/diff/" not in key]
+    ] * 2
+    assert [key for _, metrics in logger.records if "evet/win" in metrics for key in metrics if "/diff/" in key] == [
+        key for key in KEYS if "/diff/" in key
+    ] * 2
     _, values = _chunks_run(make_trainer)
     assert values == pytest.approx(BEFORE_CHUNKS, rel=0, abs=1e-6)
 
@@ -144,7 +159,12 @@ def test_logged_values_are_those_before_the_metric_collections(make_trainer: Tra
 def test_logged_values_are_the_metrics_of_the_per_sample_results(make_trainer: TrainerFactory) -> None:
     """Over several chunks and two stability transforms, every value is its functional metric applied to all of
     ``last_samples`` at once."""
-    callback, values = _chunks_run(make_trainer)
+    callback, values = _chunks_run(make_trainer, differences=True)
+    # Paired differences: the mean is EVET's value minus the original's (same samples), inside its interval.
+    for name in ("average_drop", "increase_in_confidence", "energy_pointing_game", "stability_index"):
+        difference = values.pop(f"evet/diff/{name}")
+        assert difference == pytest.approx(values[f"evet/evet/{name}"] - values[f"evet/original/{name}"], abs=1e-6)
+        assert values.pop(f"evet/diff/{name}_low") <= difference <= values.pop(f"evet/diff/{name}_high")
     samples = callback.last_samples
     assert samples is not None and len(samples) == 7 and [len(chunk.images) for chunk in samples.chunks] == [3, 3, 1]
     assert samples.positions.tolist() == list(range(7)) and bool(samples.finite.all())
@@ -210,7 +230,7 @@ def test_each_metric_is_computed_once_and_an_idle_process_computes_without_warni
     fed.finish_epoch()
     values, counts = fed.compute()
     assert list(values) == KEYS == fed.keys()
-    assert set(calls.values()) == {1} and len(calls) == 14  # 8 variant metrics, 2 comparisons, 4 counts
+    assert set(calls.values()) == {1} and len(calls) == 18  # 8 variant metrics, 2 comparisons, 4 differences, 4 counts
     assert (counts.explained, counts.skipped, counts.masked) == (3, 0, 3)
     assert counts.fingerprint == pytest.approx(float(fingerprint_terms(chunk.images, chunk.positions).sum()))
     assert not any(metric.update_called for metric in fed.modules() if isinstance(metric, Metric))  # reset

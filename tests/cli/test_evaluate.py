@@ -12,17 +12,24 @@ from torchvision.io import write_png
 
 from evet_lightning.cli import main
 from evet_lightning.evaluation import MethodRun, Timing, build_tables, direction_mark
+from evet_lightning.evaluation.tables import interval_mark
 from tests.cli.conftest import DemoRun
 
 Cells = dict[tuple[str, str], list[str]]
-MARKS = ("✓", "✗", "=")
+MARKS = ("✓", "✗", "=", "≈")
 
 
 def value_and_mark(cell: str) -> tuple[str, str]:
-    """``"32.6 ✓"`` -> ``("32.6", "✓")``; ``"8.3"`` -> ``("8.3", "")``."""
-    value, _, mark = cell.partition(" ")
+    """``"32.6 ✓"`` -> ``("32.6", "✓")``; ``"32.6 ≈ [-1.0, +0.5]"`` -> ``("32.6", "≈")``; ``"8.3"``: no mark."""
+    value, _, rest = cell.partition(" ")
+    mark = rest.split(" ")[0] if rest else ""
     assert mark in ("", *MARKS), cell
     return value, mark
+
+
+def expected_mark(before: float, after: float, better: str, digits: int, interval: list[float] | None) -> str:
+    """The mark of a cell: from its interval when the callback logged one (it must then be shown), else by value."""
+    return direction_mark(before, after, better, digits) if interval is None else interval_mark(*interval, better)
 
 
 def printed_tables(stdout: str) -> dict[str, Cells]:
@@ -98,7 +105,7 @@ def test_every_evet_value_is_marked_with_its_direction(two_methods: tuple[Path, 
     output, stdout = two_methods
     printed = printed_tables(stdout)
     payload = json.loads((output / "tables.json").read_text())
-    checked = 0
+    checked = checked_intervals = 0
     for table in payload["tables"]:
         cells = printed["Table " + table["key"][-1]]
         metric, previous = "", list[float]()
@@ -106,21 +113,29 @@ def test_every_evet_value_is_marked_with_its_direction(two_methods: tuple[Path, 
             metric = row["metric"] or metric
             digits = row["digits"] if row["digits"] is not None else table["digits"]
             marks = [value_and_mark(cell)[1] for cell in cells[(metric, row["variant"])]]
+            intervals = row.get("intervals") or [None] * len(row["values"])
             if row["better"] is not None:
                 expected = [
-                    direction_mark(a, b, row["better"], digits) for a, b in zip(previous, row["values"], strict=True)
+                    expected_mark(a, b, row["better"], digits, interval)
+                    for a, b, interval in zip(previous, row["values"], intervals, strict=True)
                 ]
                 assert marks == expected and all(marks), (table["key"], metric)
                 checked += len(marks)
+                checked_intervals += sum(interval is not None for interval in intervals)
             elif table["better_column"] is not None:
                 first, last = row["values"][0], row["values"][-1]
-                assert marks == ["", direction_mark(first, last, table["better_column"], digits)]
+                mark = expected_mark(first, last, table["better_column"], digits, intervals[0])
+                assert marks == ["", mark]
                 checked += 1
+                checked_intervals += intervals[0] is not None
             else:
                 assert marks == [""] * len(marks), (table["key"], metric)  # Original rows, alpha: no mark
             previous = row["values"]
     # Table 1: 3 metrics, Table 2: 1, Table 6: 2, for 2 methods; Table 5: 2 methods
     assert checked == 2 * (3 + 1 + 2) + 2
+    # every metric but Win carries the logged interval: Table 1: 2, Table 2: 1, Table 6: 2 (2 methods); Table 5: 2
+    assert checked_intervals == 2 * (2 + 1 + 2) + 2
+    assert interval_mark(-1.0, 0.5, "lower") == "≈" and interval_mark(0.1, 0.5, "lower") == "✗"
     assert direction_mark(50.8, 32.6, "lower", 1) == "✓" and direction_mark(1.0, 2.0, "lower", 1) == "✗"
     assert direction_mark(0.1234, 0.1231, "higher", 3) == "=" and direction_mark(None, 1.0, "higher", 1) == ""
 

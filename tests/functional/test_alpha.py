@@ -501,3 +501,62 @@ def _masked_curve(drop, energy, original_drop, original_energy) -> AlphaCurve:
 def test_faithful_boost_keeps_localization_when_masks_tell(drop, energy, original_drop, original_energy, expected):
     curve = _masked_curve(drop, energy, original_drop, original_energy)
     assert choose_alpha(curve, "faithful_boost")[0] == expected
+
+
+def _stable_curve(drop, stability, original_stability, energy=None, original_energy=None) -> AlphaCurve:
+    """One sample with a stability run (and, with ``energy``, a mask)."""
+    curve = _curve(drop=drop, energy=energy)
+    if energy is not None:
+        curve = curve._replace(original_energy=_f64(original_energy))
+    return curve._replace(stability=_f64(stability), original_stability=_f64(original_stability))
+
+
+@pytest.mark.parametrize(
+    ("drop", "stability", "original_stability", "expected"),
+    [
+        # The issue's Grad-CAM row: 0.5 and 1 are within a point of the best drop, only 0.5 is as stable as the
+        # original map (0.899): 0.5, not 1.
+        ([0.024, 0.025, 0.022, 0.019, 0.018], [0.915, 0.911, 0.906, 0.899, 0.890], 0.899, 3),
+        # Every alpha is stable enough: the rule without stability (the largest within a point).
+        ([0.024, 0.025, 0.022, 0.019, 0.018], [0.95] * 5, 0.9, 4),
+        # Only alphas 0 and 0.1 are stable, neither within a point of the best drop (0.01): the more faithful
+        # stable one, 0.1.
+        ([0.05, 0.04, 0.02, 0.01, 0.015], [0.92, 0.91, 0.88, 0.87, 0.86], 0.9, 1),
+        # No alpha is as stable as the original map: the one that falls least short of it (0.1: 0.89 vs 0.9).
+        ([0.024, 0.025, 0.022, 0.019, 0.018], [0.8, 0.89, 0.85, 0.8, 0.7], 0.9, 1),
+    ],
+)
+def test_faithful_boost_stability_guard(drop, stability, original_stability, expected):
+    assert choose_alpha(_stable_curve(drop, stability, original_stability), "faithful_boost")[0] == expected
+
+
+def test_faithful_boost_stability_guard_with_masks_needs_both():
+    # Within a point: 0.25, 0.5, 1. Stable: 0, 0.1, 0.25, 0.5; localized: 0.5, 1 -> guarded only 0.5.
+    curve = _stable_curve(
+        [0.03, 0.03, 0.022, 0.02, 0.015], [0.95, 0.95, 0.95, 0.95, 0.8], 0.9, [0.1, 0.1, 0.1, 0.4, 0.5], 0.3
+    )
+    assert choose_alpha(curve, "faithful_boost")[0] == 3
+
+
+def test_faithful_boost_with_stability_and_masks_in_conflict_takes_the_smallest_shortfall():
+    # alpha 0 is stable but localizes 10% worse; 0.1 localizes well and is 0.2% less stable: 0.1. alpha 1 is the
+    # least short, but less faithful than the original map (drop 0.05 > 0.04): not a candidate.
+    curve = _stable_curve(
+        [0.02, 0.021, 0.022, 0.03, 0.05], [0.92, 0.898, 0.89, 0.88, 0.899], 0.9, [0.27, 0.31, 0.33, 0.35, 0.4], 0.3
+    )._replace(original_drop=_f64(0.04))
+    assert choose_alpha(curve, "faithful_boost")[0] == 1
+
+
+def test_alpha_curve_sums_stability_and_merge_keeps_it():
+    grid = torch.tensor([0.0, 1.0])
+    clean, scores, original = torch.tensor([0.8, 0.5]), torch.tensor([[0.4, 0.6], [0.2, 0.5]]), torch.tensor([0.4, 0.4])
+    stability, original_stability = torch.tensor([[0.9, 0.7], [0.5, 0.3]]), torch.tensor([0.6, 0.8])
+    curve = alpha_curve(grid, clean, scores, original, alpha_stability=stability, original_stability=original_stability)
+    assert curve.stability_index is not None
+    assert curve.stability_index.tolist() == pytest.approx([0.8, 0.4])
+    assert float(curve.original_stability) == pytest.approx(1.4)
+    merged = curve.merge(curve)
+    assert merged.stability is not None and merged.stability.tolist() == pytest.approx([3.2, 1.6])
+    assert curve.merge(curve._replace(stability=None, original_stability=None)).stability is None
+    with pytest.raises(ValueError, match="alpha_stability"):
+        alpha_curve(grid, clean, scores, original, alpha_stability=stability)

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from evet_lightning.metrics import DeletionAUC, InsertionAUC
+from evet_lightning.metrics import DeletionAUC, InsertionAUC, PairedDifference
 from tests.metrics._cases import CASE_IDS, CASES, CURVE_STEPS, Batch, random_curves, split
 
 NUM_SAMPLES = 9
@@ -51,6 +51,26 @@ def _mean_curve(metric: Any) -> list[float] | None:
     return metric.mean_curve().tolist() if isinstance(metric, CURVE_METRICS) else None
 
 
+def _pairs() -> Batch:
+    """Per-sample values of two methods, with a non-finite pair (left out) and a tie."""
+    generator = torch.Generator().manual_seed(7)
+    values_a = torch.rand(NUM_SAMPLES, generator=generator)
+    values_b = torch.rand(NUM_SAMPLES, generator=generator)
+    values_a[3] = torch.nan
+    values_b[5] = values_a[5]
+    return {"values_a": values_a, "values_b": values_b}
+
+
+def _paired_results(rank: int) -> dict[str, list[float]]:
+    """PairedDifference's ``[mean, low, high]`` on this rank's share of :func:`_pairs`, per split (synced)."""
+    results = {}
+    for split_name, sizes in SPLITS.items():
+        metric = PairedDifference(num_resamples=500, seed=3)
+        metric.update(**split(_pairs(), list(sizes))[rank])  # an idle rank adds zero pairs
+        results[split_name] = metric.compute().tolist()
+    return results
+
+
 def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
@@ -75,6 +95,8 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
                 results[(name, split_name)] = (value.item(), mean_curve, local_count, synced_skipped)
         with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as handle:
             pickle.dump(results, handle)
+        with open(os.path.join(out_dir, f"paired{rank}.pkl"), "wb") as handle:
+            pickle.dump(_paired_results(rank), handle)
     finally:
         dist.destroy_process_group()
 
@@ -110,5 +132,14 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
             assert synced_skipped == single_skipped, (name, split_name, rank)
             # compute() leaves each rank's own (unsynced) counts in place for further accumulation
             assert local_count == SPLITS[split_name][rank], (name, split_name, rank)
+    # PairedDifference: the interval of all processes' pairs is exactly the single-process one
+    single = PairedDifference(num_resamples=500, seed=3)
+    single.update(**_pairs())
+    single_interval = single.compute().tolist()
+    assert single_interval[1] < single_interval[0] < single_interval[2]
+    for rank in range(2):
+        with open(tmp_path / f"paired{rank}.pkl", "rb") as handle:
+            paired = pickle.load(handle)
+        assert paired == dict.fromkeys(SPLITS, single_interval), rank
     # the datasets include skipped samples, so the synced count was exercised
     assert all(skipped > 0 for _, _, skipped in expected.values())
