@@ -235,9 +235,9 @@ class ExplanationMetrics(nn.Module):
 
 
 def _per_sample(chunk: ExplainedChunk, variant: str) -> dict[str, Tensor]:
-    """Each metric's value per finite sample of ``chunk`` for the ``variant``'s maps (the inputs of the paired
-    differences; NaN where a sample has no value, e.g. a non-finite stability run)."""
-    result, keep = chunk.result, chunk.result.finite
+    """Each metric's value per scored sample of ``chunk`` (finite, not padding) for the ``variant``'s maps (the
+    inputs of the paired differences; NaN where a sample has no value, e.g. a non-finite stability run)."""
+    result, keep = chunk.result, chunk.scored
     maps = result.original if variant == "original" else result.saliency
     scores = result.clean_scores[keep]
     masked_scores = (result.view_scores[0] if variant == "original" else chunk.evet_scores)[keep]
