@@ -18,9 +18,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["OutputTransform", "logits_from_output", "require_graph"]
+__all__ = ["LogitsModel", "OutputTransform", "logits_from_output", "require_graph"]
 
 #: A callable that takes the model's output and returns its ``(N, K)`` logits.
 OutputTransform = Callable[[Any], Tensor]
@@ -129,3 +129,16 @@ def require_graph(logits: Tensor) -> Tensor:
             "or torch.inference_mode(); compute the logits with autograd enabled"
         )
     return logits
+
+
+class LogitsModel(nn.Module):
+    """``model`` whose forward returns the ``(N, K)`` logits tensor (:func:`logits_from_output`), for libraries that
+    call a module and expect logits (pytorch-grad-cam's targets, Captum, zennit)."""
+
+    def __init__(self, model: nn.Module, output_transform: OutputTransform | None) -> None:
+        super().__init__()
+        self.model = model
+        self.output_transform = output_transform
+
+    def forward(self, images: Tensor) -> Tensor:
+        return logits_from_output(self.model(images), self.output_transform)

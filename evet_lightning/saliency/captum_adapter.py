@@ -30,7 +30,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from evet_lightning.saliency.explainers import Reduction, attribution_to_map
-from evet_lightning.saliency.outputs import OutputTransform, logits_from_output
+from evet_lightning.saliency.outputs import LogitsModel, OutputTransform
 from evet_lightning.saliency.reshape import ReshapeTransform
 
 __all__ = ["CaptumExplainer", "captum_class", "is_captum_class"]
@@ -93,18 +93,6 @@ def parse_captum_name(text: str) -> tuple[type, type | None]:
     return captum_class(text), None
 
 
-class _Logits(nn.Module):
-    """The model with a logits-tensor output, for Captum methods that need an ``nn.Module``."""
-
-    def __init__(self, model: nn.Module, output_transform: OutputTransform | None) -> None:
-        super().__init__()
-        self.model = model
-        self.output_transform = output_transform
-
-    def forward(self, images: Tensor) -> Tensor:
-        return logits_from_output(self.model(images), self.output_transform)
-
-
 class CaptumExplainer:
     """A Captum attribution as a saliency function ``(model, images, targets) -> maps (N, h, w)``.
 
@@ -165,7 +153,7 @@ class CaptumExplainer:
 
     def build(self, model: nn.Module) -> Any:
         """The Captum attribution object for ``model`` (what calling Captum directly constructs)."""
-        forward = model if self.output_transform is None else _Logits(model, self.output_transform)
+        forward = model if self.output_transform is None else LogitsModel(model, self.output_transform)
         explained = self.base if self.base is not None else self.method
         init = self.init_kwargs
         instance = explained(forward, self.layer, **init) if self.is_layer_method else explained(forward, **init)

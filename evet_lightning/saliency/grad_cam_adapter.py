@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from evet_lightning._validation import check_int
 from evet_lightning.saliency.explainers import Explanation, _no_gradient_message, _resolve_targets
-from evet_lightning.saliency.outputs import OutputTransform, logits_from_output, require_graph
+from evet_lightning.saliency.outputs import LogitsModel, OutputTransform, require_graph
 from evet_lightning.saliency.reshape import FeatureMapReader, ReshapeTransform
 
 __all__ = [
@@ -70,18 +70,6 @@ def available_cam_classes() -> dict[str, type[BaseCAM]]:
 def is_cam_class(obj: object) -> bool:
     """Whether ``obj`` is a pytorch-grad-cam CAM class (a subclass of its ``BaseCAM``)."""
     return isinstance(obj, type) and issubclass(obj, BaseCAM) and obj is not BaseCAM
-
-
-class _LogitsModel(nn.Module):
-    """``model`` whose forward returns the logits tensor, for the library's targets and argmax."""
-
-    def __init__(self, model: nn.Module, output_transform: OutputTransform | None) -> None:
-        super().__init__()
-        self.model = model
-        self.output_transform = output_transform
-
-    def forward(self, images: Tensor) -> Tensor:
-        return logits_from_output(self.model(images), self.output_transform)
 
 
 class _LastCallRecorder:
@@ -366,7 +354,7 @@ class GradCamLibraryExplainer:
         self.kind = _kind(cam_class)
 
     def __call__(self, model: nn.Module, images: Tensor, targets: Tensor | None) -> Explanation:
-        wrapped = _LogitsModel(model, self.output_transform)
+        wrapped = LogitsModel(model, self.output_transform)
         logits: Tensor | None = None
         # Check the class range before the library runs: it would index past the logits (IndexError) or, for a
         # negative class, silently explain a class counted from the end. The methods that are not CAM classes need
@@ -450,7 +438,7 @@ class GradCamLibraryExplainer:
             for base in cams:
                 base.activations_and_grads.release()
 
-    def _guided_backprop(self, wrapped: _LogitsModel, images: Tensor, targets: Tensor) -> np.ndarray:
+    def _guided_backprop(self, wrapped: LogitsModel, images: Tensor, targets: Tensor) -> np.ndarray:
         """``GuidedBackpropReLUModel`` per image (the library takes one), reduced to ``(N, H, W)``: max |g| over
         the channels. The library swaps every ``nn.ReLU`` for its guided ReLU and puts back new ReLUs: the module
         tree is restored here (the original modules, hooks on them included), also when it fails."""

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from evet_lightning.saliency.explainers import Reduction, attribution_to_map
-from evet_lightning.saliency.outputs import OutputTransform, logits_from_output
+from evet_lightning.saliency.outputs import LogitsModel, OutputTransform
 
 __all__ = ["ZennitExplainer", "composite_class", "composite_names", "default_canonizers"]
 
@@ -62,16 +62,6 @@ def default_canonizers(model: nn.Module) -> list[Any]:
     if any(isinstance(module, (BasicBlock, Bottleneck)) for module in model.modules()):
         return [ResNetCanonizer()]
     return [SequentialMergeBatchNorm()]
-
-
-class _Logits(nn.Module):
-    def __init__(self, model: nn.Module, output_transform: OutputTransform | None) -> None:
-        super().__init__()
-        self.model = model
-        self.output_transform = output_transform
-
-    def forward(self, images: Tensor) -> Tensor:
-        return logits_from_output(self.model(images), self.output_transform)
 
 
 class ZennitExplainer:
@@ -120,7 +110,7 @@ class ZennitExplainer:
         """The input relevance ``(N, C, H, W)`` of ``targets``."""
         from zennit.attribution import Gradient
 
-        forward = model if self.output_transform is None else _Logits(model, self.output_transform)
+        forward = model if self.output_transform is None else LogitsModel(model, self.output_transform)
 
         def one_hot(output: Tensor) -> Tensor:
             return torch.nn.functional.one_hot(targets, output.shape[1]).to(output.dtype)
