@@ -27,6 +27,7 @@ from evet_lightning.callbacks.arguments import (
     check_stability_transforms,
     check_target,
     explained_module,
+    table5_transforms,
 )
 from evet_lightning.callbacks.explaining import (
     ExplainedChunk,
@@ -228,6 +229,11 @@ class EVETCallback(pl.Callback, _LightningCallback):
             (kernel 11, sigma 5). Step images go through the model ``max_batch_size`` at a time (resolved per
             chunk as for EVET) with ``output_transform``. Off by default: it is the most expensive option.
         deletion_steps: ``S`` of the curves, >= 1: the curves have ``S + 1`` points.
+        paper_stability: also score the paper's stability protocol (Table 5, Fig. 4a, four more EVET runs per
+            sample) besides ``stability_transforms``, logged as ``.../stability_index_paper`` (and its paired
+            difference ``{prefix}/diff/stability_index_paper``, ``_low``, ``_high``); the out-of-fold alpha's
+            stability guard keeps using ``stability_transforms`` (decision 31). ``evet-lightning evaluate``
+            turns it on to report both protocols.
 
     Raises:
         ValueError: in the constructor for any invalid argument; in ``setup`` for a layer name that is not in
@@ -275,6 +281,7 @@ class EVETCallback(pl.Callback, _LightningCallback):
         deletion_insertion: bool = False,
         deletion_steps: int = 20,
         cam_kwargs: Mapping[str, Any] | None = None,
+        paper_stability: bool = False,
     ) -> None:
         super().__init__()
         self.settings = EVETSettings(
@@ -304,10 +311,12 @@ class EVETCallback(pl.Callback, _LightningCallback):
         self.class_names = check_class_names(class_names)
         self.deletion_insertion = check_bool("deletion_insertion", deletion_insertion)
         self.deletion_steps = check_int("deletion_steps", deletion_steps, 1)
+        self.paper_stability = check_bool("paper_stability", paper_stability)
         self._metrics = ExplanationMetrics(
             self.prefix,
             stability=bool(self.stability_transforms),
             deletion_steps=self.deletion_steps if self.deletion_insertion else None,
+            paper_stability=self.paper_stability,
         )
         # Run state (plain values, saved in `state_dict`).
         self.validation_runs = 0
@@ -571,11 +580,13 @@ class EVETCallback(pl.Callback, _LightningCallback):
         def size_of(images: Tensor) -> int:
             return chunk_size(images) if callable(chunk_size) else chunk_size
 
+        paper = table5_transforms() if self.paper_stability else []
         previous = evet.max_batch_size
         evet.max_batch_size = max_batch_size if callable(chunk_size) else chunk_size
         try:
             chunks = [
-                explain_chunk(evet, batch, device, self.stability_transforms) for batch in buffer.chunks(chunk_size)
+                explain_chunk(evet, batch, device, self.stability_transforms, paper)
+                for batch in buffer.chunks(chunk_size)
             ]
             if self.settings.alpha == "auto":
                 chunks = self._out_of_fold(chunks, device)

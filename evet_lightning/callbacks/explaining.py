@@ -108,6 +108,9 @@ class ExplainedChunk:
     padding: Tensor | None = None
     """``(B,)`` bool: samples explained only so every rank does the same work (decision 29), left out of every
     metric, the fingerprint, the table and the heatmaps; ``None`` for none."""
+    paper_stability: tuple[StabilityMaps, ...] = ()
+    """With ``paper_stability=True``: one entry per transform of the paper's protocol (Table 5), scored apart
+    from :attr:`stability` (``stability_index_paper``) and never seen by the out-of-fold alpha choice."""
 
     @property
     def padding_mask(self) -> Tensor:
@@ -149,7 +152,8 @@ class ExplainedChunk:
             alpha=choice.mean_alpha,
         )
         stability = tuple(maps.at_alphas(folds, choice.alphas) for maps in self.stability)
-        return dataclasses.replace(self, result=result, stability=stability)
+        paper = tuple(maps.at_alphas(folds, choice.alphas) for maps in self.paper_stability)
+        return dataclasses.replace(self, result=result, stability=stability, paper_stability=paper)
 
 
 class SampleView(NamedTuple):
@@ -275,7 +279,11 @@ class ExplainedSamples:
 
 
 def explain_chunk(
-    evet: EVET, batch: SampleBatch, device: torch.device, stability_transforms: Sequence[AffineTransform]
+    evet: EVET,
+    batch: SampleBatch,
+    device: torch.device,
+    stability_transforms: Sequence[AffineTransform],
+    paper_transforms: Sequence[AffineTransform] = (),
 ) -> ExplainedChunk:
     """Run EVET on one chunk of samples on ``device`` (scoring the EVET map too), and on each ``T(x)``.
 
@@ -296,6 +304,7 @@ def explain_chunk(
         stability=tuple(_stability_maps(evet, transform, images, result) for transform in stability_transforms),
         seconds=seconds,
         padding=batch.padding,
+        paper_stability=tuple(_stability_maps(evet, transform, images, result) for transform in paper_transforms),
     )
 
 

@@ -37,7 +37,10 @@ from evet_lightning.metrics import (
     Win,
 )
 
-__all__ = ["DIFFERENCE_SUFFIXES", "VARIANTS", "EpochCounts", "ExplanationMetrics", "MetricsAnchor"]
+__all__ = ["DIFFERENCE_SUFFIXES", "PAPER_STABILITY", "VARIANTS", "EpochCounts", "ExplanationMetrics", "MetricsAnchor"]
+
+#: The metric name of the paper's stability protocol (``paper_stability=True``), next to ``stability_index``.
+PAPER_STABILITY = "stability_index_paper"
 
 #: Each paired difference is logged as ``{prefix}/diff/{metric}{suffix}``: the mean, the interval's bounds.
 DIFFERENCE_SUFFIXES = ("", "_low", "_high")
@@ -85,7 +88,14 @@ class ExplanationMetrics(nn.Module):
     alphabetical order torchmetrics keeps (the same on every process).
     """
 
-    def __init__(self, prefix: str, stability: bool, deletion_steps: int | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        stability: bool,
+        deletion_steps: int | None = None,
+        seed: int = 0,
+        paper_stability: bool = False,
+    ) -> None:
         super().__init__()
         self.prefix = prefix
         self.deletion_steps = deletion_steps
@@ -102,7 +112,14 @@ class ExplanationMetrics(nn.Module):
         }
         variant = MetricCollection(metrics, compute_groups=False)
         self.variants = nn.ModuleDict({name: variant.clone(prefix=f"{prefix}/{name}/") for name in VARIANTS})
-        self.differences = nn.ModuleDict({name: PairedDifference(seed=seed) for name in sorted(metrics)})
+        paper = MetricCollection({PAPER_STABILITY: StabilityIndex()}, compute_groups=False)
+        self.paper = nn.ModuleDict(
+            {name: paper.clone(prefix=f"{prefix}/{name}/") for name in VARIANTS} if paper_stability else {}
+        )
+        """With ``paper_stability``: per variant, the stability index under the paper's four transforms
+        (fed by name from :attr:`ExplainedChunk.paper_stability`, never by :func:`_feed` of the variant's)."""
+        paired = sorted([*metrics, *([PAPER_STABILITY] if paper_stability else [])])
+        self.differences = nn.ModuleDict({name: PairedDifference(seed=seed) for name in paired})
         self.comparison = MetricCollection(
             {"win": Win(), "average_difference": AverageDifference()}, prefix=f"{prefix}/", compute_groups=False
         )
@@ -140,6 +157,13 @@ class ExplanationMetrics(nn.Module):
                 transformed = stability.original if name == "original" else stability.saliency
                 valid = stability.valid.expand(int(both.sum()), -1, -1)
                 _feed(collection, saliency=maps[name][both], saliency_transformed=transformed[both], valid=valid)
+            if name in self.paper:
+                metric = cast(MetricCollection, self.paper[name])[PAPER_STABILITY]
+                for stability in chunk.paper_stability:
+                    both = stability.finite & ~padding
+                    transformed = stability.original if name == "original" else stability.saliency
+                    valid = stability.valid.expand(int(both.sum()), -1, -1)
+                    metric.update(maps[name][both], transformed[both], valid)
             if self.deletion_steps is not None:
                 curves = chunk.curves(name)
                 assert curves is not None, "the callback computes the curves whenever the AUC metrics exist"
@@ -226,6 +250,7 @@ class ExplanationMetrics(nn.Module):
     def _logged_collections(self) -> Iterator[MetricCollection]:
         yield from (self.variant(name) for name in VARIANTS)
         yield self.comparison
+        yield from (cast(MetricCollection, collection) for collection in self.paper.values())
 
     def _metrics(self) -> Iterator[Metric]:
         for collection in self._logged_collections():
@@ -247,13 +272,14 @@ def _per_sample(chunk: ExplainedChunk, variant: str) -> dict[str, Tensor]:
     }
     if chunk.masks is not None:
         values["energy_pointing_game"] = map_energy(maps[keep], chunk.masks[keep])
-    if chunk.stability:
-        per_transform = []
-        for stability in chunk.stability:
-            transformed = stability.original if variant == "original" else stability.saliency
-            similarity = stability_per_sample(maps, transformed, stability.valid)
-            per_transform.append(torch.where(stability.finite, similarity, torch.nan))
-        values["stability_index"] = torch.stack(per_transform).mean(0)[keep]
+    for name, runs in (("stability_index", chunk.stability), (PAPER_STABILITY, chunk.paper_stability)):
+        if runs:
+            per_transform = []
+            for stability in runs:
+                transformed = stability.original if variant == "original" else stability.saliency
+                similarity = stability_per_sample(maps, transformed, stability.valid)
+                per_transform.append(torch.where(stability.finite, similarity, torch.nan))
+            values[name] = torch.stack(per_transform).mean(0)[keep]
     curves = chunk.curves(variant)
     if curves is not None:
         values.update({name: auc.double()[keep] for name, auc in curves.aucs().items()})

@@ -188,7 +188,8 @@ def evaluation_callback(
     deletion_steps: int = DEFAULT_DELETION_STEPS,
 ) -> EVETCallback:
     """The callback :func:`run_method` attaches: ``settings`` (every EVET option), every sample explained, no
-    images logged, the model's ``model`` attribute explained (the classifier inside :class:`EvaluationModule`).
+    images logged, the model's ``model`` attribute explained (the classifier inside :class:`EvaluationModule`),
+    and the paper's stability protocol scored next to the default one (``paper_stability=True``).
 
     Raises:
         ValueError: an option the callback rejects.
@@ -203,6 +204,7 @@ def evaluation_callback(
         target=target,
         prefix=PREFIX,
         model="model",
+        paper_stability=True,  # Table 5 shows both stability protocols (decision 31)
         **options,
     )
 

@@ -26,7 +26,7 @@ from evet_lightning.functional import (
     stability_index,
     win,
 )
-from evet_lightning.saliency.transforms import HorizontalFlip, Rotate
+from evet_lightning.saliency.transforms import HorizontalFlip, Rotate, Scale, Shear
 from tests._helpers.models import Classifier
 from tests._helpers.trainer import TrainerFactory
 from tests.callbacks._modules import RecordingLogger, shapes_loader
@@ -313,3 +313,46 @@ def test_metrics_ride_on_the_module_only_during_a_run_and_stay_out_of_its_state(
     checkpoint = torch.load(tmp_path / "model.ckpt", weights_only=False)
     assert list(checkpoint["state_dict"]) == plain_keys
     Classifier().load_state_dict(checkpoint["state_dict"])  # strict: a model trained without the callback loads it
+
+
+def test_paper_stability_is_the_mean_of_the_four_table5_indices_next_to_the_default(
+    make_trainer: TrainerFactory,
+) -> None:
+    """``paper_stability=True`` adds ``stability_index_paper``: the mean over scale 0.9, rotate 10, shear 0.2 and
+    flip of each transform's own stability index (at the out-of-fold alphas); the default keys stay Rotate 5's."""
+    pl.seed_everything(0)
+    callback = EVETCallback(num_samples=4, log_images=0, max_batch_size=64, paper_stability=True)
+    results = make_trainer([callback]).validate(Classifier(), shapes_loader(4, batch_size=4), verbose=False)
+    values = _evet_values(results[0], differences=True)
+    samples = callback.last_samples
+    assert samples is not None and len(samples) == 4 and bool(samples.finite.all())
+    (chunk,) = samples.chunks
+    assert [maps.transform for maps in chunk.stability] == [Rotate(5.0)]
+    assert [maps.transform for maps in chunk.paper_stability] == [
+        Scale(0.9),
+        Rotate(10.0),
+        Shear(0.2),
+        HorizontalFlip(),
+    ]
+    for variant, field in (("original", "original"), ("evet", "saliency")):
+        maps = getattr(chunk.result, field)
+        per_transform = [
+            float(stability_index(maps, getattr(run, field), run.valid.expand(len(maps), -1, -1)))
+            for run in chunk.paper_stability
+        ]
+        assert len(set(per_transform)) == 4  # four different transforms, four different indices
+        assert values[f"evet/{variant}/stability_index_paper"] == pytest.approx(sum(per_transform) / 4, abs=1e-6)
+        (rotate,) = chunk.stability
+        default = stability_index(maps, getattr(rotate, field), rotate.valid.expand(len(maps), -1, -1))
+        assert values[f"evet/{variant}/stability_index"] == pytest.approx(float(default), abs=1e-6)
+    paper = "stability_index_paper"
+    difference = values[f"evet/diff/{paper}"]
+    assert difference == pytest.approx(values[f"evet/evet/{paper}"] - values[f"evet/original/{paper}"], abs=1e-6)
+    assert values[f"evet/diff/{paper}_low"] <= difference <= values[f"evet/diff/{paper}_high"]
+    # the default run logs no paper key
+    default_keys = ExplanationMetrics("evet", stability=True).keys()
+    paper_keys = ExplanationMetrics("evet", stability=True, paper_stability=True).keys()
+    assert not any("paper" in key for key in default_keys)
+    assert [key for key in paper_keys if key not in default_keys] == [
+        f"evet/{variant}/{paper}" for variant in ("original", "evet")
+    ] + [f"evet/diff/{paper}{end}" for end in ("", "_low", "_high")]

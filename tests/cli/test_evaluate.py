@@ -97,7 +97,10 @@ def test_prints_tables_1_2_5_6_without_score_cam(two_methods: tuple[Path, str]) 
     ]
     assert "**Table 6: deletion / insertion AUC (RISE, 4 steps)" in stdout
     assert "| Metric |  | Gradient | Grad-CAM |" in stdout
-    assert list(tables["Table 5"]) == [("Gradient", ""), ("Grad-CAM", "")]
+    protocols = ("Rotate 5 (unseen, Fig. 4b)", "Paper: mean of 4 (Fig. 4a)")
+    assert list(tables["Table 5"]) == [
+        (method, protocol) for method in ("Gradient", "Grad-CAM") for protocol in protocols
+    ]
     assert "8 samples" in stdout and "alpha auto" in stdout
 
 
@@ -131,10 +134,10 @@ def test_every_evet_value_is_marked_with_its_direction(two_methods: tuple[Path, 
             else:
                 assert marks == [""] * len(marks), (table["key"], metric)  # Original rows, alpha: no mark
             previous = row["values"]
-    # Table 1: 3 metrics, Table 2: 1, Table 6: 2, for 2 methods; Table 5: 2 methods
-    assert checked == 2 * (3 + 1 + 2) + 2
-    # every metric but Win carries the logged interval: Table 1: 2, Table 2: 1, Table 6: 2 (2 methods); Table 5: 2
-    assert checked_intervals == 2 * (2 + 1 + 2) + 2
+    # Table 1: 3 metrics, Table 2: 1, Table 6: 2, for 2 methods; Table 5: 2 methods x 2 protocols
+    assert checked == 2 * (3 + 1 + 2) + 4
+    # every metric but Win carries the logged interval: Table 1: 2, Table 2: 1, Table 6: 2 (2 methods); Table 5: 4
+    assert checked_intervals == 2 * (2 + 1 + 2) + 4
     assert interval_mark(-1.0, 0.5, "lower") == "≈" and interval_mark(0.1, 0.5, "lower") == "✗"
     assert direction_mark(50.8, 32.6, "lower", 1) == "✓" and direction_mark(1.0, 2.0, "lower", 1) == "✗"
     assert direction_mark(0.1234, 0.1231, "higher", 3) == "=" and direction_mark(None, 1.0, "higher", 1) == ""
@@ -177,9 +180,13 @@ def test_tables_are_the_values_trainer_validate_returned(two_methods: tuple[Path
         assert table1[4]["values"][column] + table1[5]["values"][column] <= 100.0 + 1e-9
         epg = tables["table2"]["rows"][1]["values"][column]
         assert epg == pytest.approx(100 * validate["evet/evet/energy_pointing_game"])
-        assert tables["table5"]["rows"][column]["values"] == pytest.approx(
-            [validate["evet/original/stability_index"], validate["evet/evet/stability_index"]]
-        )
+        for offset, name in enumerate(("stability_index", "stability_index_paper")):  # both protocols
+            row = tables["table5"]["rows"][2 * column + offset]
+            assert row["values"] == pytest.approx(
+                [validate[f"evet/{variant}/{name}"] for variant in ("original", "evet")]
+            )
+            interval = [validate[f"evet/diff/{name}{end}"] for end in ("_low", "_high")]
+            assert row["intervals"] == [pytest.approx(interval)]
         table6 = [row["values"][column] for row in tables["table6"]["rows"]]
         assert table6 == pytest.approx(
             [
