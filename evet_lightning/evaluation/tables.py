@@ -12,7 +12,7 @@ All fractions are shown in % unless said otherwise:
   and ScoreCAM among the methods; Score-CAM's scores are the un-enhanced ("original") scores of its own run.
 - Table 4, seconds per image: Grad-CAM* (the whole EVET pipeline) and the un-enhanced Score-CAM, timed on the
   same samples.
-- Table 5, stability index of the original and the EVET maps, per method.
+- Table 5, stability index of the original and the EVET maps, per method and stability protocol (Rotate 5, paper).
 - Table 6, deletion and insertion AUC (Petsiuk et al., RISE, BMVC 2018; docs/design.md, decision 16) of the
   original and the EVET maps: deletion lower is better, insertion higher is better. Only when the callback
   logged them (``evaluate``'s default; ``--no-deletion-insertion`` turns them off).
