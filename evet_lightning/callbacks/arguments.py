@@ -21,6 +21,7 @@ __all__ = [
     "check_stability_transforms",
     "check_target",
     "explained_module",
+    "settings_property",
     "table5_transforms",
 ]
 
@@ -130,3 +131,17 @@ def explained_module(pl_module: nn.Module, model: str | Callable[[Any], nn.Modul
     if not isinstance(module, nn.Module):
         raise ValueError(f"Expected `model` to give an nn.Module, but got {type(module).__name__}")
     return module
+
+
+def settings_property(name: str) -> Any:
+    """A property that reads ``self.settings.<name>``; setting it replaces ``self.settings`` (validated)."""
+
+    def get(self: Any) -> Any:
+        return getattr(self.settings, name)
+
+    def assign(self: Any, value: Any) -> None:
+        self.settings = self.settings.replace(**{name: value})
+
+    return property(
+        get, assign, doc=f"EVET's ``{name}`` (see :class:`~evet_lightning.saliency.settings.EVETSettings`)."
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 import time
 import warnings
@@ -27,6 +26,7 @@ from evet_lightning.callbacks.arguments import (
     check_stability_transforms,
     check_target,
     explained_module,
+    settings_property,
     table5_transforms,
 )
 from evet_lightning.callbacks.explaining import (
@@ -44,12 +44,20 @@ from evet_lightning.callbacks.image_logging import (
     log_heatmaps,
     log_samples,
 )
-from evet_lightning.callbacks.sampling import SampleBuffer, agree_across_ranks, in_validate, new_buffer, rank_quota
+from evet_lightning.callbacks.sampling import (
+    SampleBuffer,
+    chunk_sizes,
+    fsdp1_root,
+    in_validate,
+    new_buffer,
+    rank_quota,
+    warn_if_samples_changed,
+)
 from evet_lightning.data.batch import BatchUnpacker, check_images, read_batch, unpack_batch, unpack_with
 from evet_lightning.functional.alpha import DEFAULT_ALPHA_GRID, DEFAULT_ALPHA_OBJECTIVE, AlphaObjective
 from evet_lightning.functional.perturbation import Baseline, Normalization
 from evet_lightning.saliency.evet import EVET, CamSpec, EVETResult
-from evet_lightning.saliency.settings import EVETSettings, resolve_max_batch_size
+from evet_lightning.saliency.settings import EVETSettings
 from evet_lightning.saliency.transforms import AffineTransform
 
 __all__ = ["BatchUnpacker", "EVETCallback", "rank_quota", "unpack_batch"]
@@ -64,32 +72,6 @@ else:
         from lightning.pytorch import Callback as _LightningCallback
     except ImportError:  # only the `pytorch_lightning` distribution is installed
         _LightningCallback = object
-
-
-def _fsdp1_root(trainer: pl.Trainer, pl_module: pl.LightningModule) -> nn.Module | None:
-    """FSDP1's root wrapper of ``pl_module`` (``FSDPStrategy``), or ``None`` for any other strategy."""
-    root = getattr(trainer.strategy, "model", None)
-    if root is None or root is pl_module:
-        return None
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
-    if isinstance(root, FullyShardedDataParallel) and root.module is pl_module:
-        return root
-    return None
-
-
-def _setting(name: str) -> Any:
-    """A property that reads ``self.settings.<name>``; setting it replaces ``self.settings`` (validated)."""
-
-    def get(self: EVETCallback) -> Any:
-        return getattr(self.settings, name)
-
-    def assign(self: EVETCallback, value: Any) -> None:
-        self.settings = self.settings.replace(**{name: value})
-
-    return property(
-        get, assign, doc=f"EVET's ``{name}`` (see :class:`~evet_lightning.saliency.settings.EVETSettings`)."
-    )
 
 
 class EVETCallback(pl.Callback, _LightningCallback):
@@ -341,12 +323,12 @@ class EVETCallback(pl.Callback, _LightningCallback):
 
     # ----------------------------------------------------------------------------- settings and identity
 
-    cam = _setting("cam")
-    threshold = _setting("threshold")
-    alpha = _setting("alpha")
-    baseline = _setting("baseline")
-    normalization = _setting("normalization")
-    max_batch_size = _setting("max_batch_size")
+    cam = settings_property("cam")
+    threshold = settings_property("threshold")
+    alpha = settings_property("alpha")
+    baseline = settings_property("baseline")
+    normalization = settings_property("normalization")
+    max_batch_size = settings_property("max_batch_size")
 
     @property
     def cam_name(self) -> str:
@@ -528,7 +510,7 @@ class EVETCallback(pl.Callback, _LightningCallback):
         buffer, self._buffer = self._buffer, None
         start = time.perf_counter()
         with torch.inference_mode(False), torch.no_grad():
-            samples = self._explain(buffer, _fsdp1_root(trainer, pl_module))
+            samples = self._explain(buffer, fsdp1_root(trainer, pl_module))
             self._update_metrics(samples)
             values, mean_curves = self._compute_metrics()
         if self.last_alpha is not None and self.settings.alpha == "auto":
@@ -569,16 +551,7 @@ class EVETCallback(pl.Callback, _LightningCallback):
         device = module_device(evet.model)
         max_batch_size = self.settings.max_batch_size
 
-        def resolved(images: Tensor) -> int:
-            return resolve_max_batch_size(max_batch_size, images[:0].to(device))  # by shape and device type
-
-        chunk_size: int | Callable[[Tensor], int] = resolved
-        if buffer.world_size > 1:
-            local = min((resolved(batch.images) for batch in buffer.batches), default=1 << 30)
-            chunk_size = agree_across_ranks(buffer, local)
-
-        def size_of(images: Tensor) -> int:
-            return chunk_size(images) if callable(chunk_size) else chunk_size
+        chunk_size = chunk_sizes(buffer, max_batch_size, device)
 
         paper = table5_transforms() if self.paper_stability else []
         previous = evet.max_batch_size
@@ -591,10 +564,9 @@ class EVETCallback(pl.Callback, _LightningCallback):
             if self.settings.alpha == "auto":
                 chunks = self._out_of_fold(chunks, device)
             if self.deletion_insertion:  # on the final maps: after the out-of-fold alpha replaced the EVET maps
-                chunks = [
-                    add_curves(chunk, evet.model, self.deletion_steps, self.settings, size_of(chunk.images))
-                    for chunk in chunks
-                ]
+                steps, settings = self.deletion_steps, self.settings
+                sizes = [chunk_size(c.images) if callable(chunk_size) else chunk_size for c in chunks]
+                chunks = [add_curves(c, evet.model, steps, settings, n) for c, n in zip(chunks, sizes, strict=True)]
         finally:
             evet.max_batch_size = previous
             evet.model = explained
@@ -620,14 +592,6 @@ class EVETCallback(pl.Callback, _LightningCallback):
         if counts.explained == 0:
             rank_zero_warn("EVETCallback: no sample could be explained this epoch; only num_skipped is logged")
         self.last_num_samples = counts.explained + counts.skipped
-        self._check_fingerprint(counts.fingerprint)
+        warn_if_samples_changed(self._loaded_fingerprint, counts.fingerprint)
+        self._loaded_fingerprint, self.fingerprint = None, counts.fingerprint
         return values, counts.mean_curves
-
-    def _check_fingerprint(self, fingerprint: float) -> None:
-        loaded, self._loaded_fingerprint = self._loaded_fingerprint, None
-        if loaded is not None and not math.isclose(loaded, fingerprint, rel_tol=1e-9, abs_tol=1e-9):
-            rank_zero_warn(
-                "EVETCallback: the samples explained now differ from those before the checkpoint was saved; "
-                "is the first validation dataloader shuffled or changed?"
-            )
-        self.fingerprint = fingerprint

@@ -12,17 +12,23 @@ Under sharded training every forward pass is a collective, so every rank explain
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch import Tensor
+from pytorch_lightning.utilities.rank_zero import rank_zero_warn
+from torch import Tensor, nn
+
+from evet_lightning.saliency.settings import resolve_max_batch_size
 
 __all__ = [
     "SampleBatch",
     "agree_across_ranks",
+    "chunk_sizes",
+    "fsdp1_root",
     "SampleBuffer",
     "fingerprint_terms",
     "first_val_dataset_size",
@@ -30,6 +36,7 @@ __all__ = [
     "new_buffer",
     "padded_quota",
     "rank_quota",
+    "warn_if_samples_changed",
 ]
 
 
@@ -305,3 +312,37 @@ def _describe(runs: list[Run]) -> str:
         f"{length} x {list(shape)} {dtype} (labels {'yes' if labels else 'no'}, masks {'yes' if masks else 'no'})"
         for shape, dtype, labels, masks, length in runs
     )
+
+
+def chunk_sizes(buffer: SampleBuffer, max_batch_size: int | str, device: torch.device) -> int | Callable[[Tensor], int]:
+    """The chunk size for the buffered samples: resolved per image shape on this device with one process; with
+    several, one size agreed across ranks (:func:`agree_across_ranks`, the smallest any rank resolves)."""
+
+    def resolved(images: Tensor) -> int:
+        return resolve_max_batch_size(max_batch_size, images[:0].to(device))  # type: ignore[arg-type]
+
+    if buffer.world_size <= 1:
+        return resolved
+    local = min((resolved(batch.images) for batch in buffer.batches), default=1 << 30)
+    return agree_across_ranks(buffer, local)
+
+
+def fsdp1_root(trainer: pl.Trainer, pl_module: pl.LightningModule) -> nn.Module | None:
+    """FSDP1's root wrapper of ``pl_module`` (``FSDPStrategy``), or ``None`` for any other strategy."""
+    root = getattr(trainer.strategy, "model", None)
+    if root is None or root is pl_module:
+        return None
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if isinstance(root, FullyShardedDataParallel) and root.module is pl_module:
+        return root
+    return None
+
+
+def warn_if_samples_changed(loaded: float | None, fingerprint: float) -> None:
+    """Warn when the samples' fingerprint differs from the one a checkpoint saved (``None``: nothing loaded)."""
+    if loaded is not None and not math.isclose(loaded, fingerprint, rel_tol=1e-9, abs_tol=1e-9):
+        rank_zero_warn(
+            "EVETCallback: the samples explained now differ from those before the checkpoint was saved; "
+            "is the first validation dataloader shuffled or changed?"
+        )
