@@ -260,6 +260,43 @@ def _no_gradient_message(name: str) -> str:
     )
 
 
+def forward_capturing(
+    model: nn.Module,
+    images: Tensor,
+    target_layers: Sequence[nn.Module],
+    reader: FeatureMapReader,
+    output_transform: OutputTransform | None,
+    capture: Callable[[Tensor], tuple[Tensor, Tensor | None]],
+) -> tuple[Tensor, list[Tensor]]:
+    """One forward pass under ``no_grad`` (the caller's grad mode is restored on exit, whatever a hook sets) with
+    ``capture(output) -> (kept, replacement or None)`` on each target layer's output; returns the logits and what
+    was kept of each layer at its last call. ``ValueError`` when a target layer did not run."""
+    activations: dict[int, Tensor] = {}
+
+    def hook(index: int) -> Callable[[nn.Module, object, object], Tensor | None]:
+        def run(module: nn.Module, inputs: object, output: object) -> Tensor | None:
+            reader.check(output, module)
+            assert isinstance(output, Tensor)
+            activations[index], replacement = capture(output)  # a reused layer: the last call wins
+            return replacement
+
+        return run
+
+    handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(target_layers)]
+    try:
+        with torch.no_grad():
+            logits = logits_from_output(model(images), output_transform)
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [reader.name(layer) for i, layer in enumerate(target_layers) if i not in activations]
+    if missing:
+        raise ValueError(
+            f"Expected every target layer to run in the forward pass, but {', '.join(map(repr, missing))} did not"
+        )
+    return logits, [activations[i] for i in range(len(target_layers))]
+
+
 class NativeCAM:
     """A gradient CAM computed in torch; ``method`` is one of :data:`NATIVE_CAMS`.
 
@@ -298,37 +335,18 @@ class NativeCAM:
 
         Returns the logits and each target layer's output at its last call.
         """
-        activations: dict[int, Tensor] = {}
 
-        def hook(index: int) -> Callable[[nn.Module, object, object], Tensor]:
-            def capture(module: nn.Module, inputs: object, output: object) -> Tensor:
-                reader.check(output, module)
-                assert isinstance(output, Tensor)
-                if not (torch.is_grad_enabled() and output.requires_grad):
-                    # The layers below ran without autograd: start the graph here, for the head only. A later call of
-                    # a reused layer already requires grad; its gradient then flows through the calls after it.
-                    output = output.detach().requires_grad_(True)
-                    torch.set_grad_enabled(True)
-                activations[index] = output  # a reused layer: the last call wins
-                # The network gets a copy: an in-place op downstream (ReLU(inplace=True), `out += identity`)
-                # must neither fail on the leaf nor change the activation the CAM is computed from.
-                return output.clone()
+        def capture(output: Tensor) -> tuple[Tensor, Tensor]:
+            if not (torch.is_grad_enabled() and output.requires_grad):
+                # The layers below ran without autograd: start the graph here, for the head only. A later call of
+                # a reused layer already requires grad; its gradient then flows through the calls after it.
+                output = output.detach().requires_grad_(True)
+                torch.set_grad_enabled(True)
+            # The network gets a copy: an in-place op downstream (ReLU(inplace=True), `out += identity`)
+            # must neither fail on the leaf nor change the activation the CAM is computed from.
+            return output, output.clone()
 
-            return capture
-
-        handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(self.target_layers)]
-        try:
-            with torch.no_grad():  # restores the caller's grad mode on exit, whatever the hooks set
-                logits = logits_from_output(model(images), self.output_transform)
-        finally:
-            for handle in handles:
-                handle.remove()
-        missing = [reader.name(layer) for i, layer in enumerate(self.target_layers) if i not in activations]
-        if missing:
-            raise ValueError(
-                f"Expected every target layer to run in the forward pass, but {', '.join(map(repr, missing))} did not"
-            )
-        return logits, [activations[i] for i in range(len(self.target_layers))]
+        return forward_capturing(model, images, self.target_layers, reader, self.output_transform, capture)
 
     def __call__(self, model: nn.Module, images: Tensor, targets: Tensor | None) -> Explanation:
         reader = FeatureMapReader(model, images, self.reshape_transform)

@@ -15,14 +15,14 @@ run over those channels only. Its default, :data:`FASTER_SCORE_CAM_CHANNELS`, is
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from evet_lightning._validation import check_int
-from evet_lightning.saliency.explainers import Explanation, _resolve_targets, _scale_like_grad_cam
+from evet_lightning.saliency.explainers import Explanation, _resolve_targets, _scale_like_grad_cam, forward_capturing
 from evet_lightning.saliency.outputs import OutputTransform, logits_from_output
 from evet_lightning.saliency.reshape import FeatureMapReader, ReshapeTransform
 
@@ -65,29 +65,10 @@ class ScoreCAM:
         self.output_transform = output_transform
 
     def _forward(self, model: nn.Module, images: Tensor, reader: FeatureMapReader) -> tuple[Tensor, list[Tensor]]:
-        """Logits and each target layer's output (a copy, at its last call)."""
-        activations: dict[int, Tensor] = {}
-
-        def hook(index: int) -> Callable[[nn.Module, object, object], None]:
-            def capture(module: nn.Module, inputs: object, output: object) -> None:
-                reader.check(output, module)
-                assert isinstance(output, Tensor)
-                activations[index] = output.detach().clone()  # a reused layer: the last call wins
-
-            return capture
-
-        handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(self.target_layers)]
-        try:
-            logits = logits_from_output(model(images), self.output_transform)
-        finally:
-            for handle in handles:
-                handle.remove()
-        missing = [reader.name(layer) for i, layer in enumerate(self.target_layers) if i not in activations]
-        if missing:
-            raise ValueError(
-                f"Expected every target layer to run in the forward pass, but {', '.join(map(repr, missing))} did not"
-            )
-        return logits, [activations[i] for i in range(len(self.target_layers))]
+        """Logits and each target layer's output (a copy, at its last call), without autograd."""
+        return forward_capturing(
+            model, images, self.target_layers, reader, self.output_transform, lambda out: (out.detach().clone(), None)
+        )
 
     def _channel_scores(self, model: nn.Module, images: Tensor, feature_map: Tensor, targets: Tensor) -> Tensor:
         """``(N, C)`` target logit of every image masked by each of its (upsampled, normalized) channels."""
