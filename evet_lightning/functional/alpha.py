@@ -8,7 +8,8 @@ several processes or batches can be added before choosing), the objectives, and 
 
 The rule behind the default objective, ``"faithful_boost"`` (docs/design.md, decision 10): *faithfulness
 first, then the largest boost that costs none.* Among the grid's alphas whose average drop is within
-``FAITHFUL_BOOST_TOLERANCE`` (one percentage point) of the grid's best, take the largest. With object masks,
+``FAITHFUL_BOOST_TOLERANCE`` (one percentage point) of the grid's best, and no worse than the original map's
+where any of them is, take the largest. With object masks,
 localization must not get worse either: only those admissible alphas whose energy pointing game is at least the
 original map's count; if none is, the smallest alpha that localizes as well as the original map and has an
 average drop no worse than the original map's is taken (else the rule without masks). The boost of Eq. (5)
@@ -217,6 +218,10 @@ def _faithful_boost(curve: AlphaCurve) -> Tensor:
     admissible = finite & (drop <= best + FAITHFUL_BOOST_TOLERANCE + 1e-12)
     order = torch.arange(drop.numel(), dtype=torch.float64, device=drop.device)
     count = curve.num_samples.clamp_min(1)
+    # The tolerance buys a larger boost only while it costs no faithfulness against the original map either.
+    faithful = finite & (drop <= curve.original_drop / count + 1e-12)
+    if bool((admissible & faithful).any()):
+        admissible = admissible & faithful
     localized = torch.ones_like(finite)
     energy = curve.energy_pointing_game
     if energy is not None and curve.original_energy is not None:
@@ -230,7 +235,8 @@ def _faithful_boost(curve: AlphaCurve) -> Tensor:
         if bool((admissible & guarded).any()):
             admissible = admissible & guarded
         elif bool(guarded.any()):
-            # No guarded alpha is within the tolerance: the most faithful guarded one (ties: the smaller).
+            # No guarded alpha is within the tolerance (or as faithful as the original map where one is): the
+            # most faithful guarded one (ties: the smaller).
             guarded_drop = torch.where(guarded, drop, math.inf)
             admissible = order == order[guarded_drop == guarded_drop.min()][0]
             return torch.where(admissible, -order, drop.numel() + torch.nan_to_num(drop, nan=math.inf))
@@ -244,7 +250,6 @@ def _faithful_boost(curve: AlphaCurve) -> Tensor:
             if energy is not None and curve.original_energy is not None:
                 energy_short = (curve.original_energy / count - energy).clamp_min(0)
                 shortfall = torch.maximum(shortfall, energy_short / (curve.original_energy / count).clamp_min(1e-12))
-            faithful = finite & (drop <= curve.original_drop / count + 1e-12)
             pool = faithful if bool(faithful.any()) else finite
             ranked = torch.where(pool, torch.nan_to_num(shortfall, nan=math.inf), math.inf)
             admissible = order == order[ranked == ranked.min()][0]
@@ -255,7 +260,7 @@ def _faithful_boost(curve: AlphaCurve) -> Tensor:
             admissible = admissible & localized
         else:
             # The smallest boost that localizes as well as the original map, if it is no less faithful than it.
-            fallback = finite & localized & (drop <= curve.original_drop / count + 1e-12)
+            fallback = faithful & localized
             if bool(fallback.any()):
                 admissible = order == order[fallback][0]
     # Rank: admissible alphas first, the largest of them first; the values are what `choose_alpha` minimizes.

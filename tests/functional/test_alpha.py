@@ -254,7 +254,10 @@ def test_merge_drops_energy_when_one_side_has_no_masks_and_rejects_other_grids()
 
 
 def _curve(drop=None, increase=None, energy=None, alphas=GRID) -> AlphaCurve:
-    """A hand-made curve of one sample, so each mean equals the given value exactly."""
+    """A hand-made curve of one sample, so each mean equals the given value exactly.
+
+    The original map's drop is 1 (it removes all evidence), so "no less faithful than the original map" holds for
+    every alpha unless a test sets ``original_drop``."""
     zeros = [0.0] * len(alphas)
     return AlphaCurve(
         _f64(alphas),
@@ -262,7 +265,7 @@ def _curve(drop=None, increase=None, energy=None, alphas=GRID) -> AlphaCurve:
         _f64(zeros if drop is None else drop),
         _f64(zeros if increase is None else increase),
         None if energy is None else _f64(energy),
-        _f64(0.0),
+        _f64(1.0),
         _f64(0.0),
         None if energy is None else _f64(0.0),
     )
@@ -326,7 +329,8 @@ def test_faithful_boost_tolerance_edge_through_alpha_curve(best, edge):
         return [0.8 * (1 - drop)] * 4
 
     drops = [best + 0.02, best, edge, best + 0.0101, best + 0.3]
-    curve = alpha_curve(_f64(GRID), clean, _f64([scores(d) for d in drops]), _f64(scores(best)))
+    # The original map removes all evidence (drop 1), so every alpha is no less faithful than it.
+    curve = alpha_curve(_f64(GRID), clean, _f64([scores(d) for d in drops]), _f64(scores(1.0)))
     torch.testing.assert_close(curve.average_drop, _f64(drops), atol=1e-15, rtol=0)
     assert choose_alpha(curve, "faithful_boost")[0] == 2
 
@@ -528,6 +532,38 @@ def _stable_curve(drop, stability, original_stability, energy=None, original_ene
 )
 def test_faithful_boost_stability_guard(drop, stability, original_stability, expected):
     assert choose_alpha(_stable_curve(drop, stability, original_stability), "faithful_boost")[0] == expected
+
+
+@pytest.mark.parametrize(
+    ("original_drop", "expected"),
+    [
+        (0.035, 2),  # within a point of the best (0.03): 0.1, 0.25, 0.5; no worse than the original: 0.1, 0.25
+        (0.04, 3),  # the original's drop is the tolerance's edge: all three are no worse
+        (0.02, 3),  # no alpha is as faithful as the original map: the tolerance rule alone
+    ],
+)
+def test_faithful_boost_tolerance_never_costs_faithfulness_against_the_original(original_drop, expected):
+    curve = _curve(drop=[0.05, 0.03, 0.035, 0.04, 0.3])._replace(original_drop=_f64(original_drop))
+    assert choose_alpha(curve, "faithful_boost")[0] == expected
+    stable = _stable_curve([0.05, 0.03, 0.035, 0.04, 0.3], [0.95] * 5, 0.9)._replace(original_drop=_f64(original_drop))
+    assert choose_alpha(stable, "faithful_boost")[0] == expected
+
+
+def test_faithful_boost_stable_and_faithful_alpha_wins_over_a_larger_stable_one():
+    # Every alpha up to 0.5 is within a point of the best (0.030) and stable; only 0 and 0.1 are no less faithful
+    # than the original map (0.035): 0.1, where the tolerance alone would take 0.5.
+    curve = _stable_curve([0.030, 0.031, 0.036, 0.038, 0.05], [0.95] * 5, 0.9)._replace(original_drop=_f64(0.035))
+    assert choose_alpha(curve, "faithful_boost")[0] == 1
+
+
+def test_faithful_boost_when_no_alpha_is_both_stable_and_faithful_keeps_stability():
+    # The shipped photos' plain gradients (issue 16, pooled curve): alpha 0 removes far less evidence than the
+    # original map (81.0% vs 98.3%) but is less stable (0.930 vs 0.948); every stable alpha is less faithful than
+    # the original. Stability is guarded first (the issue's rule), faithfulness among the stable: 0.25.
+    curve = _stable_curve(
+        [0.810, 0.994, 0.9967, 0.9978, 0.9976], [0.930, 0.936, 0.960, 0.961, 0.960], 0.948
+    )._replace(original_drop=_f64(0.983))
+    assert choose_alpha(curve, "faithful_boost")[0] == 2
 
 
 def test_faithful_boost_stability_guard_with_masks_needs_both():
