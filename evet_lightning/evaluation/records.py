@@ -31,7 +31,8 @@ class MethodRun:
             folds' out-of-fold choices), else the fixed value.
         alpha_choice: ``alpha="auto"`` only: ``folds`` (the alpha of fold 0's and fold 1's maps) and ``curve``
             (the last epoch's per-alpha curve over both folds: ``alphas``, ``average_drop``,
-            ``increase_in_confidence``, ``energy_pointing_game`` or ``None`` without masks, ``num_samples``),
+            ``increase_in_confidence``, ``energy_pointing_game`` or ``None`` without masks, ``stability_index`` or
+            ``None`` without a stability run, ``original`` (the same four for the original map), ``num_samples``),
             from ``EVETCallback.last_alpha``.
     """
 

@@ -218,8 +218,14 @@ def test_the_chosen_alpha_is_the_logged_one(two_methods: tuple[Path, str]) -> No
         assert sum(chosen["folds"]) / 2 == pytest.approx(logged)  # the logged alpha is the folds' mean
         curve = chosen["curve"]
         assert curve["alphas"] == grid and curve["num_samples"] == 8
-        for name in ("average_drop", "increase_in_confidence", "energy_pointing_game"):  # synthetic data: masks
+        for name in ("average_drop", "increase_in_confidence", "energy_pointing_game", "stability_index"):
+            # synthetic data: masks; evaluate runs the stability transforms, so each alpha has a stability index
             assert len(curve[name]) == len(grid) and all(0.0 <= value <= 1.0 for value in curve[name])
+            assert 0.0 <= curve["original"][name] <= 1.0
+        # the curve's original map is the one the metrics logged (same samples, same maps)
+        logged = payload["validate"][method]
+        assert curve["original"]["average_drop"] == pytest.approx(logged["evet/original/average_drop"], abs=1e-6)
+        assert curve["original"]["stability_index"] == pytest.approx(logged["evet/original/stability_index"], abs=1e-6)
 
 
 def test_score_cam_tables_3_and_4_on_a_tiny_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
