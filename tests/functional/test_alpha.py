@@ -560,9 +560,9 @@ def test_faithful_boost_when_no_alpha_is_both_stable_and_faithful_keeps_stabilit
     # The shipped photos' plain gradients (issue 16, pooled curve): alpha 0 removes far less evidence than the
     # original map (81.0% vs 98.3%) but is less stable (0.930 vs 0.948); every stable alpha is less faithful than
     # the original. Stability is guarded first (the issue's rule), faithfulness among the stable: 0.25.
-    curve = _stable_curve(
-        [0.810, 0.994, 0.9967, 0.9978, 0.9976], [0.930, 0.936, 0.960, 0.961, 0.960], 0.948
-    )._replace(original_drop=_f64(0.983))
+    curve = _stable_curve([0.810, 0.994, 0.9967, 0.9978, 0.9976], [0.930, 0.936, 0.960, 0.961, 0.960], 0.948)._replace(
+        original_drop=_f64(0.983)
+    )
     assert choose_alpha(curve, "faithful_boost")[0] == 2
 
 
