@@ -214,13 +214,15 @@ def _vgg_like() -> nn.Module:
 
 
 #: Score-CAM makes one forward pass per channel: a representative subset, one image each, at (key, layer, size):
-#: a ResNet (layer3, 256 channels at 2 x 2), a VGG, two mobile nets and a ViT read through its reshape transform.
+#: a ResNet (layer3, 256 channels at 2 x 2), a VGG, two mobile nets, a ViT's tokens and a Swin's (B, H, W, C) map
+#: read through their reshape transforms. All 21 families at their detected layers: benchmarks/score_cam_sweep.py.
 SCORE_CAM_CASES = {
     "resnet18": ("layer3", 32),
     "vgg_like": ("features.9", 32),
     "mobilenet_v3_small": ("features.12", 64),
     "squeezenet1_0": ("classifier.2", 64),
     "vit": ("encoder.layers.encoder_layer_1.ln_1", 64),
+    "timm_swin": ("layers.3", 64),
 }
 
 
@@ -237,7 +239,8 @@ def test_native_score_cam_equals_pytorch_grad_cam(models, key):
         model = _model(models, key)
     images = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
     layer = model.get_submodule(name)
-    reshape = vit_reshape_transform() if key == "vit" else None
+    family = FAMILIES.get(key)
+    reshape = family.reshape() if family is not None and family.reshape is not None else None
     with model_state_guard(model, protect_grads=False):
         native = ScoreCAM([layer], batch_size=64, reshape_transform=reshape)(model, images, None)
     with model_state_guard(model, protect_grads=True):
