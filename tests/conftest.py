@@ -36,6 +36,24 @@ def _single_intra_op_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def _deterministic_algorithms_restored() -> Iterator[None]:
+    """Restore ``torch.use_deterministic_algorithms`` after each test.
+
+    ``Trainer(deterministic=True)`` switches it on for the whole process and never back, so without this a test
+    would run under whatever an earlier test left (Captum's DeepLift fails on max pooling under it:
+    ``max_unpool2d`` has no deterministic kernel).
+    """
+    enabled, warn_only = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
 @pytest.fixture(scope="session")
 def trained_model() -> SmallCNN:
     """A SmallCNN (width 16, 4 classes, 64x64) trained on ``SyntheticShapes(seed=0)``; eval mode, ~99% accurate."""

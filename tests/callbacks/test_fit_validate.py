@@ -113,7 +113,13 @@ def test_logged_values_match_the_metric_definitions(make_trainer: TrainerFactory
     evet, rotate = EVET(module, **callback.settings.evet_kwargs()), Rotate(5.0)
     rotated = rotate.forward(images)
     cam_back = rotate.inverse(min_max_normalize(evet.explain(rotated, labels).maps).unsqueeze(1)).squeeze(1)
-    evet_back = rotate.inverse(evet(rotated, labels).saliency.unsqueeze(1)).squeeze(1)
+    # J*(T(x)) at each sample's out-of-fold alpha (fold = position mod 2), as the callback re-blends it
+    assert callback.last_alpha is not None
+    evet_back = torch.empty_like(cam_back)
+    for fold, alpha in enumerate(callback.last_alpha.alphas):
+        index = torch.arange(fold, 7, 2)
+        fixed = EVET(module, **{**callback.settings.evet_kwargs(), "alpha": float(alpha)})
+        evet_back[index] = rotate.inverse(fixed(rotated[index], labels[index]).saliency.unsqueeze(1)).squeeze(1)
     valid = rotate.valid_mask(IMAGE_SIZE, IMAGE_SIZE).expand(7, -1, -1)
     assert torch.equal(result.targets, labels)  # target="label"
     clean, original, enhanced = result.clean_scores, result.view_scores[0], result.saliency_scores

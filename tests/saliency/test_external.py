@@ -27,19 +27,6 @@ from tests.saliency.test_model_state import _assert_unchanged, _images, _prepare
 TRANSFORMS = [HorizontalFlip(), Rotate(10.0)]
 
 
-@pytest.fixture(autouse=True)
-def _nondeterministic_algorithms_allowed():
-    """A ``Trainer(deterministic=True)`` of an earlier test leaves ``torch.use_deterministic_algorithms(True)`` on,
-    under which Captum's DeepLift fails on max pooling (``max_unpool2d`` has no deterministic kernel)."""
-    enabled, warn_only = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-    )
-    torch.use_deterministic_algorithms(False)
-    yield
-    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
-
-
 #: One transform and a fixed alpha keep the equality tests cheap (view 0 is what they check).
 
 

