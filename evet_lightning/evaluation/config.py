@@ -191,6 +191,13 @@ class EvaluateConfig:
             "skip the deletion / insertion AUC table (RISE; 2 x (steps + 1) forward passes per sample and map)"
         ),
     )
+    paper_stability: bool = field(
+        default=True,
+        metadata=cli_option(
+            "skip Table 5's second protocol, the paper's four stability transforms (4 more EVET runs per sample); "
+            "the default one, rotate by 5 degrees, stays"
+        ),
+    )
     deletion_steps: int = field(
         default=DEFAULT_DELETION_STEPS,
         metadata=cli_option(

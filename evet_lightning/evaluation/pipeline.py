@@ -83,6 +83,7 @@ def run_evaluation(config: EvaluateConfig) -> EvaluationResult:
         time_score_cam=config.time_score_cam,
         deletion_insertion=config.deletion_insertion,
         deletion_steps=config.deletion_steps,
+        paper_stability=config.paper_stability,
         record={key: value for key, value in specs.items() if value is not None},
     )
 
@@ -102,6 +103,7 @@ def evaluate(
     time_score_cam: bool = False,
     deletion_insertion: bool = True,
     deletion_steps: int = DEFAULT_DELETION_STEPS,
+    paper_stability: bool = True,
     record: dict[str, Any] | None = None,
 ) -> EvaluationResult:
     """Run ``trainer.validate`` with :class:`~evet_lightning.EVETCallback` once per method and build Tables 1-6.
@@ -112,8 +114,10 @@ def evaluate(
     methods and ScoreCAM too (or ``time_score_cam``, which skips Score-CAM's own, costly, EVET run: no Table 3
     then), Table 4 times Grad-CAM* and the un-enhanced Score-CAM alike
     (:func:`~evet_lightning.evaluation.time_per_image`) on the same samples. ``deletion_insertion``: Table 6, the
-    deletion and insertion AUCs (``deletion_steps`` steps) the callback logs. With ``output``, writes
-    ``tables.json``, ``tables.csv``, ``tables.md`` after every method (``complete`` says whether all ran) and one
+    deletion and insertion AUCs (``deletion_steps`` steps) the callback logs. ``paper_stability``: Table 5's
+    second protocol, the paper's four stability transforms (``EVETCallback(paper_stability=True)``). With
+    ``output``, writes ``tables.json``, ``tables.csv``, ``tables.md`` after every method (``complete`` says whether
+    all ran) and one
     heatmap sheet per method (``heatmaps/<method>.png``, the first ``heatmaps`` samples: image | original | EVET).
     ``record``: more settings to write to ``tables.json`` (the command line's transform specs).
 
@@ -150,6 +154,7 @@ def evaluate(
             target=target,
             deletion_insertion=deletion_insertion,
             deletion_steps=deletion_steps,
+            paper_stability=paper_stability,
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
@@ -161,7 +166,11 @@ def evaluate(
         list(methods),
         settings,
         layer,
-        {**_settings_record(settings, target, deletion_insertion, deletion_steps), **(record or {})},
+        {
+            **_settings_record(settings, target, deletion_insertion, deletion_steps),
+            "paper_stability": paper_stability,
+            **(record or {}),
+        },
         deletion_steps if deletion_insertion else None,
     )
     runs: list[MethodRun] = []
@@ -183,6 +192,7 @@ def evaluate(
                 keep_maps=heatmaps,
                 deletion_insertion=deletion_insertion,
                 deletion_steps=deletion_steps,
+                paper_stability=paper_stability,
             )
             runs.append(run)
             if folder is not None:

@@ -128,6 +128,7 @@ def run_method(
     keep_maps: int | None = None,
     deletion_insertion: bool = False,
     deletion_steps: int = DEFAULT_DELETION_STEPS,
+    paper_stability: bool = True,
 ) -> MethodRun:
     """``trainer.validate`` over ``data`` with an :class:`EVETCallback` for ``method`` explaining every sample.
 
@@ -138,6 +139,7 @@ def run_method(
     ``keep_maps``: keep the maps of the first ``keep_maps`` explained samples only (``None``: all), so that
     memory does not grow with the number of samples times the number of methods.
     ``deletion_insertion``: also log the deletion and insertion AUCs (``deletion_steps`` steps) of both maps.
+    ``paper_stability``: also score the paper's stability protocol (see :func:`evaluation_callback`).
 
     Raises:
         UsageError: ``accelerator`` names a device this machine does not have.
@@ -146,7 +148,12 @@ def run_method(
     device = accelerator_device(accelerator)
     settings = (settings or default_settings(model, data)).replace(cam=method)
     callback = evaluation_callback(
-        settings, len(data), target=target, deletion_insertion=deletion_insertion, deletion_steps=deletion_steps
+        settings,
+        len(data),
+        target=target,
+        deletion_insertion=deletion_insertion,
+        deletion_steps=deletion_steps,
+        paper_stability=paper_stability,
     )
     loader = DataLoader(data.dataset, batch_size=batch_size, shuffle=False)
     with quiet_lightning():
@@ -186,10 +193,11 @@ def evaluation_callback(
     target: Literal["label", "prediction"] = "label",
     deletion_insertion: bool = False,
     deletion_steps: int = DEFAULT_DELETION_STEPS,
+    paper_stability: bool = True,
 ) -> EVETCallback:
     """The callback :func:`run_method` attaches: ``settings`` (every EVET option), every sample explained, no
     images logged, the model's ``model`` attribute explained (the classifier inside :class:`EvaluationModule`),
-    and the paper's stability protocol scored next to the default one (``paper_stability=True``).
+    and, unless ``paper_stability=False``, the paper's stability protocol scored next to the default one.
 
     Raises:
         ValueError: an option the callback rejects.
@@ -204,7 +212,7 @@ def evaluation_callback(
         target=target,
         prefix=PREFIX,
         model="model",
-        paper_stability=True,  # Table 5 shows both stability protocols (decision 31)
+        paper_stability=paper_stability,  # Table 5 shows both stability protocols by default (decision 31)
         **options,
     )
 

@@ -246,6 +246,26 @@ def test_score_cam_tables_3_and_4_on_a_tiny_model(tmp_path: Path, capsys: pytest
     assert "time than Score-CAM" in out
 
 
+def test_no_paper_stability_drops_only_the_second_protocol(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--model", "tests.cli._factories:tiny_cnn", "--image-size", "32", "--num-samples", "4"]
+    args += ["--no-deletion-insertion", "--methods", "GradCAM", "--heatmaps", "0"]
+    payloads, tables = [], []
+    for extra, folder in (([], "both"), (["--no-paper-stability"], "rotate")):
+        code, out, _ = run_evaluate([*args, *extra, "--output", str(tmp_path / folder)], capsys)
+        assert code == 0
+        tables.append(printed_tables(out)["Table 5"])
+        payloads.append(json.loads((tmp_path / folder / "tables.json").read_text()))
+    both, rotate = tables
+    assert list(both) == [("Grad-CAM", "Rotate 5 (unseen, Fig. 4b)"), ("Grad-CAM", "Paper: mean of 4 (Fig. 4a)")]
+    assert list(rotate) == [("Grad-CAM", "Rotate 5 (unseen, Fig. 4b)")]
+    assert rotate[("Grad-CAM", "Rotate 5 (unseen, Fig. 4b)")] == both[("Grad-CAM", "Rotate 5 (unseen, Fig. 4b)")]
+    assert [payload["settings"]["paper_stability"] for payload in payloads] == [True, False]
+    logged = [payload["validate"]["GradCAM"] for payload in payloads]
+    assert "evet/evet/stability_index_paper" in logged[0] and "evet/evet/stability_index_paper" not in logged[1]
+    # every other logged value is the same: the second protocol never enters the alpha choice or the maps
+    assert {key: value for key, value in logged[0].items() if "paper" not in key} == pytest.approx(logged[1], abs=1e-7)
+
+
 def _run(method: str, original: list[float], enhanced: list[float], clean: float = 0.9) -> MethodRun:
     count = len(original)
     return MethodRun(
