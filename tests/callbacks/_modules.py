@@ -55,8 +55,13 @@ def rank_metrics_path(directory: str, rank: int) -> str:
     return os.path.join(directory, f"metrics_rank{rank}.json")
 
 
+def rank_samples_path(directory: str, rank: int) -> str:
+    return os.path.join(directory, f"samples_rank{rank}.json")
+
+
 class DumpMetrics(pl.Callback):
-    """Every process writes ``trainer.callback_metrics`` to JSON at validation end (out of ddp_spawn)."""
+    """Every process writes ``trainer.callback_metrics`` to JSON at validation end (out of ddp_spawn), and the
+    per-sample scores of each EVET callback's last results (for the failure message of a multi-process test)."""
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
@@ -67,6 +72,29 @@ class DumpMetrics(pl.Callback):
         values = {key: float(value) for key, value in trainer.callback_metrics.items()}
         with open(rank_metrics_path(self.directory, trainer.global_rank), "w") as handle:
             json.dump(values, handle)
+        samples = [
+            {
+                "targets": result.targets.tolist(),
+                "clean": result.clean_scores.tolist(),
+                "original": result.view_scores[0].tolist(),
+                "evet": None if result.saliency_scores is None else result.saliency_scores.tolist(),
+            }
+            for callback in trainer.callbacks
+            for result in getattr(callback, "last_results", None) or []
+        ]
+        with open(rank_samples_path(self.directory, trainer.global_rank), "w") as handle:
+            json.dump(samples, handle)
+
+
+def rank_samples(directory: str, devices: int) -> str:
+    """What :class:`DumpMetrics` wrote of each rank's samples, one line per rank (for assertion messages)."""
+    lines = []
+    for rank in range(devices):
+        path = rank_samples_path(directory, rank)
+        if os.path.exists(path):
+            with open(path) as handle:
+                lines.append(f"rank {rank} of {devices}: {handle.read()}")
+    return "\n".join(lines)
 
 
 def forwards_path(directory: str, rank: int) -> str:

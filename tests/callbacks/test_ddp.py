@@ -13,7 +13,14 @@ from evet_lightning import EVETCallback
 from tests._helpers.models import FrozenClassifier
 from tests._helpers.saliency import input_times_gradient
 from tests._helpers.trainer import TrainerFactory
-from tests.callbacks._modules import CountForwards, DumpMetrics, forwards_path, rank_metrics_path, shapes_loader
+from tests.callbacks._modules import (
+    CountForwards,
+    DumpMetrics,
+    forwards_path,
+    rank_metrics_path,
+    rank_samples,
+    shapes_loader,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -113,4 +120,7 @@ def test_two_processes_log_the_single_process_values(
     )
     assert set(EVETCallback(**options).metric_keys) <= set(single)
     assert set(double) == set(single)
-    assert double == pytest.approx(single, abs=1e-5)
+    # on a mismatch, the per-sample scores each rank explained (one failure in many runs was seen, not reproduced)
+    assert double == pytest.approx(single, abs=1e-5), "\n".join(
+        rank_samples(str(tmp_path / f"devices{devices}_fit{fit and devices > 1}"), devices) for devices in (1, 2)
+    )
