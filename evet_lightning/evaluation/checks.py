@@ -84,7 +84,7 @@ def check_spatial_layer(
     sample = unpack_batch(tuple(data.dataset[0]))[0].unsqueeze(0)
     cams = [method for method in methods if method != "Gradient"]
     if not cams:
-        return ExplainedLayer([])
+        return _no_layer(settings, methods, transform_name)
     names: list[str] = []
     method = cams[0]
     try:
@@ -93,7 +93,7 @@ def check_spatial_layer(
             if names:
                 break
         if not names:
-            return ExplainedLayer([])
+            return _no_layer(settings, methods, transform_name)
         layout = _layout(model.module, names, sample, settings, transform_name)
     except UsageError:
         raise
@@ -104,6 +104,17 @@ def check_spatial_layer(
             f"{model.name} fails on the data ({tuple(sample.shape)}): {type(error).__name__}: {error}"
         ) from None
     return ExplainedLayer(names, layout)
+
+
+def _no_layer(settings: EVETSettings, methods: Sequence[str], transform_name: str | None) -> ExplainedLayer:
+    """No method explains a layer (only input attributions): a reshape transform would go unused, so it is refused."""
+    if settings.reshape_transform is not None:
+        name = transform_name or _callable_name(settings.reshape_transform)
+        raise UsageError(
+            f"--reshape-transform {name} applies only to methods that explain a layer (the CAMs, Captum's layer "
+            f"methods), and --methods {','.join(methods)} has none"
+        )
+    return ExplainedLayer([])
 
 
 def _target_layers(module: nn.Module, sample: Tensor, settings: EVETSettings, transform_name: str | None) -> list[str]:

@@ -115,6 +115,15 @@ def test_evet_option_mistakes_are_one_line(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("methods", ["Gradient", "Gradient,captum:Saliency"])
+def test_a_reshape_transform_no_method_uses_is_refused(
+    methods: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["evaluate", *TINY, "--methods", methods, "--reshape-transform", "vit", "--output", str(tmp_path / "out")]
+    assert_usage_error(capsys, argv, "--reshape-transform vit applies only to methods that explain a layer", methods)
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_pointing_game_objective_needs_masks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from tests.cli.test_preflight import image_folder
 
