@@ -117,8 +117,8 @@ def evaluate(
     deletion and insertion AUCs (``deletion_steps`` steps) the callback logs. ``paper_stability``: Table 5's
     second protocol, the paper's four stability transforms (``EVETCallback(paper_stability=True)``). With
     ``output``, writes ``tables.json``, ``tables.csv``, ``tables.md`` after every method (``complete`` says whether
-    all ran) and one
-    heatmap sheet per method (``heatmaps/<method>.png``, the first ``heatmaps`` samples: image | original | EVET).
+    all ran) and one heatmap sheet per method (``heatmaps/<method>.png``, the first ``heatmaps`` samples: image |
+    original | EVET).
     ``record``: more settings to write to ``tables.json`` (the command line's transform specs).
 
     Raises:
@@ -166,11 +166,7 @@ def evaluate(
         list(methods),
         settings,
         layer,
-        {
-            **_settings_record(settings, target, deletion_insertion, deletion_steps),
-            "paper_stability": paper_stability,
-            **(record or {}),
-        },
+        {**_settings_record(settings, target, deletion_insertion, deletion_steps, paper_stability), **(record or {})},
         deletion_steps if deletion_insertion else None,
     )
     runs: list[MethodRun] = []
@@ -250,7 +246,7 @@ def _name(value: object) -> Any:
 
 
 def _settings_record(
-    settings: EVETSettings, target: str, deletion_insertion: bool, deletion_steps: int
+    settings: EVETSettings, target: str, deletion_insertion: bool, deletion_steps: int, paper_stability: bool
 ) -> dict[str, Any]:
     """What ``tables.json`` records of the run's settings."""
     names = ("alpha", "alpha_grid", "alpha_objective", "threshold", "baseline", "max_batch_size", "target_layers")
@@ -262,6 +258,7 @@ def _settings_record(
         "target": target,
         "deletion_insertion": deletion_insertion,
         "deletion_steps": deletion_steps if deletion_insertion else None,
+        "paper_stability": paper_stability,
     }
 
 

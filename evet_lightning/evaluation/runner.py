@@ -226,13 +226,9 @@ def _alpha_outputs(settings: EVETSettings, metrics: dict[str, float], callback: 
         return {"alpha": metrics.get(f"{PREFIX}/alpha"), "alpha_choice": None}
     curve = choice.curve
     energy, stability = curve.energy_pointing_game, curve.stability_index
-    count = max(int(curve.num_samples), 1)
 
     def floats(values: Tensor) -> list[float]:
         return [float(value) for value in values.reshape(-1).tolist()]
-
-    def original(total: Tensor | None) -> float | None:
-        return None if total is None else float(total) / count
 
     return {
         "alpha": metrics.get(f"{PREFIX}/alpha", choice.mean_alpha),
@@ -244,12 +240,7 @@ def _alpha_outputs(settings: EVETSettings, metrics: dict[str, float], callback: 
                 "increase_in_confidence": floats(curve.increase_in_confidence),
                 "energy_pointing_game": None if energy is None else floats(energy),
                 "stability_index": None if stability is None else floats(stability),
-                "original": {
-                    "average_drop": original(curve.original_drop),
-                    "increase_in_confidence": original(curve.original_increase),
-                    "energy_pointing_game": original(curve.original_energy),
-                    "stability_index": original(curve.original_stability),
-                },
+                "original": curve.original_means(),
                 "num_samples": int(curve.num_samples),
             },
         },

@@ -110,6 +110,20 @@ class AlphaCurve(NamedTuple):
         """``(A,)`` stability index at each alpha, or ``None`` without a stability run (higher is better)."""
         return None if self.stability is None else self._mean(self.stability)
 
+    def original_means(self) -> dict[str, float | None]:
+        """The original map's mean of each metric, keyed like the per-alpha properties (``None``: not measured)."""
+        count = float(self.num_samples.clamp_min(1))
+
+        def mean(total: Tensor | None) -> float | None:
+            return None if total is None else float(total) / count
+
+        return {
+            "average_drop": mean(self.original_drop),
+            "increase_in_confidence": mean(self.original_increase),
+            "energy_pointing_game": mean(self.original_energy),
+            "stability_index": mean(self.original_stability),
+        }
+
     def merge(self, other: AlphaCurve) -> AlphaCurve:
         """The curve of both sample sets (the grids must be equal)."""
         if not torch.equal(self.alphas.cpu(), other.alphas.cpu()):

@@ -61,13 +61,7 @@ def render_alpha_curve(curve: AlphaCurve, chosen: Sequence[float], title: str = 
 
     Returns a ``(3, H, W)`` uint8 image (matplotlib, Agg backend).
     """
-    count = float(curve.num_samples.clamp_min(1))
-    originals = {
-        "average_drop": float(curve.original_drop) / count,
-        "increase_in_confidence": float(curve.original_increase) / count,
-        "energy_pointing_game": None if curve.original_energy is None else float(curve.original_energy) / count,
-        "stability_index": None if curve.original_stability is None else float(curve.original_stability) / count,
-    }
+    originals = curve.original_means()
     alphas = curve.alphas.tolist()
     metrics = [(key, name) for key, name in _METRICS if getattr(curve, key) is not None]
     figure, axes = _figure(3.6 * len(metrics), 3.0, len(metrics))
