@@ -250,23 +250,28 @@ def _alpha_outputs(settings: EVETSettings, metrics: dict[str, float], callback: 
 def _per_sample_outputs(callback: EVETCallback, keep_maps: int | None = None) -> dict[str, Any]:
     """The per-sample scores and maps of the callback's last explained epoch, explained samples only.
 
-    ``callback.last_results`` holds one :class:`~evet_lightning.EVETResult` per chunk of samples, on the CPU;
-    samples with a non-finite image or logits (``finite`` False) were skipped by the metrics and are left out
-    here too, so the scores line up with the logged values.
+    The scores of every sample come from ``callback.sample_records()``; the maps from the chunks the callback
+    kept (``callback.last_samples``: its first ``max(log_images, alpha_calibration)`` samples, decision 38), the
+    first ``keep_maps`` of them. Samples with a non-finite image or logits (``finite`` False) were skipped by the
+    metrics and are left out here too, so the scores line up with the logged values.
     """
-    results = callback.last_results
-    if not results:
+    records = callback.sample_records()
+    if records["sample"].numel() == 0:
         raise RuntimeError("EVETCallback explained no sample in trainer.validate")
-    finite = torch.cat([result.finite for result in results])
-    evet_scores = [result.saliency_scores for result in results]
-    if any(scores is None for scores in evet_scores):
-        raise RuntimeError("EVETCallback kept no scores of its EVET maps (saliency_scores)")
+    finite = records["finite"]
+    chunks = () if callback.last_samples is None else callback.last_samples.chunks
     maps = slice(None) if keep_maps is None else slice(0, keep_maps)
+
+    def kept_maps(name: str) -> Tensor:
+        if not chunks:
+            return torch.zeros(0)
+        return torch.cat([getattr(chunk.result, name)[chunk.scored.cpu()] for chunk in chunks])
+
     return {
-        "targets": torch.cat([result.targets for result in results])[finite],
-        "clean_scores": torch.cat([result.clean_scores for result in results])[finite],
-        "original_scores": torch.cat([result.view_scores[0] for result in results])[finite],
-        "evet_scores": torch.cat(evet_scores)[finite],  # type: ignore[arg-type]
-        "original_maps": torch.cat([result.original for result in results])[finite][maps].clone(),
-        "evet_maps": torch.cat([result.saliency for result in results])[finite][maps].clone(),
+        "targets": records["target"][finite],
+        "clean_scores": records["Y"][finite].float(),
+        "original_scores": records["original/O"][finite].float(),
+        "evet_scores": records["evet/O"][finite].float(),
+        "original_maps": kept_maps("original")[maps].clone(),
+        "evet_maps": kept_maps("saliency")[maps].clone(),
     }
