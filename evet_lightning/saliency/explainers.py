@@ -421,11 +421,10 @@ class NativeCAM:
             for layer, activation, grad in zip(self.target_layers, activations, grads, strict=True):
                 if grad is None:
                     raise ValueError(_no_gradient_message(reader.name(layer)))
-                activation = activation.detach()
-                if rows is not None:
-                    activation, grad = activation[rows], grad[rows]
-                feature_map = reader(activation, layer).float()
+                feature_map = reader(activation.detach(), layer).float()
                 feature_grad = reader(grad, layer).float()
+                if rows is not None:  # read as the whole batch (the reader knows its size), then the pairs' images
+                    feature_map, feature_grad = feature_map[rows], feature_grad[rows]
                 cam = NATIVE_CAMS[self.method](feature_map, feature_grad).clamp_min(0)
                 cam = _scale_like_grad_cam(cam)
                 if cam.shape[-2:] != (height, width):
