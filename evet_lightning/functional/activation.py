@@ -27,6 +27,7 @@ __all__ = [
     "Task",
     "check_activation",
     "check_task",
+    "check_task_logits",
     "class_probabilities",
     "resolve_activation",
     "target_class_probabilities",
@@ -88,6 +89,16 @@ def resolve_activation(task: object, activation: object = None) -> Activation:
     if activation is not None:
         return activation
     return "sigmoid" if task == "multilabel" else "softmax"
+
+
+def check_task_logits(task: Task, logits: Tensor) -> None:
+    """A ``ValueError`` when ``task="binary"`` meets logits of other than two classes (one logit z, read as
+    ``[-z/2, z/2]``)."""
+    if task == "binary" and logits.shape[-1] != 2:
+        raise ValueError(
+            f"Expected one logit per image (N, 1) with task='binary', but the model returned {logits.shape[-1]} "
+            "classes; use task='multiclass' (softmax) or task='multilabel' (independent sigmoids)"
+        )
 
 
 def class_probabilities(logits: Tensor, activation: Activation = "softmax") -> Tensor:

@@ -149,13 +149,13 @@ class AlphaCurve(NamedTuple):
 AlphaObjective = str | Callable[[AlphaCurve], Tensor]
 
 
-def map_energy(saliency: Tensor, masks: Tensor) -> Tensor:
+def map_energy(saliency: Tensor, masks: Tensor, valid: Tensor | None = None) -> Tensor:
     """Per-map share of the saliency inside the mask, Eq. (12), float64, shape ``saliency.shape[:-2]``.
 
     ``masks`` broadcasts against ``saliency`` (``(B, H, W)`` masks for ``(A, B, H, W)`` maps); an all-zero map
     scores the mask's area fraction, as a uniform map would (decision 4).
     """
-    return energy_fraction(saliency, masks.bool())
+    return energy_fraction(saliency, masks.bool(), valid)
 
 
 def alpha_curve(

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from evet_lightning._model_state import model_state_guard
-from evet_lightning.functional.activation import Activation, Task, target_class_probabilities
+from evet_lightning.functional.activation import Activation, Task, check_task_logits, target_class_probabilities
 from evet_lightning.functional.alpha import (
     DEFAULT_ALPHA_GRID,
     DEFAULT_ALPHA_OBJECTIVE,
@@ -336,17 +336,16 @@ class EVET:
         image_index: Tensor,
         classes: Tensor,
         *,
-        masks: Tensor | None = None,
+        masks: Tensor | tuple[Tensor, Tensor] | None = None,
         score_saliency: bool = False,
         alpha: float | Literal["auto"] | None = None,
     ) -> EVETResult:
         """Run EVET on ``P`` (image, class) pairs: pair p explains class ``classes[p]`` of ``images[image_index[p]]``.
 
-        Each pair's result is what ``self(images[i : i + 1], classes[p : p + 1])`` gives (at a fixed alpha; with
-        ``alpha="auto"`` one alpha is chosen over all pairs, as a call chooses over its images). The result holds
-        one entry per pair, in the order given (``result.targets`` the classes, ``result.image_index`` the
-        images). ``masks (P, H, W)``: each pair's object mask (class k's pixels of image i,
-        :func:`~evet_lightning.functional.class_masks.pair_masks`), for the per-alpha pointing game.
+        Each pair's result is what ``self(images[i : i + 1], classes[p : p + 1])`` gives (at a fixed alpha; ``"auto"``
+        chooses one alpha over all pairs), one entry per pair in the order given (``result.targets`` the classes,
+        ``result.image_index`` the images). ``masks``: object masks ``(P, H, W)`` or the ``(object, valid)`` of
+        :func:`~evet_lightning.functional.class_masks.pair_masks` (decision 47), for the per-alpha pointing game.
 
         Shared between the classes of one image (decision 46): the transformed views are built once, and for
         native CAMs and ``"Gradient"`` their forward pass runs once (one head backward per class); other methods
@@ -355,7 +354,10 @@ class EVET:
         alpha = self.alpha if alpha is None else self.settings.replace(alpha=alpha).alpha
         images, _, _ = self._check_call(images, None, None, alpha)
         image_index, classes = check_pairs(images, image_index, classes)
-        _, _, masks = self._check_call(images, None, masks, alpha, mask_count=classes.numel())
+        obj, valid = masks if isinstance(masks, tuple) else (masks, None)
+        masks, valid = (self._check_call(images, None, m, alpha, classes.numel())[2] for m in (obj, valid))
+        if masks is not None and valid is not None:  # one int8 mask travels: 1 object, 0 background, -1 ignored
+            masks = torch.where(valid, masks.to(torch.int8), torch.full_like(masks, -1, dtype=torch.int8))
         with torch.inference_mode(False), torch.enable_grad():
             images = images.clone()
             self.resolve_target_layers(images)
@@ -542,11 +544,7 @@ class EVET:
         """Eq. (1)-(7) for ``B`` images (or pairs) from their view-major maps ``(V * B, H, W)`` and the clean
         logits ``(B, K)``: warp back, score each view, filter, weight, fuse; every alpha of ``grid`` when auto."""
         num_views, batch = len(views), images.shape[0]
-        if self.task == "binary" and logits.shape[1] != 2:
-            raise ValueError(
-                f"Expected one logit per image (N, 1) with task='binary', but the model returned {logits.shape[1]} "
-                "classes; use task='multiclass' (softmax) or task='multilabel' (independent sigmoids)"
-            )
+        check_task_logits(self.task, logits)
         finite = torch.isfinite(images.flatten(1)).all(dim=1) & torch.isfinite(logits).all(dim=1)
         # Each view's map: min-max normalized, then mapped back to the original frame (decision 2).
         maps = min_max_normalize(maps).view(num_views, batch, *maps.shape[-2:])
@@ -590,8 +588,9 @@ class EVET:
             baseline.repeat(num_alphas, 1, 1, 1),
         ).view(num_alphas, batch)
         if masks is not None:
-            out["alpha_energy"] = map_energy(candidates, masks)
-            out["original_energy"] = map_energy(out["original"], masks)
+            valid_pixels = masks >= 0 if masks.dtype == torch.int8 else None
+            out["alpha_energy"] = map_energy(candidates, masks > 0, valid_pixels)
+            out["original_energy"] = map_energy(out["original"], masks > 0, valid_pixels)
         return out
 
 

@@ -12,7 +12,9 @@ from torch import Tensor, nn
 
 from evet_lightning import EVET
 from evet_lightning.functional import deletion_curve, perturb, target_probabilities
-from evet_lightning.functional.fusion import min_max_normalize
+from evet_lightning.functional.class_masks import pair_masks
+from evet_lightning.functional.energy_pointing_game import energy_fraction
+from evet_lightning.functional.fusion import blend, min_max_normalize
 from evet_lightning.saliency.explainers import NativeCAM
 from evet_lightning.saliency.settings import EVETSettings
 from evet_lightning.saliency.transforms import HorizontalFlip, Identity, Rotate, Scale
@@ -205,3 +207,19 @@ def test_pair_arguments_are_checked() -> None:
         evet.explain_pairs(images, torch.tensor([0]), torch.tensor([4]))
     with pytest.raises(ValueError, match=r"`masks`.*\(2, 16, 16\) like the pairs"):
         evet.explain_pairs(images, torch.tensor([0, 1]), torch.tensor([0, 1]), masks=torch.ones(3, 16, 16))
+
+
+def test_pairs_alpha_energy_leaves_ignored_pixels_out() -> None:
+    model = ShiftedLogits()
+    images = _images()
+    segmentation = torch.zeros(3, 16, 16, dtype=torch.long)
+    segmentation[:, 3:10, 2:8], segmentation[:, 6:14, 9:15] = 1, 3
+    segmentation[:, 0, :] = 255  # a void border row
+    obj, valid = pair_masks(segmentation, PAIR_IMAGES, PAIR_CLASSES)
+    evet = EVET(model, target_layers=LAYER, transforms=TRANSFORMS, task="multilabel")
+    result = evet.explain_pairs(images, PAIR_IMAGES, PAIR_CLASSES, masks=(obj, valid))
+    candidates = blend(result.fused_mean, result.fused_sigma, result.alpha_grid)
+    torch.testing.assert_close(result.alpha_energy, energy_fraction(candidates, obj, valid), atol=1e-6, rtol=0)
+    counted_as_background = energy_fraction(candidates, obj)
+    assert bool((counted_as_background <= result.alpha_energy + 1e-12).all())
+    assert bool((counted_as_background < result.alpha_energy - 1e-4).any())
