@@ -5,8 +5,9 @@ A multi-label image is explained once per class: each pair ``(i, k)`` is one EVE
 are the same for every class of the image. :func:`explain_rows` runs the views of each image once; an explainer
 with an ``explain_rows`` method (:class:`~evet_lightning.saliency.explainers.NativeCAM`,
 :class:`~evet_lightning.saliency.explainers.GradientExplainer`) keeps that forward pass's graph and differentiates
-it once per class (:func:`~evet_lightning.saliency.explainers.occurrence_rounds`); any other explainer gets
-each view repeated per pair.
+it once per class (:func:`~evet_lightning.saliency.explainers.occurrence_rounds`); native Score-CAM
+(:class:`~evet_lightning.saliency.score_cam.ScoreCAM`) reads every class's channel scores from the same masked
+images. Any other explainer gets each view repeated per pair.
 """
 
 from __future__ import annotations

@@ -128,8 +128,13 @@ PAIR_CLASSES = torch.tensor([0, 1, 1, 3, 2, 3])
 
 @pytest.mark.parametrize(
     ("cam", "kwargs"),
-    [("GradCAM", {"target_layers": LAYER}), ("Gradient", {}), (input_times_gradient, {})],
-    ids=["GradCAM", "Gradient", "callable"],
+    [
+        ("GradCAM", {"target_layers": LAYER}),
+        ("Gradient", {}),
+        ("ScoreCAM", {"target_layers": LAYER}),
+        (input_times_gradient, {}),
+    ],
+    ids=["GradCAM", "Gradient", "ScoreCAM", "callable"],
 )
 @pytest.mark.parametrize("task", ["multilabel", "multiclass"])
 def test_each_pair_equals_a_single_class_call(cam, kwargs, task) -> None:
@@ -164,7 +169,7 @@ class CountRows(nn.Module):
         return self.model(images)
 
 
-@pytest.mark.parametrize("cam", ["GradCAM", "Gradient", "GradCAMPlusPlus"])
+@pytest.mark.parametrize("cam", ["GradCAM", "Gradient", "GradCAMPlusPlus", "ScoreCAM"])
 def test_pairs_share_the_views_forward_pass_of_an_image(cam) -> None:
     model = CountRows()
     images = _images(width=20)  # (B, 8, 8, 10) activations: 8 x 8 x 8 x 8 would read as channels-last too
@@ -172,11 +177,13 @@ def test_pairs_share_the_views_forward_pass_of_an_image(cam) -> None:
     layers = {} if cam == "Gradient" else {"target_layers": "model.net.features.5"}
     evet = EVET(model, cam=cam, transforms=TRANSFORMS, alpha=0.5, task="multilabel", **layers)
     evet.explain_pairs(images, PAIR_IMAGES, PAIR_CLASSES)
-    # The views of each distinct image run once; each pair scores its own V perturbed images.
-    assert model.rows == views * distinct + views * pairs
+    # The views of each distinct image run once (Score-CAM: with its masked images, one per channel of the layer's
+    # 8); each pair scores its own V perturbed images.
+    per_view = 1 + 8 if cam == "ScoreCAM" else 1
+    assert model.rows == views * distinct * per_view + views * pairs
     model.rows = 0
     evet(images[PAIR_IMAGES], PAIR_CLASSES)
-    assert model.rows == 2 * views * pairs
+    assert model.rows == views * pairs * per_view + views * pairs
 
 
 def test_pairs_with_auto_alpha_equal_a_call_on_the_repeated_images() -> None:
