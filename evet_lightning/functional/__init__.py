@@ -2,6 +2,7 @@
 
 from evet_lightning.functional.average_difference import average_difference
 from evet_lightning.functional.average_drop import average_drop
+from evet_lightning.functional.class_masks import pair_masks
 from evet_lightning.functional.deletion_insertion import curve_auc, deletion_curve, insertion_curve
 from evet_lightning.functional.energy_pointing_game import energy_pointing_game
 from evet_lightning.functional.fusion import fuse_maps
@@ -19,6 +20,7 @@ __all__ = [
     "fuse_maps",
     "increase_in_confidence",
     "insertion_curve",
+    "pair_masks",
     "perturb",
     "resolve_baseline",
     "stability_index",

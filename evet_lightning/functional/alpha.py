@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from evet_lightning._validation import check_alpha
+from evet_lightning.functional.energy_pointing_game import energy_fraction
 
 __all__ = [
     "ALPHA_OBJECTIVES",
@@ -148,17 +149,13 @@ class AlphaCurve(NamedTuple):
 AlphaObjective = str | Callable[[AlphaCurve], Tensor]
 
 
-def map_energy(saliency: Tensor, masks: Tensor) -> Tensor:
+def map_energy(saliency: Tensor, masks: Tensor, valid: Tensor | None = None) -> Tensor:
     """Per-map share of the saliency inside the mask, Eq. (12), float64, shape ``saliency.shape[:-2]``.
 
     ``masks`` broadcasts against ``saliency`` (``(B, H, W)`` masks for ``(A, B, H, W)`` maps); an all-zero map
     scores the mask's area fraction, as a uniform map would (decision 4).
     """
-    saliency = saliency.double().flatten(-2)
-    inside = masks.bool().flatten(-2).double()
-    total = saliency.sum(-1)
-    area = inside.mean(-1).expand_as(total)
-    return torch.where(total > 0, (saliency * inside).sum(-1) / total.clamp_min(1e-300), area)
+    return energy_fraction(saliency, masks.bool(), valid)
 
 
 def alpha_curve(

@@ -60,7 +60,8 @@ def average_drop(scores: Tensor, masked_scores: Tensor, validate_args: bool = Tr
     Lower is better: a faithful map keeps what the model needs, so the target probability barely drops.
 
     Args:
-        scores: ``(N,)`` float, ``Y_i = f_c(x_i)``, the target-class softmax probability of the clean image.
+        scores: ``(N,)`` float, ``Y_i = f_c(x_i)``, the target-class probability of the clean image
+            (softmax, or sigmoid for a multi-label model: decision 45).
         masked_scores: ``(N,)`` float, ``O_i = f_c(Phi(x_i, M_i))``, the same on the perturbed image.
         validate_args: check that both are in [0, 1] (this synchronizes with the device).
 

@@ -11,7 +11,8 @@ Definitions, for an image ``x`` of ``N = H * W`` pixels, its saliency map ``M`` 
 - Insertion: the image starts as the insertion baseline ``x_i`` (default: a Gaussian blur of the image,
   kernel 11, sigma 5, as in RISE) and the top ``n_k`` pixels are the original ones. Step 0 is the baseline,
   step S the clean image. Higher AUC is better.
-- Curve: the target-class softmax probability ``f_c`` at each step, ``(B, S + 1)``.
+- Curve: the target-class probability ``f_c`` at each step, ``(B, S + 1)``: the softmax over the classes, or with
+  ``activation="sigmoid"`` (multi-label models, decision 45) the sigmoid of the class's logit.
 - AUC: the trapezoid rule on [0, 1] with spacing ``1 / S``:
   ``(sum_k curve[k] - (curve[0] + curve[S]) / 2) / S``.
 """
@@ -31,6 +32,7 @@ from evet_lightning.functional._checks import (
     _safe_mean,
     _sum_kept,
 )
+from evet_lightning.functional.activation import Activation, check_activation, target_class_probabilities
 from evet_lightning.functional.perturbation import Baseline, Normalization, _gaussian_blur, resolve_baseline
 
 __all__ = ["curve_auc", "deletion_curve", "insertion_curve"]
@@ -94,12 +96,6 @@ def _logits(output: object, num_images: int, output_transform: OutputTransform |
     return logits
 
 
-def _target_probabilities(logits: Tensor, targets: Tensor) -> Tensor:
-    """Softmax probability of each row's target, in float32 (float64 when the logits are float64)."""
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    return logits.softmax(dim=-1).gather(1, targets.view(-1, 1).to(logits.device)).squeeze(1)
-
-
 def _argmax_targets(
     model: nn.Module, images: Tensor, max_batch_size: int, output_transform: OutputTransform | None
 ) -> Tensor:
@@ -121,6 +117,7 @@ def _perturbation_curve(
     top_source: Tensor,
     rest_source: Tensor,
     output_transform: OutputTransform | None,
+    activation: Activation = "softmax",
 ) -> Tensor:
     """``(B, S + 1)`` target probabilities of the images whose top ``n_k`` pixels come from ``top_source``.
 
@@ -159,7 +156,7 @@ def _perturbation_curve(
                     f"Expected `targets` to be class indices in [0, {logits.shape[1]}) for a model with "
                     f"{logits.shape[1]} classes, but got values up to {int(targets.max())}"
                 )
-            probabilities.append(_target_probabilities(logits, targets.index_select(0, sample)))
+            probabilities.append(target_class_probabilities(logits, targets.index_select(0, sample), activation))
     curves = torch.cat(probabilities).to(device).view(batch, num_points)
     # A sample with NaN/Inf in its image or map gets a NaN curve, which the metrics skip and count.
     finite = _finite_samples(images, saliency)
@@ -177,17 +174,21 @@ def _curve(
     max_batch_size: int,
     output_transform: OutputTransform | None,
     insertion: bool,
+    activation: Activation = "softmax",
 ) -> Tensor:
     """:func:`deletion_curve` (the top pixels come from the baseline) or :func:`insertion_curve` (from the image)."""
     images, saliency, targets, steps, max_batch_size = _check_curve_arguments(
         model, images, saliency, targets, steps, max_batch_size, output_transform
     )
+    activation = check_activation(activation) or "softmax"
     if insertion and isinstance(baseline, str) and baseline == "blur":
         x_b = _rise_blur(images)
     else:
         x_b = resolve_baseline(images, baseline, normalization)
     top, rest = (images, x_b) if insertion else (x_b, images)
-    return _perturbation_curve(model, images, saliency, targets, steps, max_batch_size, top, rest, output_transform)
+    return _perturbation_curve(
+        model, images, saliency, targets, steps, max_batch_size, top, rest, output_transform, activation
+    )
 
 
 def deletion_curve(
@@ -201,13 +202,14 @@ def deletion_curve(
     normalization: Normalization = None,
     max_batch_size: int = 64,
     output_transform: OutputTransform | None = None,
+    activation: Activation = "softmax",
 ) -> Tensor:
     r"""Deletion curve: the target probability as the most salient pixels are replaced by the baseline.
 
     At step ``k = 0 .. S`` the top ``n_k = floor(k * N / S)`` pixels of the map (``N = H * W``; descending
     saliency, ties in row-major order) are replaced by the baseline ``x_d`` in every channel, and the curve holds
-    the target-class softmax probability. Step 0 is the clean image, step S the baseline alone. A faithful map
-    makes the probability fall fast: lower :func:`curve_auc` is better.
+    the target-class probability (softmax, or sigmoid with ``activation="sigmoid"``). Step 0 is the clean image,
+    step S the baseline alone. A faithful map makes the probability fall fast: lower :func:`curve_auc` is better.
 
     Args:
         model: a classifier returning logits ``(N, K)`` (or an output that
@@ -228,6 +230,8 @@ def deletion_curve(
         max_batch_size: at most this many step images go through the model at once; memory is bounded by it.
         output_transform: ``model output -> (N, K) logits`` for a model whose output
             :func:`~evet_lightning.saliency.outputs.logits_from_output` does not recognise (EVET's option).
+        activation: ``"softmax"`` (the default) or ``"sigmoid"`` (a multi-label model's independent outputs):
+            how the logits become the curve's probability (decision 45, EVET's resolved ``activation``).
 
     Returns:
         ``(B, S + 1)`` probabilities on the images' device, float32 (float64 when the model returns float64
@@ -247,7 +251,17 @@ def deletion_curve(
         (torch.Size([2, 5]), torch.Size([2]))
     """
     return _curve(
-        model, images, saliency, targets, steps, baseline, normalization, max_batch_size, output_transform, False
+        model,
+        images,
+        saliency,
+        targets,
+        steps,
+        baseline,
+        normalization,
+        max_batch_size,
+        output_transform,
+        False,
+        activation,
     )
 
 
@@ -262,13 +276,14 @@ def insertion_curve(
     normalization: Normalization = None,
     max_batch_size: int = 64,
     output_transform: OutputTransform | None = None,
+    activation: Activation = "softmax",
 ) -> Tensor:
     r"""Insertion curve: the target probability as the most salient pixels are restored on the baseline.
 
     The image starts as the insertion baseline ``x_i``; at step ``k = 0 .. S`` the top
     ``n_k = floor(k * N / S)`` pixels of the map (``N = H * W``; descending saliency, ties in row-major order)
-    are the original ones, in every channel, and the curve holds the target-class softmax probability. Step 0 is
-    the baseline alone, step S the clean image. A faithful map makes the probability rise fast: higher
+    are the original ones, in every channel, and the curve holds the target-class probability (see ``activation``).
+    Step 0 is the baseline alone, step S the clean image. A faithful map makes the probability rise fast: higher
     :func:`curve_auc` is better.
 
     Args, returns and errors: as :func:`deletion_curve`, except ``baseline``: ``x_i``. ``"blur"`` here is
@@ -289,7 +304,17 @@ def insertion_curve(
         True
     """
     return _curve(
-        model, images, saliency, targets, steps, baseline, normalization, max_batch_size, output_transform, True
+        model,
+        images,
+        saliency,
+        targets,
+        steps,
+        baseline,
+        normalization,
+        max_batch_size,
+        output_transform,
+        True,
+        activation,
     )
 
 

@@ -46,7 +46,8 @@ def increase_in_confidence(scores: Tensor, masked_scores: Tensor, validate_args:
     Higher is better: keeping only what the map highlights raises the target probability.
 
     Args:
-        scores: ``(N,)`` float, ``Y_i = f_c(x_i)``, the target-class softmax probability of the clean image.
+        scores: ``(N,)`` float, ``Y_i = f_c(x_i)``, the target-class probability of the clean image
+            (softmax, or sigmoid for a multi-label model: decision 45).
         masked_scores: ``(N,)`` float, ``O_i = f_c(Phi(x_i, M_i))``, the same on the perturbed image.
         validate_args: check that both are in [0, 1] (this synchronizes with the device).
 

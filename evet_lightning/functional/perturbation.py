@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from evet_lightning.functional.activation import Activation, target_class_probabilities
+
 __all__ = ["Baseline", "Normalization", "check_baseline", "perturb", "resolve_baseline", "target_probabilities"]
 
 #: A baseline x_d: a name (``"black"``, ``"zeros"``, ``"blur"``), a tensor broadcastable to the
@@ -139,9 +141,15 @@ def perturb(
 
 
 def target_probabilities(
-    model: nn.Module, images: Tensor, targets: Tensor, max_batch_size: int | None = None
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    max_batch_size: int | None = None,
+    *,
+    activation: Activation = "softmax",
 ) -> Tensor:
-    """Softmax probability f_k of each image's target class, as float32 ``(B,)`` on the images' device.
+    """Probability f_k of each image's target class, as float32 ``(B,)`` on the images' device: the softmax over
+    the classes, or with ``activation="sigmoid"`` (multi-label models, decision 45) the sigmoid of its logit.
 
     Runs under ``torch.no_grad()``, in chunks of ``max_batch_size`` images when given. The model's mode is
     not changed: call it in whatever mode the scores should come from.
@@ -153,8 +161,7 @@ def target_probabilities(
     with torch.no_grad():
         for start in range(0, images.shape[0], max(chunk, 1)):
             logits = model(images[start : start + chunk]).float()
-            probs = logits.softmax(dim=-1)
-            out.append(probs.gather(1, targets[start : start + chunk].view(-1, 1).to(probs.device)).squeeze(1))
+            out.append(target_class_probabilities(logits, targets[start : start + chunk], activation))
     if not out:
         return images.new_zeros(0, dtype=torch.float32)
     return torch.cat(out).to(images.device)

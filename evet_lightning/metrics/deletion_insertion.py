@@ -130,7 +130,7 @@ class DeletionAUC(_CurveAUC):
 
     The curve of :func:`~evet_lightning.functional.deletion_curve`: at step ``k = 0 .. S`` the top
     ``n_k = floor(k * N / S)`` pixels of the map (descending saliency, ties in row-major order) are replaced by
-    the baseline, and the curve holds the target-class softmax probability. ``forward`` and ``compute`` return
+    the baseline, and the curve holds the target-class probability (``activation``). ``forward`` and ``compute`` return
     ``deletion_auc`` (:class:`~torch.Tensor`), the mean AUC: a float32 scalar in [0, 1], lower is better.
 
     The input (``curves``), the trapezoid rule, the edge cases (NaN/Inf rows skipped and counted in
@@ -158,7 +158,7 @@ class InsertionAUC(_CurveAUC):
 
     The curve of :func:`~evet_lightning.functional.insertion_curve`: the image starts as the insertion baseline
     and at step ``k = 0 .. S`` the top ``n_k = floor(k * N / S)`` pixels of the map (descending saliency, ties in
-    row-major order) are the original ones; the curve holds the target-class softmax probability. The value of
+    row-major order) are the original ones; the curve holds the target-class probability (``activation``). The value of
     ``forward`` and ``compute``, ``insertion_auc``, is the mean AUC, a float32 scalar in [0, 1]; higher is better.
 
     Everything else (the ``curves`` input, the trapezoid rule, skipped NaN/Inf rows, states, arguments) is as

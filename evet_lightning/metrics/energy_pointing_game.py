@@ -25,6 +25,9 @@ class EnergyPointingGame(SampleMeanMetric):
     - ``saliency`` (:class:`~torch.Tensor`): ``(N, H, W)`` float, non-negative saliency maps (any scale)
     - ``mask`` (:class:`~torch.Tensor`): ``(N, H, W)`` bool object masks (an integer tensor holding only 0 and 1
       is accepted too)
+    - ``valid`` (:class:`~torch.Tensor`, optional): ``(N, H, W)`` bool, the pixels that count; pixels outside it
+      (VOC's void label 255) are left out of both the object and the total energy (decision 47). From
+      :func:`~evet_lightning.functional.class_masks.pair_masks` for class-index or per-class masks.
 
     As output of ``forward`` and ``compute`` the metric returns:
 
@@ -64,9 +67,10 @@ class EnergyPointingGame(SampleMeanMetric):
     sum_state = "sum_energy"
     sum_energy: Tensor
 
-    def update(self, saliency: Tensor, mask: Tensor) -> None:
-        """Add a batch: ``saliency`` ``(N, H, W)`` float and ``mask`` ``(N, H, W)`` bool."""
-        sum_energy, num_samples, num_skipped = _energy_pointing_game_update(saliency, mask, self.validate_args)
+    def update(self, saliency: Tensor, mask: Tensor, valid: Tensor | None = None) -> None:
+        """Add a batch: ``saliency`` ``(N, H, W)`` float, ``mask`` ``(N, H, W)`` bool and optionally ``valid``
+        ``(N, H, W)`` bool, the pixels that count (ignored ones are left out of the object and the total)."""
+        sum_energy, num_samples, num_skipped = _energy_pointing_game_update(saliency, mask, self.validate_args, valid)
         self._accumulate(sum_energy, num_samples, num_skipped)
 
     def compute(self) -> Tensor:

@@ -20,8 +20,8 @@ class IncreaseInConfidence(SampleMeanMetric):
 
     As input to ``forward`` and ``update`` the metric accepts:
 
-    - ``scores`` (:class:`~torch.Tensor`): ``(N,)`` float, ``Y_i = f_c(x_i)``, the target-class softmax
-      probability of the clean image
+    - ``scores`` (:class:`~torch.Tensor`): ``(N,)`` float, ``Y_i = f_c(x_i)``, the target-class
+      probability of the clean image (softmax, or sigmoid for a multi-label model: decision 45)
     - ``masked_scores`` (:class:`~torch.Tensor`): ``(N,)`` float, ``O_i = f_c(Phi(x_i, M_i))``, the same on the
       image perturbed with the saliency map (Eq. 3)
 

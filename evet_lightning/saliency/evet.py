@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from evet_lightning._model_state import model_state_guard
+from evet_lightning.functional.activation import Activation, Task, check_task_logits, target_class_probabilities
 from evet_lightning.functional.alpha import (
     DEFAULT_ALPHA_GRID,
     DEFAULT_ALPHA_OBJECTIVE,
-    AlphaCurve,
     AlphaObjective,
     alpha_curve,
     choose_alpha,
@@ -26,6 +25,8 @@ from evet_lightning.saliency.external import build_external_explainer, resolve_e
 from evet_lightning.saliency.grad_cam_adapter import GradCamLibraryExplainer
 from evet_lightning.saliency.layers import LayerSpec, check_target_layers, resolve_target_layers
 from evet_lightning.saliency.outputs import logits_from_output
+from evet_lightning.saliency.pairs import check_pairs, explain_rows, pair_groups
+from evet_lightning.saliency.result import EVETResult
 from evet_lightning.saliency.score_cam import SCORE_CAMS, ScoreCAM
 from evet_lightning.saliency.settings import EVETSettings, resolve_cam, resolve_max_batch_size
 from evet_lightning.saliency.transforms import AffineTransform, Identity
@@ -35,48 +36,6 @@ __all__ = ["EVET", "CamSpec", "EVETResult", "resolve_cam"]
 #: A saliency method: a pytorch-grad-cam class, its name, ``"Gradient"``, a Captum class, a prefixed name
 #: (``"captum:Name"``, ``"zennit:Composite"``, ``"package.module:function"``) or a callable.
 CamSpec = str | type | Callable[..., Any]
-
-
-@dataclass(frozen=True)
-class EVETResult:
-    """Everything one EVET call computed for ``B`` images and ``V = n + 1`` views (view 0 = identity)."""
-
-    saliency: Tensor
-    """``(B, H, W)`` float32 in [0, 1]: the EVET map J*(x)."""
-    original: Tensor
-    """``(B, H, W)`` float32 in [0, 1]: the un-enhanced map J(x) (view 0 of the same run)."""
-    weights: Tensor
-    """``(V, B)`` the weights w_v of Eq. (4); 0 for filtered views."""
-    kept: Tensor
-    """``(V, B)`` bool, the filter decisions of Eq. (2)."""
-    targets: Tensor
-    """``(B,)`` the class k explained for each image (given, or the argmax on the untransformed image)."""
-    view_scores: Tensor
-    """``(V, B)`` ``f_k(Phi(x, M_v))``; ``view_scores[0]`` is the perturbed-image probability O of J(x)."""
-    clean_scores: Tensor
-    """``(B,)`` ``f_k(x)``, the target probability Y of the clean image (model in eval mode)."""
-    saliency_scores: Tensor | None
-    """``(B,)`` ``f_k(Phi(x, J*(x)))`` when the call asked for it (``score_saliency=True``), else ``None``."""
-    finite: Tensor
-    """``(B,)`` bool: the image and its logits were finite. Maps of other images are zeros, not NaN."""
-    alpha: float
-    """The alpha of Eq. (5) behind ``saliency``: the fixed value, or the one ``alpha="auto"`` chose."""
-    fused_mean: Tensor
-    """``(B, H, W)`` ``M_hat`` (Eq. 4): with ``fused_sigma``, :func:`~evet_lightning.functional.fusion.blend`
-    gives the EVET map at any alpha without recomputing a view."""
-    fused_sigma: Tensor
-    """``(B, H, W)`` the normalized per-pixel standard deviation of the kept views (sigma of Eq. 7)."""
-    alpha_grid: Tensor | None = None
-    """``(A,)`` the grid ``alpha="auto"`` chose from (``None`` for a fixed alpha)."""
-    alpha_scores: Tensor | None = None
-    """``(A, B)`` ``f_k(Phi(x, J*_a(x)))`` for each alpha of the grid (``None`` for a fixed alpha)."""
-    alpha_energy: Tensor | None = None
-    """``(A, B)`` energy pointing game of each alpha's map, when ``masks`` were given with ``alpha="auto"``."""
-    alpha_curve: AlphaCurve | None = None
-    """Per-alpha sums over this call's images (``None`` for a fixed alpha); ``.average_drop`` etc. are the
-    trade-off curves."""
-    alpha_objective: Tensor | None = None
-    """``(A,)`` the objective's value for each alpha (lower is better); ``alpha`` is its first minimum."""
 
 
 class EVET:
@@ -125,6 +84,14 @@ class EVET:
             (transformer tokens), applied the same way on both backends (pytorch-grad-cam's contract).
         output_transform: ``model output -> (B, K) logits`` for models that return something other than a
             tensor, a tuple/list (first item), a mapping with ``"logits"`` or an object with ``.logits``.
+        task: ``"multiclass"`` (the default: f_k is the softmax over the classes), ``"multilabel"`` (independent
+            sigmoid outputs, e.g. trained with ``BCEWithLogitsLoss``: f_k = sigmoid(z_k) in Eq. (2), Eq. (4), the
+            alpha choice and every score) or ``"binary"`` (one logit z per image, decision 26), as torchmetrics
+            names them (docs/design.md, decision 45). With several classes per image, :meth:`explain_pairs`
+            explains (image, class) pairs.
+        activation: ``None`` (by ``task``), ``"softmax"`` or ``"sigmoid"``: overrides how logits become f_k. The
+            paper's text defines f_k as a softmax on every dataset; ``task="multilabel", activation="softmax"``
+            reproduces that reading for a multi-label model.
         cam_kwargs: options of the method: ``base_method`` (a CAM class or name) for FinerCAM, RefineCAM, SESS
             and GuidedGradCAM, the library's constructor and call options (``eigen_smooth``, SESS's
             ``num_scales``, FinerCAM's ``alpha`` and ``comparison_categories``, ...), ``batch_size`` (masked
@@ -164,6 +131,8 @@ class EVET:
         reshape_transform: Callable[[Tensor], Tensor] | None = None,
         output_transform: Callable[[Any], Tensor] | None = None,
         cam_kwargs: Mapping[str, Any] | None = None,
+        task: Task = "multiclass",
+        activation: Activation | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}")
@@ -182,6 +151,8 @@ class EVET:
             reshape_transform=reshape_transform,
             output_transform=output_transform,
             cam_kwargs=cam_kwargs,
+            task=task,
+            activation=activation,
         )
         self.settings = settings
         self.cam_name, self._cam_class, self._native = resolve_cam(cam, backend, settings.cam_kwargs)
@@ -203,6 +174,9 @@ class EVET:
         self.reshape_transform = settings.reshape_transform
         self.output_transform = settings.output_transform
         self.cam_kwargs = settings.cam_kwargs
+        self.task: Task = settings.task
+        #: How logits become the probability f_k (decision 45): ``activation``, or by ``task``.
+        self.activation: Activation = settings.score_activation
         self._chunk = 1
 
     @classmethod
@@ -284,7 +258,12 @@ class EVET:
                 return self._run_explainer(self._explainer(), images, targets)
 
     def _check_call(
-        self, images: Tensor, targets: Tensor | None, masks: Tensor | None, alpha: float | str | None = None
+        self,
+        images: Tensor,
+        targets: Tensor | None,
+        masks: Tensor | None,
+        alpha: float | str | None = None,
+        mask_count: int | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         if not isinstance(images, Tensor) or images.ndim != 4:
             shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
@@ -303,10 +282,11 @@ class EVET:
                 raise ValueError(f"Expected `targets` to be an integer tensor, but got {targets.dtype}")
             targets = targets.to(device=images.device, dtype=torch.long)
         if masks is not None:
-            expected = (images.shape[0], *images.shape[-2:])
+            expected = (images.shape[0] if mask_count is None else mask_count, *images.shape[-2:])
             if not isinstance(masks, Tensor) or tuple(masks.shape) != expected:
                 shape = tuple(masks.shape) if isinstance(masks, Tensor) else type(masks).__name__
-                raise ValueError(f"Expected `masks` to have shape {expected} like the images, but got {shape}")
+                like = "the images" if mask_count is None else "the pairs"
+                raise ValueError(f"Expected `masks` to have shape {expected} like {like}, but got {shape}")
             masks = masks.to(images.device).bool() if masks.dtype == torch.bool else masks.to(images.device) > 0.5
         if self.alpha_objective == "energy_pointing_game" and alpha == "auto" and masks is None:
             raise ValueError(
@@ -350,6 +330,40 @@ class EVET:
             with model_state_guard(self.model, protect_grads=not self._native):
                 return self._run(images, targets, masks, score_saliency, alpha)
 
+    def explain_pairs(
+        self,
+        images: Tensor,
+        image_index: Tensor,
+        classes: Tensor,
+        *,
+        masks: Tensor | tuple[Tensor, Tensor] | None = None,
+        score_saliency: bool = False,
+        alpha: float | Literal["auto"] | None = None,
+    ) -> EVETResult:
+        """Run EVET on ``P`` (image, class) pairs: pair p explains class ``classes[p]`` of ``images[image_index[p]]``.
+
+        Each pair's result is what ``self(images[i : i + 1], classes[p : p + 1])`` gives (at a fixed alpha; ``"auto"``
+        chooses one alpha over all pairs), one entry per pair in the order given (``result.targets`` the classes,
+        ``result.image_index`` the images). ``masks``: object masks ``(P, H, W)`` or the ``(object, valid)`` of
+        :func:`~evet_lightning.functional.class_masks.pair_masks` (decision 47), for the per-alpha pointing game.
+
+        Shared between the classes of one image (decision 46): the transformed views are built once, and for
+        native CAMs and ``"Gradient"`` their forward pass runs once (one head backward per class); other methods
+        see each view once per pair. Each pair's perturbed images ``Phi(x, M_k)`` are its own.
+        """
+        alpha = self.alpha if alpha is None else self.settings.replace(alpha=alpha).alpha
+        images, _, _ = self._check_call(images, None, None, alpha)
+        image_index, classes = check_pairs(images, image_index, classes)
+        obj, valid = masks if isinstance(masks, tuple) else (masks, None)
+        masks, valid = (self._check_call(images, None, m, alpha, classes.numel())[2] for m in (obj, valid))
+        if masks is not None and valid is not None:  # one int8 mask travels: 1 object, 0 background, -1 ignored
+            masks = torch.where(valid, masks.to(torch.int8), torch.full_like(masks, -1, dtype=torch.int8))
+        with torch.inference_mode(False), torch.enable_grad():
+            images = images.clone()
+            self.resolve_target_layers(images)
+            with model_state_guard(self.model, protect_grads=not self._native):
+                return self._run(images, classes, masks, score_saliency, alpha, image_index=image_index)
+
     def _run(
         self,
         images: Tensor,
@@ -357,6 +371,7 @@ class EVET:
         masks: Tensor | None,
         score_saliency: bool,
         alpha_setting: float | Literal["auto"],
+        image_index: Tensor | None = None,
     ) -> EVETResult:
         explainer = self._explainer()
         views: list[AffineTransform] = [Identity(), *self.transforms]
@@ -371,16 +386,34 @@ class EVET:
         # Images are processed in groups whose views fill about one chunk, so memory follows the chunk size.
         group = max(1, self._chunk // num_views)
         parts: list[dict[str, Tensor]] = []
-        for start in range(0, images.shape[0], group):
-            stop = start + group
-            group_targets = None if targets is None else targets[start:stop]
-            group_masks = None if masks is None else masks[start:stop]
-            parts.append(
-                self._run_group(
-                    explainer, views, valid, images[start:stop], group_targets, group_masks, grid, alpha_setting
+        if image_index is None:
+            for start in range(0, images.shape[0], group):
+                stop = start + group
+                group_targets = None if targets is None else targets[start:stop]
+                group_masks = None if masks is None else masks[start:stop]
+                parts.append(
+                    self._run_group(
+                        explainer, views, valid, images[start:stop], group_targets, group_masks, grid, alpha_setting
+                    )
                 )
-            )
+            order = None
+        else:
+            assert targets is not None
+            groups = pair_groups(image_index, group)
+            for group_images, local, pairs in groups:
+                group_masks = None if masks is None else masks[pairs]
+                parts.append(
+                    self._run_pairs_group(
+                        explainer, views, valid, images[group_images], local, targets[pairs], group_masks, grid,
+                        alpha_setting,
+                    )
+                )  # fmt: skip
+            # Back to the order the pairs were given in.
+            order = torch.empty_like(image_index)
+            order[torch.cat([pairs for _, _, pairs in groups])] = torch.arange(image_index.numel(), device=order.device)
         out = {key: torch.cat([part[key] for part in parts], dim=1 if key in _VIEW_FIRST else 0) for key in parts[0]}
+        if order is not None:
+            out = {key: value[:, order] if key in _VIEW_FIRST else value[order] for key, value in out.items()}
         zero = ~out["finite"].view(-1, 1, 1)
         curve = objective = None
         if grid is None:
@@ -403,7 +436,8 @@ class EVET:
         if grid is not None:
             saliency_scores = out["alpha_scores"][index]
         elif score_saliency:
-            saliency_scores = self._scores(images, saliency, out["targets"])
+            pair_images = images if image_index is None else images[image_index]
+            saliency_scores = self._scores(pair_images, saliency, out["targets"])
         return EVETResult(
             saliency=saliency,
             original=out["original"],
@@ -422,6 +456,7 @@ class EVET:
             alpha_energy=out.get("alpha_energy"),
             alpha_curve=curve,
             alpha_objective=objective,
+            image_index=image_index,
         )
 
     def _forward(self, images: Tensor) -> Tensor:
@@ -438,8 +473,8 @@ class EVET:
             for start in range(0, images.shape[0], chunk):
                 stop = start + chunk
                 perturbed = perturb(images[start:stop], maps[start:stop], baseline[start:stop])
-                probabilities = self._forward(perturbed).float().softmax(dim=-1)
-                scores.append(probabilities.gather(1, targets[start:stop].view(-1, 1)).squeeze(1))
+                logits = self._forward(perturbed).float()
+                scores.append(target_class_probabilities(logits, targets[start:stop], self.activation))
         return torch.nan_to_num(torch.cat(scores), nan=0.0)
 
     def _run_group(
@@ -466,6 +501,50 @@ class EVET:
             transformed = torch.cat([images, *(view.forward(images) for view in views[1:])])
             explanation = self._run_explainer(explainer, transformed, targets.repeat(num_views))
             maps, logits = explanation.maps, explanation.logits[:batch]
+        return self._fuse(views, valid, images, targets, maps, logits, masks, grid, alpha_setting)
+
+    def _run_pairs_group(
+        self,
+        explainer: Explainer,
+        views: list[AffineTransform],
+        valid: Tensor,
+        images: Tensor,
+        local_index: Tensor,
+        classes: Tensor,
+        masks: Tensor | None,
+        grid: Tensor | None,
+        alpha_setting: float | Literal["auto"],
+    ) -> dict[str, Tensor]:
+        """:meth:`_run_group` for pairs of the distinct ``images``: pair j is class ``classes[j]`` of image
+        ``local_index[j]``. The views of each image are built (and, where the explainer allows, run) once."""
+        num_views, count, num_pairs = len(views), images.shape[0], classes.numel()
+        transformed = torch.cat([images, *(view.forward(images) for view in views[1:])])  # view-major, V * count
+        offsets = torch.arange(num_views, device=images.device).view(-1, 1) * count
+        rows = (offsets + local_index.view(1, -1)).flatten()  # view-major, V * num_pairs
+        explanation = explain_rows(
+            explainer, self.model, transformed, rows, classes.repeat(num_views), self._chunk, self._run_explainer
+        )
+        logits = explanation.logits[:num_pairs]
+        return self._fuse(
+            views, valid, images[local_index], classes, explanation.maps, logits, masks, grid, alpha_setting
+        )
+
+    def _fuse(
+        self,
+        views: list[AffineTransform],
+        valid: Tensor,
+        images: Tensor,
+        targets: Tensor,
+        maps: Tensor,
+        logits: Tensor,
+        masks: Tensor | None,
+        grid: Tensor | None,
+        alpha_setting: float | Literal["auto"],
+    ) -> dict[str, Tensor]:
+        """Eq. (1)-(7) for ``B`` images (or pairs) from their view-major maps ``(V * B, H, W)`` and the clean
+        logits ``(B, K)``: warp back, score each view, filter, weight, fuse; every alpha of ``grid`` when auto."""
+        num_views, batch = len(views), images.shape[0]
+        check_task_logits(self.task, logits)
         finite = torch.isfinite(images.flatten(1)).all(dim=1) & torch.isfinite(logits).all(dim=1)
         # Each view's map: min-max normalized, then mapped back to the original frame (decision 2).
         maps = min_max_normalize(maps).view(num_views, batch, *maps.shape[-2:])
@@ -484,7 +563,7 @@ class EVET:
         ).view(num_views, batch)
         fused = fusion_parts(maps, view_scores, valid_maps, threshold=self.threshold)
         zero = (~finite).view(-1, 1, 1)
-        clean = logits.softmax(dim=-1).gather(1, targets.view(-1, 1)).squeeze(1)
+        clean = target_class_probabilities(logits, targets, self.activation)
         out = {
             "original": maps[0].masked_fill(zero, 0.0),
             "weights": fused.weights,
@@ -509,8 +588,9 @@ class EVET:
             baseline.repeat(num_alphas, 1, 1, 1),
         ).view(num_alphas, batch)
         if masks is not None:
-            out["alpha_energy"] = map_energy(candidates, masks)
-            out["original_energy"] = map_energy(out["original"], masks)
+            valid_pixels = masks >= 0 if masks.dtype == torch.int8 else None
+            out["alpha_energy"] = map_energy(candidates, masks > 0, valid_pixels)
+            out["original_energy"] = map_energy(out["original"], masks > 0, valid_pixels)
         return out
 
 

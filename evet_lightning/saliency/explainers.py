@@ -45,6 +45,7 @@ __all__ = [
     "SaliencyFunction",
     "attribution_to_map",
     "maps_from_output",
+    "occurrence_rounds",
 ]
 
 
@@ -253,6 +254,35 @@ def _target_scores(logits: Tensor, targets: Tensor) -> Tensor:
     return logits.gather(1, targets.view(-1, 1)).sum()
 
 
+def occurrence_rounds(rows: Tensor) -> list[Tensor]:
+    """Positions of ``rows`` split into rounds in which every row occurs at most once: round r holds each row's
+    (r+1)-th occurrence. One backward pass per round gives every pair its own gradient.
+
+    Example:
+        >>> [r.tolist() for r in occurrence_rounds(torch.tensor([0, 1, 0, 0, 2]))]
+        [[0, 1, 4], [2], [3]]
+    """
+    count = rows.numel()
+    order = torch.sort(rows, stable=True).indices
+    ranked = rows[order]
+    positions = torch.arange(count, device=rows.device)
+    starts = torch.ones(count, dtype=torch.bool, device=rows.device)
+    starts[1:] = ranked[1:] != ranked[:-1]
+    first = torch.cummax(torch.where(starts, positions, torch.zeros_like(positions)), dim=0).values
+    rank = torch.empty_like(positions)
+    rank[order] = positions - first
+    return [torch.nonzero(rank == r).squeeze(1) for r in range(int(rank.max()) + 1 if count else 0)]
+
+
+def _checked_score(score: Tensor) -> Tensor:
+    if not score.requires_grad:
+        raise ValueError(
+            "Expected the model's logits to depend on the target layer with autograd, but they do not require "
+            "grad (does the model's forward detach its output or run under torch.no_grad()?)"
+        )
+    return score
+
+
 def _no_gradient_message(name: str) -> str:
     return (
         f"Expected the logits to depend on the output of target layer {name!r} (on its last call, if it runs several "
@@ -352,22 +382,49 @@ class NativeCAM:
         reader = FeatureMapReader(model, images, self.reshape_transform)
         logits, activations = self._forward(model, images, reader)
         targets = _resolve_targets(logits, targets)
-        score = _target_scores(logits, targets)
-        if not score.requires_grad:
-            raise ValueError(
-                "Expected the model's logits to depend on the target layer with autograd, but they do not require "
-                "grad (does the model's forward detach its output or run under torch.no_grad()?)"
-            )
-        grads = torch.autograd.grad(score, activations, allow_unused=True)
-        height, width = images.shape[-2:]
+        grads = torch.autograd.grad(_checked_score(_target_scores(logits, targets)), activations, allow_unused=True)
+        maps = self._maps(reader, images.shape[-2:], activations, grads, None)
+        return Explanation(maps, logits.detach().float())
+
+    def explain_rows(self, model: nn.Module, images: Tensor, rows: Tensor, targets: Tensor) -> Explanation:
+        """Class ``targets[q]``'s map of ``images[rows[q]]`` for every pair q, from one forward pass.
+
+        The head is differentiated once per round of :func:`occurrence_rounds`
+        (each image at most once per round, so the summed score's gradient is each image's own), keeping the graph
+        between rounds: several classes of one image cost one forward pass and one head backward each
+        (decision 46). The maps equal those of ``self(model, images[rows], targets)``.
+        """
+        reader = FeatureMapReader(model, images, self.reshape_transform)
+        logits, activations = self._forward(model, images, reader)
+        targets = _resolve_targets(logits, targets)
+        maps = images.new_zeros((rows.numel(), *images.shape[-2:]), dtype=torch.float32)
+        rounds = occurrence_rounds(rows)
+        for number, selected in enumerate(rounds):
+            score = _checked_score(logits[rows[selected], targets[selected]].sum())
+            last = number == len(rounds) - 1
+            grads = torch.autograd.grad(score, activations, allow_unused=True, retain_graph=not last)
+            maps[selected] = self._maps(reader, images.shape[-2:], activations, grads, rows[selected])
+        return Explanation(maps, logits.detach().float()[rows])
+
+    def _maps(
+        self,
+        reader: FeatureMapReader,
+        size: tuple[int, ...],
+        activations: Sequence[Tensor],
+        grads: Sequence[Tensor | None],
+        rows: Tensor | None,
+    ) -> Tensor:
+        """The CAM of each image (of ``rows`` when given) from the target layers' outputs and their gradients."""
+        height, width = size
         per_layer = []
         with torch.no_grad():
             for layer, activation, grad in zip(self.target_layers, activations, grads, strict=True):
                 if grad is None:
                     raise ValueError(_no_gradient_message(reader.name(layer)))
-                activation = activation.detach()
-                feature_map = reader(activation, layer).float()
+                feature_map = reader(activation.detach(), layer).float()
                 feature_grad = reader(grad, layer).float()
+                if rows is not None:  # read as the whole batch (the reader knows its size), then the pairs' images
+                    feature_map, feature_grad = feature_map[rows], feature_grad[rows]
                 cam = NATIVE_CAMS[self.method](feature_map, feature_grad).clamp_min(0)
                 cam = _scale_like_grad_cam(cam)
                 if cam.shape[-2:] != (height, width):
@@ -375,7 +432,7 @@ class NativeCAM:
                     cam = cam.squeeze(1)
                 per_layer.append(cam)
             maps = _scale_like_grad_cam(torch.stack(per_layer, dim=1).clamp_min(0).mean(dim=1))
-        return Explanation(torch.nan_to_num(maps, nan=0.0).clamp(0, 1), logits.detach().float())
+        return torch.nan_to_num(maps, nan=0.0).clamp(0, 1)
 
 
 class GradientExplainer:
@@ -392,5 +449,23 @@ class GradientExplainer:
         logits = require_graph(logits_from_output(model(inputs), self.output_transform))
         targets = _resolve_targets(logits, targets)
         (grad,) = torch.autograd.grad(_target_scores(logits, targets), inputs)
-        maps = min_max_normalize(grad.detach().abs().amax(dim=1).float())
-        return Explanation(torch.nan_to_num(maps, nan=0.0), logits.detach().float())
+        return Explanation(_gradient_maps(grad), logits.detach().float())
+
+    def explain_rows(self, model: nn.Module, images: Tensor, rows: Tensor, targets: Tensor) -> Explanation:
+        """Class ``targets[q]``'s gradient map of ``images[rows[q]]``: one forward pass, one backward per round of
+        :func:`occurrence_rounds` (decision 46)."""
+        inputs = images.detach().clone().requires_grad_(True)
+        logits = require_graph(logits_from_output(model(inputs), self.output_transform))
+        targets = _resolve_targets(logits, targets)
+        maps = images.new_zeros((rows.numel(), *images.shape[-2:]), dtype=torch.float32)
+        rounds = occurrence_rounds(rows)
+        for number, selected in enumerate(rounds):
+            score = logits[rows[selected], targets[selected]].sum()
+            (grad,) = torch.autograd.grad(score, inputs, retain_graph=number < len(rounds) - 1)
+            maps[selected] = _gradient_maps(grad[rows[selected]])
+        return Explanation(maps, logits.detach().float()[rows])
+
+
+def _gradient_maps(grad: Tensor) -> Tensor:
+    """``max_c |g_c|`` per pixel, min-max normalized, NaN set to 0."""
+    return torch.nan_to_num(min_max_normalize(grad.detach().abs().amax(dim=1).float()), nan=0.0)

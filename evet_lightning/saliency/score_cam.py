@@ -22,7 +22,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from evet_lightning._validation import check_int
-from evet_lightning.saliency.explainers import Explanation, _resolve_targets, _scale_like_grad_cam, forward_capturing
+from evet_lightning.saliency.explainers import (
+    Explanation,
+    _resolve_targets,
+    _scale_like_grad_cam,
+    forward_capturing,
+    occurrence_rounds,
+)
 from evet_lightning.saliency.outputs import OutputTransform, logits_from_output
 from evet_lightning.saliency.reshape import FeatureMapReader, ReshapeTransform
 
@@ -70,8 +76,10 @@ class ScoreCAM:
             model, images, self.target_layers, reader, self.output_transform, lambda out: (out.detach().clone(), None)
         )
 
-    def _channel_scores(self, model: nn.Module, images: Tensor, feature_map: Tensor, targets: Tensor) -> Tensor:
-        """``(N, C)`` target logit of every image masked by each of its (upsampled, normalized) channels."""
+    def _channel_scores(self, model: nn.Module, images: Tensor, feature_map: Tensor, columns: Tensor) -> Tensor:
+        """``(N, C, T)`` logits of classes ``columns[n] (T,)`` for every image n masked by each of its (upsampled,
+        normalized) channels. The masked images do not depend on the class: one forward pass serves every class
+        of an image (decision 46)."""
         num_images, num_channels = feature_map.shape[:2]
         size = images.shape[-2:]
         flat = feature_map.flatten(0, 1)  # (N C, h, w), image-major
@@ -85,15 +93,28 @@ class ScoreCAM:
             masks = (masks - low) / (high - low + 1e-8)
             masked = images[image_index] * masks.to(images.dtype)
             logits = logits_from_output(model(masked), self.output_transform)
-            scores.append(logits.float().gather(1, targets[image_index].view(-1, 1)).squeeze(1))
-        return torch.cat(scores).view(num_images, num_channels)
+            scores.append(logits.float().gather(1, columns[image_index]))
+        return torch.cat(scores).view(num_images, num_channels, columns.shape[1])
 
     def __call__(self, model: nn.Module, images: Tensor, targets: Tensor | None) -> Explanation:
+        return self._explain(model, images, None, targets)
+
+    def explain_rows(self, model: nn.Module, images: Tensor, rows: Tensor, targets: Tensor) -> Explanation:
+        """Class ``targets[q]``'s Score-CAM of ``images[rows[q]]`` for every pair q: the activations and the masked
+        images' forward passes are computed once per image, whatever the number of its classes (decision 46)."""
+        return self._explain(model, images, rows, targets)
+
+    def _explain(self, model: nn.Module, images: Tensor, rows: Tensor | None, targets: Tensor | None) -> Explanation:
         reader = FeatureMapReader(model, images, self.reshape_transform)
         height, width = images.shape[-2:]
         with torch.no_grad():
             logits, activations = self._forward(model, images, reader)
             targets = _resolve_targets(logits, targets)
+            if rows is None:
+                rows = torch.arange(targets.numel(), device=targets.device)
+                columns, slots = targets.view(-1, 1), torch.zeros_like(targets)
+            else:
+                columns, slots = _class_columns(rows, targets, images.shape[0])
             per_layer = []
             for layer, activation in zip(self.target_layers, activations, strict=True):
                 feature_map = reader(activation, layer).float()
@@ -101,13 +122,25 @@ class ScoreCAM:
                     variance = feature_map.flatten(2).var(dim=2)
                     top = variance.topk(self.max_channels, dim=1).indices  # (N, k)
                     feature_map = feature_map.gather(1, top[:, :, None, None].expand(-1, -1, *feature_map.shape[2:]))
-                scores = self._channel_scores(model, images, feature_map, targets)
+                scores = self._channel_scores(model, images, feature_map, columns)[rows, :, slots]  # (Q, C)
                 weights = scores.softmax(dim=1)
-                cam = (weights[:, :, None, None] * feature_map).sum(dim=1).clamp_min(0)
+                cam = (weights[:, :, None, None] * feature_map[rows]).sum(dim=1).clamp_min(0)
                 cam = _scale_like_grad_cam(cam)
                 if cam.shape[-2:] != (height, width):
                     cam = F.interpolate(cam.unsqueeze(1), size=(height, width), mode="bilinear", align_corners=False)
                     cam = cam.squeeze(1)
                 per_layer.append(cam)
             maps = _scale_like_grad_cam(torch.stack(per_layer, dim=1).clamp_min(0).mean(dim=1))
-        return Explanation(torch.nan_to_num(maps, nan=0.0).clamp(0, 1), logits.detach().float())
+        return Explanation(torch.nan_to_num(maps, nan=0.0).clamp(0, 1), logits.detach().float()[rows])
+
+
+def _class_columns(rows: Tensor, targets: Tensor, num_images: int) -> tuple[Tensor, Tensor]:
+    """``(columns (N, T), slots (Q,))``: the classes asked of each image (class 0 where it has fewer than T) and
+    the column of pair q's class in its image's row."""
+    rounds = occurrence_rounds(rows)
+    columns = targets.new_zeros((num_images, len(rounds)))
+    slots = torch.zeros_like(rows)
+    for slot, selected in enumerate(rounds):
+        columns[rows[selected], slot] = targets[selected]
+        slots[selected] = slot
+    return columns, slots

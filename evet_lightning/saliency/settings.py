@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from evet_lightning._validation import check_alpha, check_int, check_threshold
+from evet_lightning.functional.activation import Activation, Task, check_activation, check_task, resolve_activation
 from evet_lightning.functional.alpha import (
     DEFAULT_ALPHA_GRID,
     DEFAULT_ALPHA_OBJECTIVE,
@@ -147,6 +148,8 @@ class EVETSettings:
     reshape_transform: Callable[[Tensor], Tensor] | None = field(default=None, compare=False)
     output_transform: Callable[[Any], Tensor] | None = field(default=None, compare=False)
     cam_kwargs: Mapping[str, Any] | None = field(default=None, hash=False)
+    task: Task = "multiclass"
+    activation: Activation | None = None
 
     def __post_init__(self) -> None:
         def put(name: str, value: object) -> None:
@@ -166,6 +169,9 @@ class EVETSettings:
             raise ValueError(f"Expected `backend` to be one of {BACKENDS}, but got {self.backend!r}")
         put("reshape_transform", _check_callable("reshape_transform", self.reshape_transform))
         put("output_transform", _check_callable("output_transform", self.output_transform))
+        put("task", check_task(self.task))
+        put("activation", check_activation(self.activation))
+        resolve_activation(self.task, self.activation)  # task="binary" with a sigmoid is refused (decision 45)
         external = resolve_external(self.cam, _check_cam_kwargs_mapping(self.cam_kwargs))
         if external is not None:
             if self.cam_kwargs is not None:
@@ -173,6 +179,11 @@ class EVETSettings:
         else:
             name, cam_class, native = resolve_cam(self.cam, self.backend)
             put("cam_kwargs", check_cam_kwargs(name, cam_class, native, self.cam_kwargs))
+
+    @property
+    def score_activation(self) -> Activation:
+        """How logits become the probability f_k: ``activation``, or by ``task`` (sigmoid for multilabel)."""
+        return resolve_activation(self.task, self.activation)
 
     @property
     def cam_name(self) -> str:

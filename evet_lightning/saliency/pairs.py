@@ -1,0 +1,133 @@
+"""(image, class) pairs: checking them, grouping them by image, and explaining several classes of one image from one
+forward pass (docs/design.md, decision 46).
+
+A multi-label image is explained once per class: each pair ``(i, k)`` is one EVET run, so its views ``T_v(x_i)``
+are the same for every class of the image. :func:`explain_rows` runs the views of each image once; an explainer
+with an ``explain_rows`` method (:class:`~evet_lightning.saliency.explainers.NativeCAM`,
+:class:`~evet_lightning.saliency.explainers.GradientExplainer`) keeps that forward pass's graph and differentiates
+it once per class (:func:`~evet_lightning.saliency.explainers.occurrence_rounds`); native Score-CAM
+(:class:`~evet_lightning.saliency.score_cam.ScoreCAM`) reads every class's channel scores from the same masked
+images. Any other explainer gets each view repeated per pair.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+from evet_lightning.saliency.explainers import Explainer, Explanation
+
+__all__ = ["RowExplainer", "check_pairs", "explain_rows", "pair_groups"]
+
+
+class RowExplainer(Protocol):
+    """An explainer that explains ``(row, class)`` pairs of one batch of images from a single forward pass."""
+
+    def explain_rows(self, model: nn.Module, images: Tensor, rows: Tensor, targets: Tensor) -> Explanation:
+        """Maps ``(Q, H, W)`` of ``targets[q]`` on ``images[rows[q]]``; logits ``(Q, K)`` of ``images[rows[q]]``."""
+        ...
+
+
+def _index_vector(name: str, value: object, device: torch.device) -> Tensor:
+    if not isinstance(value, Tensor) or value.ndim != 1:
+        shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(f"Expected `{name}` to be a 1-D integer tensor of shape (P,), but got {shape}")
+    if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+        raise ValueError(f"Expected `{name}` to be an integer tensor, but got {value.dtype}")
+    return value.to(device=device, dtype=torch.long)
+
+
+def check_pairs(images: Tensor, image_index: object, classes: object) -> tuple[Tensor, Tensor]:
+    """``(image_index, classes)`` as long tensors on the images' device, checked: both ``(P,)`` with ``P >= 1``,
+    every image index in ``[0, B)`` and every class non-negative (the model's class count is checked by the
+    explainer); a ``ValueError`` naming the argument otherwise."""
+    index = _index_vector("image_index", image_index, images.device)
+    targets = _index_vector("classes", classes, images.device)
+    if index.shape != targets.shape:
+        raise ValueError(
+            f"Expected `image_index` and `classes` to have the same shape (P,), but got {tuple(index.shape)} and "
+            f"{tuple(targets.shape)}"
+        )
+    if index.numel() == 0:
+        raise ValueError("Expected at least one (image, class) pair, but `image_index` is empty")
+    batch = images.shape[0]
+    if int(index.min()) < 0 or int(index.max()) >= batch:
+        raise ValueError(
+            f"Expected `image_index` to hold image indices in [0, {batch}), but got values in "
+            f"[{int(index.min())}, {int(index.max())}]"
+        )
+    if int(targets.min()) < 0:
+        raise ValueError(f"Expected `classes` to be non-negative class indices, but got {int(targets.min())}")
+    return index, targets
+
+
+def pair_groups(image_index: Tensor, group_size: int) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """Split pairs into groups of whole images: ``[(images, local_index, pairs), ...]``.
+
+    ``pairs`` are positions into ``image_index`` (sorted by image, stably), ``images`` the distinct images of the
+    group and ``local_index[j]`` the position in ``images`` of pair ``pairs[j]``'s image. A group holds at most
+    ``group_size`` pairs unless one image has more; an image's pairs are never split.
+
+    Example:
+        >>> groups = pair_groups(torch.tensor([1, 0, 1, 2]), group_size=3)
+        >>> [(g[0].tolist(), g[1].tolist(), g[2].tolist()) for g in groups]
+        [([0, 1], [0, 1, 1], [1, 0, 2]), ([2], [0], [3])]
+    """
+    order = torch.sort(image_index, stable=True).indices
+    images, counts = torch.unique_consecutive(image_index[order], return_counts=True)
+    groups: list[tuple[Tensor, Tensor, Tensor]] = []
+    start, size = 0, 0
+    members: list[tuple[int, int]] = []
+    for image, count in zip(images.tolist(), counts.tolist(), strict=True):
+        if members and size + count > group_size:
+            groups.append(_group(order, start, members))
+            start, members, size = start + size, [], 0
+        members.append((image, count))
+        size += count
+    groups.append(_group(order, start, members))
+    return groups
+
+
+def _group(order: Tensor, start: int, members: list[tuple[int, int]]) -> tuple[Tensor, Tensor, Tensor]:
+    device = order.device
+    images = torch.tensor([image for image, _ in members], device=device, dtype=torch.long)
+    counts = torch.tensor([count for _, count in members], device=device, dtype=torch.long)
+    local = torch.repeat_interleave(torch.arange(len(members), device=device), counts)
+    return images, local, order[start : start + int(counts.sum())]
+
+
+def explain_rows(
+    explainer: Explainer,
+    model: nn.Module,
+    images: Tensor,
+    rows: Tensor,
+    targets: Tensor,
+    chunk: int,
+    run_explainer: Callable[[Explainer, Tensor, Tensor], Explanation],
+) -> Explanation:
+    """Maps of ``targets[q]`` on ``images[rows[q]]`` and those images' logits, ``Q = rows.numel()``.
+
+    An explainer with ``explain_rows`` gets the images in chunks of ``chunk`` (one forward pass each) with the
+    pairs whose row lies in the chunk; any other is run by ``run_explainer`` on ``images[rows]`` (each image
+    repeated once per pair: correct, not cheaper).
+    """
+    method = getattr(explainer, "explain_rows", None)
+    if method is None:
+        return run_explainer(explainer, images[rows], targets)
+    maps: list[Tensor] = []
+    logits: list[Tensor] = []
+    positions: list[Tensor] = []
+    for start in range(0, images.shape[0], chunk):
+        selected = torch.nonzero((rows >= start) & (rows < start + chunk)).squeeze(1)
+        if selected.numel() == 0:
+            continue
+        explanation = method(model, images[start : start + chunk], rows[selected] - start, targets[selected])
+        maps.append(explanation.maps)
+        logits.append(explanation.logits)
+        positions.append(selected)
+    inverse = torch.empty_like(rows)
+    inverse[torch.cat(positions)] = torch.arange(rows.numel(), device=rows.device)
+    return Explanation(torch.cat(maps)[inverse], torch.cat(logits)[inverse])
