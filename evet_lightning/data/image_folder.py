@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 
 from evet_lightning.functional.perturbation import Normalization
 
-__all__ = ["ImageFolderWithMasks"]
+__all__ = ["ImageFolderWithMasks", "fit_square", "normalize"]
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +113,7 @@ class ImageFolderWithMasks(Dataset[tuple[Tensor, ...]]):
                     )
 
     def _fit(self, image: Tensor, interpolation: Any) -> Tensor:
-        from torchvision.transforms.v2 import functional as tf
-
-        image = tf.resize(image, [self.size], interpolation=interpolation, antialias=True)
-        return tf.center_crop(image, [self.size, self.size])
+        return fit_square(image, self.size, interpolation)
 
     def __getitem__(self, index: int) -> tuple[Tensor, ...]:
         from torchvision.io import ImageReadMode, decode_image
@@ -125,14 +122,30 @@ class ImageFolderWithMasks(Dataset[tuple[Tensor, ...]]):
         path, label = self.samples[index]
         image = decode_image(path, mode=ImageReadMode.RGB).float() / 255.0
         image = self._fit(image, InterpolationMode.BILINEAR).clamp(0.0, 1.0)
-        if self.normalization is not None:
-            mean, std = (torch.tensor(values, dtype=torch.float32).view(-1, 1, 1) for values in self.normalization)
-            image = (image - mean) / std
+        image = normalize(image, self.normalization)
         if self.masks is None:
             return image, torch.tensor(label)
         mask = decode_image(os.fspath(self.masks[index]), mode=ImageReadMode.UNCHANGED)
         mask = self._fit((mask != 0).any(dim=0, keepdim=True).to(torch.uint8), InterpolationMode.NEAREST)
         return image, torch.tensor(label), mask[0] != 0
+
+
+def fit_square(image: Tensor, size: int, interpolation: Any) -> Tensor:
+    """``(C, H, W)`` with its shorter side resized to ``size`` (``interpolation``, antialiased), the centre
+    ``size x size`` square cropped; an image whose shorter side is already ``size`` is only cropped."""
+    from torchvision.transforms.v2 import functional as tf
+
+    if min(image.shape[-2:]) != size:
+        image = tf.resize(image, [size], interpolation=interpolation, antialias=True)
+    return tf.center_crop(image, [size, size])
+
+
+def normalize(image: Tensor, normalization: Normalization) -> Tensor:
+    """``(image - mean) / std`` per channel of a ``(3, H, W)`` image, or the image itself for ``None``."""
+    if normalization is None:
+        return image
+    mean, std = (torch.tensor(values, dtype=torch.float32).view(-1, 1, 1) for values in normalization)
+    return (image - mean) / std
 
 
 def _decode(path: str, what: str) -> Tensor:
