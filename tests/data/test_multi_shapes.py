@@ -25,7 +25,7 @@ def test_labels_are_exactly_the_classes_in_the_mask(
         assert image.shape == (3, height, width) and image.dtype == torch.float32
         assert labels.shape == (num_classes,) and labels.dtype == torch.float32
         assert mask.shape == (height, width) and mask.dtype == torch.int64
-        assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+        assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0
         assert set(labels.unique().tolist()) <= {0.0, 1.0}
         present = sorted(set(mask.unique().tolist()) - {BACKGROUND})
         assert present == labels.nonzero().flatten().tolist()
@@ -70,7 +70,9 @@ def test_items_depend_on_seed_and_index_only() -> None:
 
 def test_class_masks_and_multi_hot_exact() -> None:
     index_mask = torch.tensor([[[0, -1, 2], [255, 1, 2]]])
-    expected = torch.tensor([[[[1, 0, 0], [0, 0, 0]], [[0, 0, 0], [0, 1, 0]], [[0, 0, 1], [0, 0, 1]]]], dtype=torch.bool)
+    expected = torch.tensor(
+        [[[[1, 0, 0], [0, 0, 0]], [[0, 0, 0], [0, 1, 0]], [[0, 0, 1], [0, 0, 1]]]], dtype=torch.bool
+    )
     assert torch.equal(class_masks(index_mask, 3), expected)
     assert multi_hot(torch.tensor([], dtype=torch.int64), 3).tolist() == [0.0, 0.0, 0.0]
 
@@ -126,4 +128,4 @@ def test_small_cnn_learns_the_multi_label_task_with_bce() -> None:
             optimizer.step()
             schedule.step()
     assert untrained < 0.75
-    assert val_map() > 0.88
+    assert val_map() > 0.85  # 0.90 measured
