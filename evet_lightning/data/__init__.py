@@ -3,7 +3,14 @@ photographs with ImageNet labels, image folders, and PASCAL VOC and COCO read fr
 
 from evet_lightning.data.coco import COCOInstances, decode_rle, polygon_mask
 from evet_lightning.data.image_folder import ImageFolderWithMasks
-from evet_lightning.data.multi_shapes import BACKGROUND, IGNORE_INDEX, MultiObjectShapes, class_masks, multi_hot
+from evet_lightning.data.multi_shapes import (
+    BACKGROUND,
+    IGNORE_INDEX,
+    MultiObjectShapes,
+    MultiObjectShapesDataModule,
+    class_masks,
+    multi_hot,
+)
 from evet_lightning.data.photos import PHOTOS, Photo, SamplePhotos
 from evet_lightning.data.subsets import sample_indices
 from evet_lightning.data.synthetic import (
@@ -22,6 +29,7 @@ __all__ = [
     "VOC_CLASSES",
     "COCOInstances",
     "MultiObjectShapes",
+    "MultiObjectShapesDataModule",
     "VOCSegmentation",
     "background_dropout",
     "class_masks",

@@ -31,10 +31,10 @@ def rle_counts(counts: str | bytes) -> list[int]:
 
     Each count is a little-endian run of 5-bit groups (character - 48), bit 0x20 set on every group but the last,
     bit 0x10 of the last group the sign; from the third count on, each is stored as its difference from the count
-    two places before it.
+    two places before it (here 0 is stored as 0 - 2, "N", and 3 as 3 - 2, "1").
 
     Example:
-        >>> rle_counts("52203")
+        >>> rle_counts("522N1")
         [5, 2, 2, 0, 3]
     """
     text = counts.decode("ascii") if isinstance(counts, bytes) else counts

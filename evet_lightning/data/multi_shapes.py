@@ -11,9 +11,10 @@ Items are generated on the fly from ``(seed, index)`` alone, like :class:`~evet_
 
 from __future__ import annotations
 
+import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from evet_lightning.data.synthetic import (
     _AREA_PER_R2,
@@ -31,7 +32,7 @@ from evet_lightning.data.synthetic import (
     _uniform,
 )
 
-__all__ = ["BACKGROUND", "IGNORE_INDEX", "MultiObjectShapes", "class_masks", "multi_hot"]
+__all__ = ["BACKGROUND", "IGNORE_INDEX", "MultiObjectShapes", "MultiObjectShapesDataModule", "class_masks", "multi_hot"]
 
 #: The value of a class-index mask's pixels that belong to no class (decision 50).
 BACKGROUND = -1
@@ -183,3 +184,60 @@ class MultiObjectShapes(Dataset[tuple[Tensor, Tensor, Tensor]]):
             mask[inside] = spec.label
         labels = multi_hot(torch.tensor([spec.label for spec in objects], dtype=torch.int64), self.num_classes)
         return image.clamp_(0.0, 1.0), labels, mask
+
+
+class MultiObjectShapesDataModule(pl.LightningDataModule):
+    """Train and validation :class:`MultiObjectShapes` loaders yielding ``(x, y, mask)`` batches.
+
+    Like :class:`~evet_lightning.data.SyntheticShapesDataModule`: train uses ``seed`` and is shuffled with a generator
+    seeded by ``seed``; validation uses ``seed + 1`` and is not shuffled.
+
+    Batches: ``x`` ``(B, 3, H, W)`` float32, ``y`` ``(B, C)`` float32 multi-hot, ``mask`` ``(B, H, W)`` int64
+    class-index masks (:data:`BACKGROUND` where no object is).
+    """
+
+    def __init__(
+        self,
+        train_samples: int = 1536,
+        val_samples: int = 128,
+        image_size: int | tuple[int, int] = 48,
+        num_classes: int = 4,
+        batch_size: int = 32,
+        seed: int = 0,
+        num_workers: int = 0,
+        min_objects: int = 2,
+        max_objects: int = 3,
+    ) -> None:
+        super().__init__()
+        _check_int("batch_size", batch_size, 1)
+        _check_int("num_workers", num_workers, 0)
+        self.save_hyperparameters()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        options = {"image_size": image_size, "num_classes": num_classes}
+        options |= {"min_objects": min_objects, "max_objects": max_objects}
+        self.train_set = MultiObjectShapes(num_samples=train_samples, seed=seed, **options)  # type: ignore[arg-type]
+        self.val_set = MultiObjectShapes(num_samples=val_samples, seed=seed + 1, **options)  # type: ignore[arg-type]
+
+    def train_dataloader(self) -> DataLoader[tuple[Tensor, Tensor, Tensor]]:
+        """Shuffled training batches (seeded)."""
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=generator,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader[tuple[Tensor, Tensor, Tensor]]:
+        """Validation batches in index order."""
+        return DataLoader(
+            self.val_set,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )

@@ -23,7 +23,8 @@ DEMO_FLAGS = [
 ]  # fmt: skip
 EVALUATE_FLAGS = [
     "--model", "--weights", "--num-classes", "--data", "--split", "--normalization", "--masks", "--methods",
-    "--num-samples", "--output", "--alpha", "--alpha-grid", "--alpha-objective", "--image-size", "--seed", "--batch-size", "--max-batch-size",
+    "--num-samples", "--output", "--alpha", "--alpha-grid", "--alpha-objective", "--image-size", "--seed",
+    "--batch-size", "--max-batch-size",
     "--reshape-transform", "--output-transform", "--no-deletion-insertion", "--no-paper-stability", "--deletion-steps",
     "--heatmaps", "--time-score-cam", "--target", "--accelerator", "--no-progress",
 ]  # fmt: skip

@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import multilabel_average_precision
 
-from evet_lightning.data import BACKGROUND, MultiObjectShapes, class_masks, draw_shape, multi_hot
+from evet_lightning.data import (
+    BACKGROUND,
+    MultiObjectShapes,
+    MultiObjectShapesDataModule,
+    class_masks,
+    draw_shape,
+    multi_hot,
+)
 from evet_lightning.models import SmallCNN
 
 
@@ -129,3 +136,14 @@ def test_small_cnn_learns_the_multi_label_task_with_bce() -> None:
             schedule.step()
     assert untrained < 0.75
     assert val_map() > 0.85  # 0.90 measured
+
+
+def test_datamodule_batches() -> None:
+    module = MultiObjectShapesDataModule(train_samples=8, val_samples=6, image_size=16, batch_size=4, seed=2)
+    x, y, mask = next(iter(module.val_dataloader()))
+    assert x.shape == (4, 3, 16, 16) and y.shape == (4, 4) and y.dtype == torch.float32
+    assert mask.shape == (4, 16, 16) and mask.dtype == torch.int64
+    assert torch.equal(mask[1], MultiObjectShapes(num_samples=6, image_size=16, seed=3)[1][2])  # validation: seed + 1
+    first = [batch[1] for batch in module.train_dataloader()]
+    again = [batch[1] for batch in MultiObjectShapesDataModule(8, 6, 16, batch_size=4, seed=2).train_dataloader()]
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))  # seeded shuffle
