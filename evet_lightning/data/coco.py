@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from evet_lightning.data.voc import fit_mask, load_rgb, prepare_image
+from evet_lightning.data.image_folder import fit_mask, load_rgb, prepare_image
 from evet_lightning.functional.perturbation import Normalization
 
 __all__ = ["COCOInstances", "decode_rle", "polygon_mask", "rle_counts"]

@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 
 from evet_lightning.functional.perturbation import Normalization
 
-__all__ = ["ImageFolderWithMasks", "fit_square", "normalize"]
+__all__ = ["ImageFolderWithMasks", "fit_mask", "fit_square", "load_rgb", "normalize", "prepare_image"]
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,38 @@ def normalize(image: Tensor, normalization: Normalization) -> Tensor:
         return image
     mean, std = (torch.tensor(values, dtype=torch.float32).view(-1, 1, 1) for values in normalization)
     return (image - mean) / std
+
+
+def load_rgb(path: str | os.PathLike[str]) -> Tensor:
+    """The image file at ``path`` as ``(3, H, W)`` uint8 RGB (a greyscale file repeated, an alpha channel dropped).
+
+    Raises:
+        ValueError: a file that cannot be read or decoded, naming it.
+    """
+    image = _decode(os.fspath(path), "image")
+    return image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
+
+
+def prepare_image(image: Tensor, size: int | None, normalization: Normalization) -> Tensor:
+    """``(3, H, W)`` uint8 -> float32 in [0, 1], shorter side resized to ``size`` (bilinear, antialiased) and the
+    centre square cropped (``size=None``: as it is), then normalized with ``normalization``."""
+    from torchvision.transforms.v2 import InterpolationMode
+
+    pixels = image.float() / 255.0
+    if size is not None:
+        pixels = fit_square(pixels, size, InterpolationMode.BILINEAR).clamp(0.0, 1.0)
+    return normalize(pixels, normalization)
+
+
+def fit_mask(mask: Tensor, size: int | None) -> Tensor:
+    """A ``(..., H, W)`` mask resized (nearest) and cropped like its image by :func:`prepare_image`."""
+    from torchvision.transforms.v2 import InterpolationMode
+
+    if size is None:
+        return mask
+    if mask.dtype == torch.bool:  # resizing takes uint8 or float
+        return fit_square(mask.to(torch.uint8), size, InterpolationMode.NEAREST).bool()
+    return fit_square(mask, size, InterpolationMode.NEAREST)
 
 
 def _decode(path: str, what: str) -> Tensor:

@@ -20,11 +20,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from evet_lightning.data.image_folder import _decode, fit_square, normalize
+from evet_lightning.data.image_folder import _decode, fit_mask, load_rgb, prepare_image
 from evet_lightning.data.multi_shapes import BACKGROUND, IGNORE_INDEX, multi_hot
 from evet_lightning.functional.perturbation import Normalization
 
-__all__ = ["VOC_CLASSES", "VOCSegmentation", "fit_mask", "load_rgb", "prepare_image", "voc_index_mask"]
+__all__ = ["VOC_CLASSES", "VOCSegmentation", "voc_index_mask"]
 
 #: The 20 VOC classes in label order (alphabetical); a segmentation PNG's value ``v`` in 1..20 is class ``v - 1``.
 VOC_CLASSES: tuple[str, ...] = (
@@ -75,38 +75,6 @@ def voc_index_mask(png: Tensor, path: str | os.PathLike[str] = "mask") -> Tensor
             f"(the classes) or 255 (void)"
         )
     return mask
-
-
-def load_rgb(path: str | os.PathLike[str]) -> Tensor:
-    """The image file at ``path`` as ``(3, H, W)`` uint8 RGB (a greyscale file repeated, an alpha channel dropped).
-
-    Raises:
-        ValueError: a file that cannot be read or decoded, naming it.
-    """
-    image = _decode(os.fspath(path), "image")
-    return image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
-
-
-def prepare_image(image: Tensor, size: int | None, normalization: Normalization) -> Tensor:
-    """``(3, H, W)`` uint8 -> float32 in [0, 1], shorter side resized to ``size`` (bilinear, antialiased) and the
-    centre square cropped (``size=None``: as it is), then normalized with ``normalization``."""
-    from torchvision.transforms.v2 import InterpolationMode
-
-    pixels = image.float() / 255.0
-    if size is not None:
-        pixels = fit_square(pixels, size, InterpolationMode.BILINEAR).clamp(0.0, 1.0)
-    return normalize(pixels, normalization)
-
-
-def fit_mask(mask: Tensor, size: int | None) -> Tensor:
-    """A ``(..., H, W)`` mask resized (nearest) and cropped like its image by :func:`prepare_image`."""
-    from torchvision.transforms.v2 import InterpolationMode
-
-    if size is None:
-        return mask
-    if mask.dtype == torch.bool:  # resizing takes uint8 or float
-        return fit_square(mask.to(torch.uint8), size, InterpolationMode.NEAREST).bool()
-    return fit_square(mask, size, InterpolationMode.NEAREST)
 
 
 def _devkit_root(root: Path) -> Path:
