@@ -150,6 +150,8 @@ class VOCSegmentation(Dataset[tuple[Tensor, Tensor, Tensor]]):
         """The segmentation PNG's values ``(C, H, W)`` uint8 of item ``index``, checked against ``height x width``."""
         path = self.mask_path(index)
         png = _decode(os.fspath(path), "mask")
+        if png.dtype != torch.uint8:
+            raise ValueError(f"mask {path} has {png.dtype} values; expected an 8-bit palette PNG of class indices")
         if tuple(png.shape[-2:]) != (height, width):
             raise ValueError(
                 f"mask {path} is {png.shape[-1]}x{png.shape[-2]} pixels, but its image {self.image_path(index)} is "

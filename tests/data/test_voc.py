@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from torchvision.io import decode_jpeg, read_file, write_png
 
 from evet_lightning.data import BACKGROUND, IGNORE_INDEX, VOC_CLASSES, VOCSegmentation, sample_indices
@@ -93,6 +95,13 @@ def test_bad_masks_are_errors_naming_the_file(tmp_path: Path) -> None:
         dataset.verify([1])
     write_png(torch.zeros(3, 20, 24, dtype=torch.uint8), str(mask_path))
     with pytest.raises(ValueError, match=r"mask .*000002\.png has 3 channels"):
+        dataset.verify([1])
+    write_png(torch.zeros(1, 20, 24, dtype=torch.uint8), str(mask_path))  # greyscale is read like a palette
+    assert dataset[1][2].unique().tolist() == [BACKGROUND]
+    buffer = io.BytesIO()
+    Image.new("I;16", (24, 20)).save(buffer, format="PNG")  # a 16-bit greyscale PNG
+    mask_path.write_bytes(buffer.getvalue())
+    with pytest.raises(ValueError, match=r"000002\.png has torch.uint16 values"):
         dataset.verify([1])
     assert fixture.ids == dataset.ids
 
