@@ -11,6 +11,7 @@ against; nothing here needs it.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -93,31 +94,43 @@ def polygon_mask(polygons: Sequence[Sequence[float]], height: int, width: int) -
         [[0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]]
     """
     mask = torch.zeros(height, width, dtype=torch.bool)
-    centres_y = torch.arange(height, dtype=torch.float64).view(-1, 1) + 0.5
-    centres_x = torch.arange(width, dtype=torch.float64).view(1, -1) + 0.5
     for polygon in polygons:
-        points = torch.tensor(polygon, dtype=torch.float64).view(-1, 2)
+        if len(polygon) % 2:
+            raise ValueError(f"a polygon has {len(polygon)} coordinates, expected x, y pairs")
+        points = torch.tensor([float(value) for value in polygon], dtype=torch.float64).view(-1, 2)
         if points.shape[0] < 3:
             continue  # a degenerate polygon covers no pixel centre
-        inside = torch.zeros(height, width, dtype=torch.bool)
+        # Only the pixels whose centres lie in the polygon's bounding box can be inside: work on those.
+        low, high = points.min(dim=0).values, points.max(dim=0).values
+        left, top = max(math.floor(low[0].item()), 0), max(math.floor(low[1].item()), 0)
+        right, bottom = min(math.ceil(high[0].item()), width), min(math.ceil(high[1].item()), height)
+        if right <= left or bottom <= top:
+            continue
+        centres_y = torch.arange(top, bottom, dtype=torch.float64).view(-1, 1) + 0.5
+        centres_x = torch.arange(left, right, dtype=torch.float64).view(1, -1) + 0.5
+        inside = torch.zeros(bottom - top, right - left, dtype=torch.bool)
         for (x1, y1), (x2, y2) in zip(points.tolist(), points.roll(-1, dims=0).tolist(), strict=True):
             if y1 == y2:
                 continue  # a horizontal edge never crosses a row of centres
             spans = (centres_y >= min(y1, y2)) & (centres_y < max(y1, y2))
             crossing_x = x1 + (centres_y - y1) * (x2 - x1) / (y2 - y1)
             inside ^= spans & (centres_x >= crossing_x)
-        mask |= inside
+        mask[top:bottom, left:right] |= inside
     return mask
 
 
 def _annotation_mask(segmentation: Any, height: int, width: int, where: str) -> Tensor:
-    if isinstance(segmentation, list):
-        return polygon_mask(segmentation, height, width)
-    if isinstance(segmentation, Mapping) and "counts" in segmentation:
-        size = [int(side) for side in segmentation.get("size", (height, width))]
-        if size != [height, width]:
-            raise ValueError(f"{where}: its RLE is {size[1]}x{size[0]} pixels, but the image is {width}x{height}")
-        return decode_rle(segmentation["counts"], height, width)
+    """The ``(height, width)`` mask of one annotation's polygons or RLE; a ``ValueError`` starting with ``where``."""
+    try:
+        if isinstance(segmentation, list):
+            return polygon_mask(segmentation, height, width)
+        if isinstance(segmentation, Mapping) and "counts" in segmentation:
+            size = [int(side) for side in segmentation.get("size", (height, width))]
+            if size != [height, width]:
+                raise ValueError(f"its RLE is {size[1]}x{size[0]} pixels, but the image is {width}x{height}")
+            return decode_rle(segmentation["counts"], height, width)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: {error}") from None
     raise ValueError(f"{where}: expected a segmentation that is a list of polygons or an RLE with 'counts'")
 
 
@@ -126,8 +139,8 @@ class COCOInstances(Dataset[tuple[Tensor, Tensor, Tensor]]):
 
     A sample is an image with at least one annotation (an image without any has no class to explain); samples are
     in the file's image order. Each image is decoded as RGB, its shorter side resized to ``size`` and the centre
-    square cropped; the masks get the same resize (nearest) and crop. Labels are the classes with at least one
-    mask has at least one pixel in the crop (crowd annotations included: a crowd is its class's pixels), as for
+    square cropped; the masks get the same resize (nearest) and crop. Labels are the classes whose mask has at least
+    one pixel in the crop (crowd annotations included: a crowd is its class's pixels), as for
     :class:`~evet_lightning.data.voc.VOCSegmentation`, so every positive label has an object to point at.
 
     Args:

@@ -124,3 +124,23 @@ def test_agrees_with_pycocotools(tmp_path: Path) -> None:
     encoded = mask_api.encode(np.asfortranarray(random.numpy().astype(np.uint8)))
     assert encoded["counts"].decode() == encode_rle_string(rle_of(random))
     assert torch.equal(decode_rle(encoded["counts"], 23, 9), random)
+
+
+def test_bad_segmentations_name_the_file_and_annotation(tmp_path: Path) -> None:
+    fixture = make_coco(tmp_path)
+    content = json.loads(fixture.annotations.read_text())
+    content["annotations"][0]["segmentation"] = [[1, 2, 3]]
+    content["annotations"][2]["segmentation"]["counts"] = "52"
+    (tmp_path / "bad.json").write_text(json.dumps(content))
+    dataset = COCOInstances(fixture.images, tmp_path / "bad.json")
+    with pytest.raises(ValueError, match=r"bad\.json, annotation 1 of a\.png: a polygon has 3 coordinates"):
+        dataset.verify([0])
+    with pytest.raises(ValueError, match=r"bad\.json, annotation 3 of b\.png: RLE counts add up to 7 pixels"):
+        dataset.verify([1])
+
+
+def test_polygon_partly_outside_the_image() -> None:
+    expected = torch.zeros(4, 5, dtype=torch.bool)
+    expected[2:, 3:] = True
+    assert torch.equal(polygon_mask([[3, 2, 9, 2, 9, 9, 3, 9]], 4, 5), expected)
+    assert not bool(polygon_mask([[-5, -5, -1, -5, -1, -1]], 4, 5).any())
