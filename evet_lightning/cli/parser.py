@@ -36,6 +36,16 @@ data (--data):
   DIR [--masks MASKS]      an ImageFolder (DIR/<class>/<image>); MASKS/<class>/<image stem>.png are object
                            masks (nonzero = object) for Table 2. The files of the samples used are decoded
                            before the run starts, so a corrupt one is an error at once, not halfway
+  voc:ROOT [--split SPLIT] a PASCAL VOC 2007 devkit (JPEGImages/, SegmentationClass/ palette PNGs with 255 void,
+                           ImageSets/Segmentation/SPLIT.txt; default test, the paper's 210 images); multi-label
+  coco:IMAGES_DIR,ANNOTATIONS.json
+                           a COCO instances file and its images (polygons and RLE decoded here); multi-label.
+                           Of voc: and coco:, --num-samples images are drawn at random with --seed, then decoded
+                           and checked; evaluating their (image, class) pairs is not available yet (exit 2)
+
+normalization (--normalization): how the images are normalized, instead of the model's own: imagenet, caffe
+  (RGB in 0-255 minus the mean 123.68,116.779,103.939, no std: TorchRay's VOC/COCO ResNet-50s), none, or
+  MEAN/STD for [0, 1] pixels (e.g. 0.5,0.5,0.5/0.25,0.25,0.25). EVET's black baseline follows it.
 
 methods (--methods): comma-separated: Gradient and any pytorch-grad-cam class name. Default:
   Gradient,GradCAM,GradCAMPlusPlus,ScoreCAM; with efficientnet_lite0 or photos Gradient,GradCAM,GradCAMPlusPlus,

@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 
 from evet_lightning.functional.perturbation import Normalization
 
-__all__ = ["ImageFolderWithMasks"]
+__all__ = ["ImageFolderWithMasks", "fit_mask", "fit_square", "load_rgb", "normalize", "prepare_image"]
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +113,7 @@ class ImageFolderWithMasks(Dataset[tuple[Tensor, ...]]):
                     )
 
     def _fit(self, image: Tensor, interpolation: Any) -> Tensor:
-        from torchvision.transforms.v2 import functional as tf
-
-        image = tf.resize(image, [self.size], interpolation=interpolation, antialias=True)
-        return tf.center_crop(image, [self.size, self.size])
+        return fit_square(image, self.size, interpolation)
 
     def __getitem__(self, index: int) -> tuple[Tensor, ...]:
         from torchvision.io import ImageReadMode, decode_image
@@ -125,14 +122,62 @@ class ImageFolderWithMasks(Dataset[tuple[Tensor, ...]]):
         path, label = self.samples[index]
         image = decode_image(path, mode=ImageReadMode.RGB).float() / 255.0
         image = self._fit(image, InterpolationMode.BILINEAR).clamp(0.0, 1.0)
-        if self.normalization is not None:
-            mean, std = (torch.tensor(values, dtype=torch.float32).view(-1, 1, 1) for values in self.normalization)
-            image = (image - mean) / std
+        image = normalize(image, self.normalization)
         if self.masks is None:
             return image, torch.tensor(label)
         mask = decode_image(os.fspath(self.masks[index]), mode=ImageReadMode.UNCHANGED)
         mask = self._fit((mask != 0).any(dim=0, keepdim=True).to(torch.uint8), InterpolationMode.NEAREST)
         return image, torch.tensor(label), mask[0] != 0
+
+
+def fit_square(image: Tensor, size: int, interpolation: Any) -> Tensor:
+    """``(C, H, W)`` with its shorter side resized to ``size`` (``interpolation``, antialiased), the centre
+    ``size x size`` square cropped; an image whose shorter side is already ``size`` is only cropped."""
+    from torchvision.transforms.v2 import functional as tf
+
+    if min(image.shape[-2:]) != size:
+        image = tf.resize(image, [size], interpolation=interpolation, antialias=True)
+    return tf.center_crop(image, [size, size])
+
+
+def normalize(image: Tensor, normalization: Normalization) -> Tensor:
+    """``(image - mean) / std`` per channel of a ``(3, H, W)`` image, or the image itself for ``None``."""
+    if normalization is None:
+        return image
+    mean, std = (torch.tensor(values, dtype=torch.float32).view(-1, 1, 1) for values in normalization)
+    return (image - mean) / std
+
+
+def load_rgb(path: str | os.PathLike[str]) -> Tensor:
+    """The image file at ``path`` as ``(3, H, W)`` uint8 RGB (a greyscale file repeated, an alpha channel dropped).
+
+    Raises:
+        ValueError: a file that cannot be read or decoded, naming it.
+    """
+    image = _decode(os.fspath(path), "image")
+    return image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
+
+
+def prepare_image(image: Tensor, size: int | None, normalization: Normalization) -> Tensor:
+    """``(3, H, W)`` uint8 -> float32 in [0, 1], shorter side resized to ``size`` (bilinear, antialiased) and the
+    centre square cropped (``size=None``: as it is), then normalized with ``normalization``."""
+    from torchvision.transforms.v2 import InterpolationMode
+
+    pixels = image.float() / 255.0
+    if size is not None:
+        pixels = fit_square(pixels, size, InterpolationMode.BILINEAR).clamp(0.0, 1.0)
+    return normalize(pixels, normalization)
+
+
+def fit_mask(mask: Tensor, size: int | None) -> Tensor:
+    """A ``(..., H, W)`` mask resized (nearest) and cropped like its image by :func:`prepare_image`."""
+    from torchvision.transforms.v2 import InterpolationMode
+
+    if size is None:
+        return mask
+    if mask.dtype == torch.bool:  # resizing takes uint8 or float
+        return fit_square(mask.to(torch.uint8), size, InterpolationMode.NEAREST).bool()
+    return fit_square(mask, size, InterpolationMode.NEAREST)
 
 
 def _decode(path: str, what: str) -> Tensor:

@@ -20,6 +20,7 @@ from evet_lightning.evaluation.options import (
     auto_or_positive_int,
     cli_option,
     non_negative_int,
+    normalization_value,
     positive_int,
 )
 from evet_lightning.functional.alpha import DEFAULT_ALPHA_GRID
@@ -126,7 +127,29 @@ class EvaluateConfig:
             "outputs of a torchvision architecture (default: read from --weights)", metavar="K", convert=positive_int
         ),
     )
-    data: str = field(default="synthetic", metadata=cli_option("synthetic (default), photos or an image folder"))
+    data: str = field(
+        default="synthetic",
+        metadata=cli_option(
+            "synthetic (default), photos, an image folder, voc:ROOT or coco:IMAGES_DIR,ANNOTATIONS.json (see below)"
+        ),
+    )
+    split: str | None = field(
+        default=None,
+        metadata=cli_option(
+            "the image set of --data voc:ROOT, ImageSets/Segmentation/SPLIT.txt (default test: the paper's 210 images)",
+            metavar="SPLIT",
+        ),
+    )
+    normalization: str | None = field(
+        default=None,
+        metadata=cli_option(
+            "the inputs' per-channel normalization, instead of the model's own: imagenet, caffe (RGB 0-255 minus the "
+            "mean, no std: TorchRay's VOC and COCO ResNet-50s), none ([0, 1] pixels) or MEAN/STD as R,G,B/R,G,B for "
+            "[0, 1] pixels; default: the model's (imagenet for a torchvision architecture, none for a factory)",
+            metavar="NAME",
+            convert=normalization_value,
+        ),
+    )
     masks: str | None = field(
         default=None,
         metadata=cli_option("object masks for an image folder (PNG, nonzero = object)", metavar="DIR"),
@@ -137,7 +160,10 @@ class EvaluateConfig:
     num_samples: int = field(
         default=64,
         metadata=cli_option(
-            "samples to evaluate, the first N of the data (default {default})", metavar="N", convert=positive_int
+            "samples to evaluate: the first N of the data; of voc: and coco: N drawn at random with --seed "
+            "(default {default})",
+            metavar="N",
+            convert=positive_int,
         ),
     )
     output: str = field(
@@ -154,7 +180,12 @@ class EvaluateConfig:
     )
     seed: int = field(
         default=DEFAULT_EVALUATION_SEED,
-        metadata=cli_option("seed of the synthetic images (default {default})", metavar="S", convert=non_negative_int),
+        metadata=cli_option(
+            "seed of the synthetic images, and of the draw of --num-samples images from voc: or coco: (default "
+            "{default})",
+            metavar="S",
+            convert=non_negative_int,
+        ),
     )
     batch_size: int = field(
         default=32, metadata=cli_option("validation batch size (default {default})", metavar="B", convert=positive_int)

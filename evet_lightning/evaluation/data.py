@@ -1,4 +1,5 @@
-"""Load the samples ``evet-lightning evaluate --data`` names: synthetic shapes, the bundled photos, an image folder."""
+"""Load the samples ``evet-lightning evaluate --data`` names: synthetic shapes, the bundled photos, an image folder,
+a PASCAL VOC devkit or a COCO instances file."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from evet_lightning.evaluation.errors import UsageError
 from evet_lightning.evaluation.loading import EvaluationModel
 from evet_lightning.functional.perturbation import Normalization
 
-__all__ = ["DEFAULT_EVALUATION_SEED", "EvaluationData", "load_data"]
+__all__ = ["DEFAULT_EVALUATION_SEED", "EvaluationData", "load_data", "require_single_label"]
 
 #: Seed of the synthetic evaluation set; the demo trains on seed 0 and validates on seed 1, so these images
 #: are new to the model.
@@ -32,6 +33,8 @@ class EvaluationData:
         class_names: names of the labels, when known.
         max_label: the largest label among the samples, when known without decoding them (checked against
             the model's number of classes before any work).
+        multilabel: items are ``(image, multi-hot labels (C,), mask)``, several classes per image (VOC, COCO); the
+            mask a class-index ``(H, W)`` int64 map (VOC: void 255) or per-class ``(C, H, W)`` bool masks (COCO).
     """
 
     dataset: Dataset[Any]
@@ -40,6 +43,7 @@ class EvaluationData:
     normalization: Normalization = None
     class_names: list[str] | None = None
     max_label: int | None = None
+    multilabel: bool = False
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -53,8 +57,9 @@ def load_data(
     masks: str | None = None,
     image_size: int | None = None,
     seed: int = DEFAULT_EVALUATION_SEED,
+    split: str | None = None,
 ) -> EvaluationData:
-    """The first ``num_samples`` samples of the data ``spec`` names.
+    """The first ``num_samples`` samples of the data ``spec`` names (of VOC and COCO: ``num_samples`` drawn at random).
 
     ``spec``: ``synthetic`` (:class:`~evet_lightning.data.SyntheticShapes` with exact object masks, drawn like the
     demo checkpoint's data when the model is one, from ``seed``), ``photos`` (the bundled photographs,
@@ -65,12 +70,23 @@ def load_data(
     normalized like the model's inputs. The folder's files of the samples used are all decoded here, so a
     corrupt one stops the evaluation before it starts, not in the middle of it.
 
+    ``voc:ROOT`` (:class:`~evet_lightning.data.VOCSegmentation`, the image set ``split``, default ``test``) and
+    ``coco:IMAGES_DIR,ANNOTATIONS.json`` (:class:`~evet_lightning.data.COCOInstances`) are multi-label: with more
+    images than ``num_samples``, :func:`~evet_lightning.data.sample_indices` draws ``num_samples`` of them with
+    ``seed`` (decision 52), and their files are decoded and checked here too.
+
     Raises:
-        UsageError: a missing folder or mask, an empty folder, a file that cannot be decoded, ``masks`` for data
-            that is not a folder, or a missing optional extra.
+        UsageError: a missing folder, file or mask, an empty folder, a file that cannot be decoded, a mask whose
+            size differs from its image's, an annotation file naming an image that is not there, ``masks`` for data
+            that is not a folder, ``split`` for data that is not VOC, or a missing optional extra.
     """
-    if spec in ("synthetic", "photos") and masks is not None:
+    kind = spec.partition(":")[0] if spec.startswith(("voc:", "coco:")) else spec
+    if kind in ("synthetic", "photos", "voc", "coco") and masks is not None:
         raise UsageError(f"--masks only applies to an image folder, not to --data {spec}")
+    if split is not None and kind != "voc":
+        raise UsageError(f"--split only applies to --data voc:ROOT, not to --data {spec}")
+    if kind in ("voc", "coco"):
+        return _multilabel_data(spec, model, num_samples, image_size, seed, split)
     if spec == "synthetic":
         data = _synthetic_data(model, image_size, seed, num_samples)
     elif spec == "photos":
@@ -156,3 +172,50 @@ def _folder_data(
         class_names=list(dataset.classes),
         max_label=max(dataset.targets[:count]),
     )
+
+
+def _multilabel_data(
+    spec: str, model: EvaluationModel, num_samples: int, image_size: int | None, seed: int, split: str | None
+) -> EvaluationData:
+    from evet_lightning.data import COCOInstances, VOCSegmentation, sample_indices
+
+    kind, _, location = spec.partition(":")
+    size = image_size or model.image_size or 224
+    dataset: VOCSegmentation | COCOInstances
+    try:
+        if kind == "voc":
+            root = Path(location).expanduser()
+            if not location or not root.is_dir():
+                raise UsageError(f"--data {spec}: expected voc:ROOT, a devkit's VOC2007 folder, but no such folder")
+            dataset = VOCSegmentation(root, split or "test", size, model.normalization)
+        else:
+            images, comma, annotations = location.rpartition(",")
+            if not comma or not images or not annotations:
+                raise UsageError(f"--data {spec}: expected coco:IMAGES_DIR,ANNOTATIONS.json")
+            images_dir, annotations_file = Path(images).expanduser(), Path(annotations).expanduser()
+            dataset = COCOInstances(images_dir, annotations_file, size, model.normalization)
+        indices = sample_indices(len(dataset), num_samples, seed)
+        dataset.verify(indices)
+    except ValueError as error:
+        raise UsageError(f"--data {spec}: {error}") from None
+    return EvaluationData(
+        Subset(dataset, indices),
+        spec,
+        has_masks=True,
+        normalization=model.normalization,
+        class_names=list(dataset.classes),
+        multilabel=True,
+    )
+
+
+def require_single_label(data: EvaluationData) -> None:
+    """Raise a :class:`UsageError` for multi-label data: ``evaluate`` explains one class per image so far.
+
+    The data has loaded and been checked by then (its files decoded), so a mistake in it is reported first.
+    """
+    if data.multilabel:
+        raise UsageError(
+            f"--data {data.name} is multi-label ({len(data)} images, {len(data.class_names or ())} classes, several "
+            "per image): its files load and check out, but evaluating (image, class) pairs is not available yet; "
+            "evaluate explains one class per image (use an image folder, synthetic or photos)"
+        )

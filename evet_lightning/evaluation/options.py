@@ -28,9 +28,12 @@ __all__ = [
     "alpha_grid_value",
     "alpha_value",
     "auto_or_positive_int",
+    "CAFFE_NORMALIZATION",
     "cli_option",
     "non_negative_float",
     "non_negative_int",
+    "normalization_value",
+    "parse_normalization",
     "positive_int",
 ]
 
@@ -112,3 +115,47 @@ def _integer(text: str, low: int, what: str) -> int:
     if value < low:
         raise ValueError(f"expected {what}, got {text!r}")
     return value
+
+
+#: TorchRay's VOC and COCO ResNet-50s (converted from Caffe): RGB in 0-255 minus the mean, no division by a std.
+#: On ``[0, 1]`` pixels that is ``(x - mean / 255) / (1 / 255)`` (decision 53).
+CAFFE_NORMALIZATION: tuple[tuple[float, float, float], tuple[float, float, float]] = (
+    (123.68 / 255.0, 116.779 / 255.0, 103.939 / 255.0),
+    (1.0 / 255.0, 1.0 / 255.0, 1.0 / 255.0),
+)
+
+
+def parse_normalization(text: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``--normalization``'s text -> ``(mean, std)`` for ``[0, 1]`` pixels, or ``None`` for ``none``.
+
+    ``imagenet`` (torchvision's statistics), ``caffe`` (:data:`CAFFE_NORMALIZATION`), ``none`` (``[0, 1]`` pixels
+    as they are) or ``MEAN/STD``, each three comma-separated numbers (R,G,B) for ``[0, 1]`` pixels, the stds
+    positive; ``ValueError`` for anything else.
+
+    Example:
+        >>> parse_normalization("0.5,0.5,0.5/0.25,0.25,0.25")
+        ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    """
+    from evet_lightning.imagenet import IMAGENET_NORMALIZATION
+
+    name = text.strip().lower()
+    if name in ("imagenet", "caffe", "none"):
+        return {"imagenet": IMAGENET_NORMALIZATION, "caffe": CAFFE_NORMALIZATION, "none": None}[name]
+    expected = "imagenet, caffe, none or MEAN/STD as R,G,B/R,G,B for [0, 1] pixels (e.g. 0.5,0.5,0.5/0.25,0.25,0.25)"
+    mean_text, slash, std_text = text.partition("/")
+    try:
+        mean = tuple(float(part) for part in mean_text.split(","))
+        std = tuple(float(part) for part in std_text.split(","))
+    except ValueError:
+        raise ValueError(f"expected {expected}, got {text!r}") from None
+    if not slash or len(mean) != 3 or len(std) != 3 or not all(map(math.isfinite, mean + std)):
+        raise ValueError(f"expected {expected}, got {text!r}")
+    if not all(value > 0 for value in std):
+        raise ValueError(f"expected positive stds in --normalization, got {text!r}")
+    return mean, std
+
+
+def normalization_value(text: str) -> str:
+    """``--normalization``'s converter: the text itself, once :func:`parse_normalization` accepts it."""
+    parse_normalization(text)
+    return text.strip()

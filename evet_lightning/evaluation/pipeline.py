@@ -22,6 +22,7 @@ engine, so an option is never spelled out twice.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -30,11 +31,12 @@ from typing import Any, Literal
 
 from evet_lightning.evaluation.checks import ExplainedLayer, check_memory, check_model_outputs, check_spatial_layer
 from evet_lightning.evaluation.config import DEFAULT_DELETION_STEPS, EvaluateConfig
-from evet_lightning.evaluation.data import EvaluationData, load_data
+from evet_lightning.evaluation.data import EvaluationData, load_data, require_single_label
 from evet_lightning.evaluation.devices import check_accelerator
 from evet_lightning.evaluation.errors import Interrupted, OutputError, UsageError
 from evet_lightning.evaluation.loading import EvaluationModel, load_model
 from evet_lightning.evaluation.names import default_methods, parse_methods
+from evet_lightning.evaluation.options import parse_normalization
 from evet_lightning.evaluation.outputs import check_output, prepare_output, write_heatmap_sheet, write_tables
 from evet_lightning.evaluation.records import MethodRun, Timing
 from evet_lightning.evaluation.runner import evaluation_callback, run_method
@@ -65,9 +67,20 @@ def run_evaluation(config: EvaluateConfig) -> EvaluationResult:
     check_output(config.output)
     settings = settings_from_config(config)  # imports --reshape-transform and --output-transform
     model = load_model(config.model, weights=config.weights, num_classes=config.num_classes)
+    if config.normalization is not None and config.data == "synthetic":
+        raise UsageError("--normalization applies to images read from files, not to --data synthetic")
+    if config.normalization is not None:  # the data is normalized with it, and EVET's baseline follows (decision 53)
+        model = dataclasses.replace(model, normalization=parse_normalization(config.normalization))
     data = load_data(
-        config.data, model, config.num_samples, masks=config.masks, image_size=config.image_size, seed=config.seed
+        config.data,
+        model,
+        config.num_samples,
+        masks=config.masks,
+        image_size=config.image_size,
+        seed=config.seed,
+        split=config.split,
     )
+    require_single_label(data)  # until the (image, class) pair flow lands (issue 23)
     specs = {"reshape_transform": config.reshape_transform, "output_transform": config.output_transform}
     return evaluate(
         model,

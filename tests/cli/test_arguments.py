@@ -22,8 +22,9 @@ DEMO_FLAGS = [
     "--wandb-online", "--accelerator", "--no-progress",
 ]  # fmt: skip
 EVALUATE_FLAGS = [
-    "--model", "--weights", "--num-classes", "--data", "--masks", "--methods", "--num-samples", "--output", "--alpha",
-    "--alpha-grid", "--alpha-objective", "--image-size", "--seed", "--batch-size", "--max-batch-size",
+    "--model", "--weights", "--num-classes", "--data", "--split", "--normalization", "--masks", "--methods",
+    "--num-samples", "--output", "--alpha", "--alpha-grid", "--alpha-objective", "--image-size", "--seed",
+    "--batch-size", "--max-batch-size",
     "--reshape-transform", "--output-transform", "--no-deletion-insertion", "--no-paper-stability", "--deletion-steps",
     "--heatmaps", "--time-score-cam", "--target", "--accelerator", "--no-progress",
 ]  # fmt: skip
