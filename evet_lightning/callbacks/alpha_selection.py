@@ -12,6 +12,7 @@ runs on ``T(x)`` are made anyway (for the logged stability index), and keep thei
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -163,6 +164,11 @@ class FoldChoice(NamedTuple):
     """Both folds' sums together: the epoch's per-alpha trade-off curve (for plots)."""
     objectives: tuple[Tensor, Tensor]
     """The objective values each choice minimized (fold 0's maps: computed on fold 1, and vice versa)."""
+    pooled_alpha: float = math.nan
+    """The alpha chosen on both folds together (:attr:`curve`): the alpha of every sample after the calibration
+    set (``alpha_calibration``, decision 36), which took no part in the choice."""
+    pooled_index: int = -1
+    """Its index in the grid."""
 
     @property
     def mean_alpha(self) -> float:
@@ -216,19 +222,27 @@ class OutOfFoldAlpha:
         fold_curves = self.sums.compute()
         choices = [choose_alpha(fold_curves[1 - fold], self.objective) for fold in range(_NUM_FOLDS)]
         alphas = tuple(self.sums.alphas[index] for index, _ in choices)
+        pooled = fold_curves[0].merge(fold_curves[1])
+        pooled_index = choose_alpha(pooled, self.objective)[0]
         return FoldChoice(
             (alphas[0], alphas[1]),
             (choices[0][0], choices[1][0]),
-            fold_curves[0].merge(fold_curves[1]),
+            pooled,
             (choices[0][1], choices[1][1]),
+            self.sums.alphas[pooled_index],
+            pooled_index,
         )
 
     @staticmethod
     def saliency(alphas: Sequence[float], folds: Tensor, mean: Tensor, sigma: Tensor, finite: Tensor) -> Tensor:
-        """``(B, H, W)`` each sample's EVET map at ``alphas[fold]`` (zeros for non-finite samples)."""
-        maps = [blend(mean, sigma, alpha) for alpha in alphas]
-        fold_of = folds.view(-1, 1, 1).to(mean.device)
-        out = torch.where(fold_of == 0, maps[0], maps[1])
+        """``(B, H, W)`` each sample's EVET map at ``alphas[fold]`` (zeros for non-finite samples); ``folds`` may
+        also index a third alpha (the pooled choice for samples after the calibration set)."""
+        groups = folds.to(mean.device)
+        out = torch.zeros_like(mean)
+        for group, alpha in enumerate(alphas):
+            member = (groups == group).view(-1, 1, 1)
+            if bool(member.any()):
+                out = torch.where(member, blend(mean, sigma, alpha), out)
         return out.masked_fill(~finite.view(-1, 1, 1).to(mean.device), 0.0)
 
     @staticmethod

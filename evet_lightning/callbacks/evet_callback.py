@@ -44,6 +44,7 @@ from evet_lightning.callbacks.image_logging import (
     log_heatmaps,
     log_samples,
 )
+from evet_lightning.callbacks.records import SampleRecords, chunk_records
 from evet_lightning.callbacks.sampling import (
     SampleBuffer,
     chunk_sizes,
@@ -216,6 +217,10 @@ class EVETCallback(pl.Callback, _LightningCallback):
             difference ``{prefix}/diff/stability_index_paper``, ``_low``, ``_high``); the out-of-fold alpha's
             stability guard keeps using ``stability_transforms`` (decision 31). ``evet-lightning evaluate``
             turns it on to report both protocols.
+        alpha_calibration: with ``alpha="auto"``, how many samples (the first ones, over all processes, >= 2)
+            calibrate alpha: inside them the out-of-fold rule above; every later sample's EVET map uses the alpha
+            chosen on all of them together, so it streams (decision 36). ``num_samples <= alpha_calibration`` is
+            the out-of-fold rule on every sample.
 
     Raises:
         ValueError: in the constructor for any invalid argument; in ``setup`` for a layer name that is not in
@@ -264,6 +269,7 @@ class EVETCallback(pl.Callback, _LightningCallback):
         deletion_steps: int = 20,
         cam_kwargs: Mapping[str, Any] | None = None,
         paper_stability: bool = False,
+        alpha_calibration: int = 32,
     ) -> None:
         super().__init__()
         self.settings = EVETSettings(
@@ -294,6 +300,7 @@ class EVETCallback(pl.Callback, _LightningCallback):
         self.deletion_insertion = check_bool("deletion_insertion", deletion_insertion)
         self.deletion_steps = check_int("deletion_steps", deletion_steps, 1)
         self.paper_stability = check_bool("paper_stability", paper_stability)
+        self.alpha_calibration = check_int("alpha_calibration", alpha_calibration, 2)
         self._metrics = ExplanationMetrics(
             self.prefix,
             stability=bool(self.stability_transforms),
@@ -313,6 +320,10 @@ class EVETCallback(pl.Callback, _LightningCallback):
         self._buffer: SampleBuffer | None = None
         self.last_alpha: FoldChoice | None = None
         """With ``alpha="auto"``: the last explained epoch's out-of-fold choice (both folds' alphas, the curve)."""
+        self._records = SampleRecords()
+        self.calibration_complete = False
+        """With ``alpha="auto"``: whether this epoch's alpha is chosen (:attr:`last_alpha`); always true with a
+        fixed alpha once an epoch is explained."""
         self.last_samples: ExplainedSamples | None = None
         """Per-sample results of the last explained epoch on this process, on the CPU (``None`` before one)."""
         self.last_timing: dict[str, float] = {}
@@ -350,6 +361,21 @@ class EVETCallback(pl.Callback, _LightningCallback):
         """The EVET results (on the CPU, one per chunk of samples) of the last explained epoch, this process."""
         return [] if self.last_samples is None else self.last_samples.results
 
+    def sample_records(self) -> dict[str, Tensor]:
+        """The per-sample records of the current (or last) explained epoch on this process, as CPU columns of
+        equal length: one row per finalized real sample (padding never), in the order finalized; rows only grow
+        during an epoch. A callback listed after this one can read new rows in its ``on_validation_batch_end``.
+
+        Columns: ``sample`` (int64, the position in the single-process order: the dataset index with an
+        unshuffled loader), ``target`` (int64), ``finite`` (bool; a non-finite row has NaN values), ``Y``,
+        ``original/O``, ``evet/O``, ``alpha`` (float64, the alpha of the sample's EVET map), and for each variant
+        ``original``/``evet`` the per-sample values the logged metrics are the means of: ``average_drop``,
+        ``increase_in_confidence``, ``energy_pointing_game`` (with masks), ``stability_index`` (with stability
+        transforms), ``stability_index_paper`` (``paper_stability``), ``deletion_auc``, ``insertion_auc``
+        (``deletion_insertion``), keyed ``"{variant}/{metric}"``.
+        """
+        return self._records.columns()
+
     @property
     def metric_keys(self) -> list[str]:
         """Every key this callback can log (``energy_pointing_game`` only appears when masks are available;
@@ -385,7 +411,13 @@ class EVETCallback(pl.Callback, _LightningCallback):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.update(
-            _evet=None, _layers_resolved=False, _batch_checked=False, _buffer=None, last_samples=None, last_timing={}
+            _evet=None,
+            _layers_resolved=False,
+            _batch_checked=False,
+            _buffer=None,
+            last_samples=None,
+            last_timing={},
+            _records=SampleRecords(),
         )
         return state
 
@@ -511,6 +543,15 @@ class EVETCallback(pl.Callback, _LightningCallback):
         start = time.perf_counter()
         with torch.inference_mode(False), torch.no_grad():
             samples = self._explain(buffer, fsdp1_root(trainer, pl_module))
+            self._records = SampleRecords()
+            for chunk in samples.chunks:
+                if self.last_alpha is not None and self.settings.alpha == "auto":
+                    alphas = torch.tensor(chunk.choice_alphas(self.last_alpha)[0], dtype=torch.float64)
+                    self._records.append(chunk_records(chunk, alphas[chunk.alpha_groups().cpu()]))
+                else:
+                    fixed = float(self.settings.alpha)  # type: ignore[arg-type]
+                    self._records.append(chunk_records(chunk, torch.full((chunk.images.shape[0],), fixed)))
+            self.calibration_complete = True
             self._update_metrics(samples)
             values, mean_curves = self._compute_metrics()
         if self.last_alpha is not None and self.settings.alpha == "auto":

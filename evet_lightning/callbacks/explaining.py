@@ -139,20 +139,34 @@ class ExplainedChunk:
         """``(B,)`` long: each sample's fold for the out-of-fold alpha, its position modulo 2 (decision 11)."""
         return (self.positions.round().long() % 2).to(self.images.device)
 
-    def out_of_fold(self, choice: FoldChoice) -> ExplainedChunk:
-        """The chunk with each sample's EVET map, its score and its stability maps at its fold's alpha."""
-        result, folds = self.result, self.folds
+    def alpha_groups(self, calibration: int | None = None) -> Tensor:
+        """``(B,)`` long: the alpha group of each sample: its fold (0 or 1) inside the calibration set (positions
+        below ``calibration``; ``None``: every sample), 2 after it (the pooled choice, decision 36)."""
+        folds = self.folds
+        if calibration is None:
+            return folds
+        inside = self.positions.to(folds.device) < calibration
+        return torch.where(inside, folds, torch.full_like(folds, 2))
+
+    @staticmethod
+    def choice_alphas(choice: FoldChoice) -> tuple[tuple[float, ...], tuple[int, ...]]:
+        """The alpha of each group of :meth:`alpha_groups` and its grid index: fold 0's, fold 1's, the pooled one."""
+        return (*choice.alphas, choice.pooled_alpha), (*choice.indices, choice.pooled_index)
+
+    def out_of_fold(self, choice: FoldChoice, calibration: int | None = None) -> ExplainedChunk:
+        """The chunk with each sample's EVET map, its score and its stability maps at its group's alpha
+        (:meth:`alpha_groups`): a calibration sample at its fold's out-of-fold alpha, a later one at the pooled."""
+        result, groups = self.result, self.alpha_groups(calibration)
+        alphas, indices = self.choice_alphas(choice)
         assert result.alpha_scores is not None, "out of fold needs an alpha='auto' run"
         result = dataclasses.replace(
             result,
-            saliency=OutOfFoldAlpha.saliency(
-                choice.alphas, folds, result.fused_mean, result.fused_sigma, result.finite
-            ),
-            saliency_scores=OutOfFoldAlpha.scores(choice.indices, folds, result.alpha_scores),
+            saliency=OutOfFoldAlpha.saliency(alphas, groups, result.fused_mean, result.fused_sigma, result.finite),
+            saliency_scores=OutOfFoldAlpha.scores(indices, groups, result.alpha_scores),
             alpha=choice.mean_alpha,
         )
-        stability = tuple(maps.at_alphas(folds, choice.alphas) for maps in self.stability)
-        paper = tuple(maps.at_alphas(folds, choice.alphas) for maps in self.paper_stability)
+        stability = tuple(maps.at_alphas(groups, alphas) for maps in self.stability)
+        paper = tuple(maps.at_alphas(groups, alphas) for maps in self.paper_stability)
         return dataclasses.replace(self, result=result, stability=stability, paper_stability=paper)
 
 

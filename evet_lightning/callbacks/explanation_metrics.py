@@ -37,7 +37,15 @@ from evet_lightning.metrics import (
     Win,
 )
 
-__all__ = ["DIFFERENCE_SUFFIXES", "PAPER_STABILITY", "VARIANTS", "EpochCounts", "ExplanationMetrics", "MetricsAnchor"]
+__all__ = [
+    "DIFFERENCE_SUFFIXES",
+    "PAPER_STABILITY",
+    "VARIANTS",
+    "EpochCounts",
+    "ExplanationMetrics",
+    "MetricsAnchor",
+    "per_sample_values",
+]
 
 #: The metric name of the paper's stability protocol (``paper_stability=True``), next to ``stability_index``.
 PAPER_STABILITY = "stability_index_paper"
@@ -170,7 +178,7 @@ class ExplanationMetrics(nn.Module):
                 collection["deletion_auc"].update(curves.deletion[keep])
                 collection["insertion_auc"].update(curves.insertion[keep])
         self.comparison.update(scores_a=evet_scores, scores_b=original_scores)
-        per_sample = {name: _per_sample(chunk, name) for name in VARIANTS}
+        per_sample = {name: per_sample_values(chunk, name) for name in VARIANTS}
         for name, metric in self._differences().items():
             if name in per_sample["evet"]:
                 metric.update(per_sample["evet"][name], per_sample["original"][name])
@@ -259,7 +267,7 @@ class ExplanationMetrics(nn.Module):
         yield from (self.num_skipped, self.num_explained, self.num_masked, self.fingerprint)
 
 
-def _per_sample(chunk: ExplainedChunk, variant: str) -> dict[str, Tensor]:
+def per_sample_values(chunk: ExplainedChunk, variant: str) -> dict[str, Tensor]:
     """Each metric's value per scored sample of ``chunk`` (finite, not padding) for the ``variant``'s maps (the
     inputs of the paired differences; NaN where a sample has no value, e.g. a non-finite stability run)."""
     result, keep = chunk.result, chunk.scored

@@ -1,0 +1,86 @@
+"""Per-sample records of an explained epoch: the scalars each finalized sample leaves behind once its images and
+maps are dropped (:meth:`~evet_lightning.EVETCallback.sample_records`).
+
+One row per real sample (padding never), in the order the samples were finalized. The metric columns are exactly
+the per-sample values the logged metrics and the paired differences are computed from
+(:func:`~evet_lightning.callbacks.explanation_metrics.per_sample_values`), so a mean over the finite rows equals
+the logged value.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from evet_lightning.callbacks.explaining import VARIANTS, ExplainedChunk
+from evet_lightning.callbacks.explanation_metrics import per_sample_values
+
+__all__ = ["SampleRecords", "chunk_records"]
+
+
+def chunk_records(chunk: ExplainedChunk, alphas: Tensor) -> dict[str, Tensor]:
+    """The rows of one finalized chunk (its real samples), as CPU columns.
+
+    Args:
+        chunk: an explained chunk with its final maps (after the alpha choice) and, when on, its curves.
+        alphas: ``(B,)`` the alpha of each sample's EVET map.
+
+    Returns:
+        ``sample`` (int64 position in the single-process order), ``target`` (int64), ``finite`` (bool), ``Y``,
+        ``original/O``, ``evet/O``, ``alpha`` and ``{variant}/{metric}`` (float64; NaN on a non-finite row, and
+        where a sample has no value, e.g. a non-finite stability run).
+    """
+    result = chunk.result
+    real = ~chunk.padding_mask
+    finite = result.finite[real].cpu()
+
+    def column(values: Tensor) -> Tensor:
+        values = values[real].detach().to("cpu", torch.float64)
+        return torch.where(finite, values, torch.nan)
+
+    rows = {
+        "sample": chunk.positions[real.cpu()].round().long(),
+        "target": result.targets[real].detach().cpu().long(),
+        "finite": finite.bool(),
+        "Y": column(result.clean_scores),
+        "original/O": column(result.view_scores[0]),
+        "evet/O": column(chunk.evet_scores),
+        "alpha": alphas.to(real.device)[real].detach().to("cpu", torch.float64),
+    }
+    for variant in VARIANTS:
+        for name, values in per_sample_values(chunk, variant).items():
+            full = torch.full((finite.shape[0],), torch.nan, dtype=torch.float64)
+            full[finite] = values.detach().to("cpu", torch.float64)
+            rows[f"{variant}/{name}"] = full
+    return rows
+
+
+class SampleRecords:
+    """The rows of one epoch, appended chunk by chunk; :meth:`columns` concatenates them (cached until the next
+    :meth:`append`)."""
+
+    def __init__(self) -> None:
+        self._parts: list[dict[str, Tensor]] = []
+        self._columns: dict[str, Tensor] | None = None
+
+    def append(self, rows: dict[str, Tensor]) -> None:
+        self._parts.append(rows)
+        self._columns = None
+
+    def __len__(self) -> int:
+        return sum(int(part["sample"].shape[0]) for part in self._parts)
+
+    def columns(self) -> dict[str, Tensor]:
+        """Every column, concatenated over the chunks (empty columns of the base names before any row)."""
+        if self._columns is None:
+            if not self._parts:
+                self._columns = {
+                    "sample": torch.zeros(0, dtype=torch.long),
+                    "target": torch.zeros(0, dtype=torch.long),
+                    "finite": torch.zeros(0, dtype=torch.bool),
+                    **{name: torch.zeros(0, dtype=torch.float64) for name in ("Y", "original/O", "evet/O", "alpha")},
+                }
+            else:
+                keys = list(self._parts[0])
+                self._columns = {key: torch.cat([part[key] for part in self._parts]) for key in keys}
+        return dict(self._columns)
