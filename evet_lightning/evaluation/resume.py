@@ -51,11 +51,15 @@ def start_run(folder: Path, options: dict[str, Any], resume: bool) -> None:
     path = folder / RUN_FILE
     if resume:
         if not path.is_file():
-            raise UsageError(f"--resume: no recorded run in {os.fspath(folder.parent)} (no {path.name} in {folder.name}/)")
+            raise UsageError(
+                f"--resume: no recorded run in {os.fspath(folder.parent)} (no {path.name} in {folder.name}/)"
+            )
         recorded = json.loads(path.read_text())
         differing = [name for name in sorted({*recorded, *options}) if recorded.get(name) != options.get(name)]
         if differing:
-            details = "; ".join(f"{name}: recorded {recorded.get(name)!r}, now {options.get(name)!r}" for name in differing)
+            details = "; ".join(
+                f"{name}: recorded {recorded.get(name)!r}, now {options.get(name)!r}" for name in differing
+            )
             raise UsageError(f"--resume: the options differ from the recorded run's ({details}); pass the same ones")
         return
     with writing(folder):

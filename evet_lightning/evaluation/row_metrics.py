@@ -31,7 +31,7 @@ def _mean(values: Tensor) -> float | None:
 
 
 def metrics_from_rows(rows: dict[str, Any], seed: int = 0) -> dict[str, float]:
-    """``{prefix}/...`` values (and ``val_acc``) from the rows of :func:`~evet_lightning.evaluation.sample_file.read_rows`.
+    """``{prefix}/...`` values (and ``val_acc``) from rows of :func:`~.sample_file.read_rows`.
 
     Keys as the callback logs them: ``num_skipped``, ``{variant}/{metric}`` (mean over the finite samples; a
     metric no sample has, such as the pointing game without masks, is left out), ``win`` and
@@ -53,7 +53,9 @@ def metrics_from_rows(rows: dict[str, Any], seed: int = 0) -> dict[str, float]:
         for name in names:
             if f"{PREFIX}/evet/{name}" not in values:
                 continue
-            interval = paired_difference_interval(rows[f"evet/{name}"][finite], rows[f"original/{name}"][finite], seed=seed)
+            interval = paired_difference_interval(
+                rows[f"evet/{name}"][finite], rows[f"original/{name}"][finite], seed=seed
+            )
             if bool(torch.isfinite(interval).all()):
                 for suffix, value in zip(("", "_low", "_high"), interval.tolist(), strict=True):
                     values[f"{PREFIX}/diff/{name}{suffix}"] = float(value)

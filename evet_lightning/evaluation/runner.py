@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-from torch import Tensor, nn
 from pytorch_lightning.strategies import DDPStrategy, Strategy
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from evet_lightning.callbacks import EVETCallback
@@ -250,9 +250,9 @@ def method_run_from_rows(method: str, rows: dict[str, Any], state: dict[str, Any
         evet_maps=empty,
         seconds_per_image=None if seconds is None else float(seconds),
         alpha=metrics.get(f"{PREFIX}/alpha") if auto else float(settings.alpha),  # type: ignore[arg-type]
-        alpha_choice=None if not auto or calibration is None else {
-            key: calibration[key] for key in ("folds", "curve") if key in calibration
-        },
+        alpha_choice=None
+        if not auto or calibration is None
+        else {key: calibration[key] for key in ("folds", "curve") if key in calibration},
         indices=rows["index"][finite],
         sample_alphas=rows["alpha"][finite],
     )

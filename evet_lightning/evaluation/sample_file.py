@@ -33,6 +33,7 @@ from torch.utils.data import Dataset, Subset
 from typing_extensions import override
 
 from evet_lightning.callbacks import EVETCallback
+from evet_lightning.evaluation.alpha_record import alpha_choice_record
 from evet_lightning.evaluation.outputs import write_text, writing
 
 __all__ = [
@@ -218,7 +219,14 @@ class SampleFileWriter(pl.Callback):
             index = self.indices[position]
             correct = self._correct.pop(position, None)
             cells = [_cell(columns[name][row]) for name in names]
-            lines.append([str(index), *([self.files[index]] if self.files else []), *cells, "" if correct is None else str(correct)])
+            lines.append(
+                [
+                    str(index),
+                    *([self.files[index]] if self.files else []),
+                    *cells,
+                    "" if correct is None else str(correct),
+                ]
+            )
         with writing(path):
             self._writer.writerows(lines)
             self._handle.flush()  # type: ignore[union-attr]
@@ -226,8 +234,6 @@ class SampleFileWriter(pl.Callback):
 
 def calibration_record(evet: EVETCallback) -> dict[str, Any]:
     """The calibration outcome of ``evet``'s epoch: the alpha later samples use and the alpha curve."""
-    from evet_lightning.evaluation.alpha_record import alpha_choice_record
-
     choice = evet.last_alpha
     alpha = evet.settings.alpha if choice is None else choice.pooled_alpha
     return {"alpha": float(alpha), **(alpha_choice_record(choice) or {})}  # type: ignore[arg-type]
@@ -242,7 +248,8 @@ def read_rows(paths: Sequence[Path]) -> dict[str, Any]:
     """
     rows: dict[int, dict[str, str]] = {}
     for path in paths:
-        text = path.read_text(newline="")
+        with path.open(newline="") as handle:
+            text = handle.read()
         if text and not text.endswith("\n"):
             text = text[: text.rfind("\n") + 1]
         for row in csv.DictReader(io.StringIO(text, newline="")):
