@@ -146,6 +146,15 @@ class EvaluateConfig:
     alpha: float | Literal["auto"] = field(default="auto", metadata=_ALPHA_OPTION)
     alpha_grid: tuple[float, ...] = field(default=DEFAULT_ALPHA_GRID, metadata=_ALPHA_GRID_OPTION)
     alpha_objective: AlphaObjectiveName = field(default="faithful_boost", metadata=_ALPHA_OBJECTIVE_OPTION)
+    alpha_calibration: int = field(
+        default=32,
+        metadata=cli_option(
+            "with --alpha auto, the first K samples calibrate alpha (out of fold inside them); every later sample "
+            "uses the alpha chosen on all K (default {default}, at least 2)",
+            metavar="K",
+            convert=positive_int,
+        ),
+    )
     image_size: int | None = field(
         default=None,
         metadata=cli_option(

@@ -89,6 +89,7 @@ def run_evaluation(config: EvaluateConfig) -> EvaluationResult:
         deletion_steps=config.deletion_steps,
         paper_stability=config.paper_stability,
         record={key: value for key, value in specs.items() if value is not None},
+        alpha_calibration=config.alpha_calibration,
         devices=config.devices,
         num_nodes=config.num_nodes,
         strategy=config.strategy,
@@ -117,6 +118,7 @@ def evaluate(
     deletion_steps: int = DEFAULT_DELETION_STEPS,
     paper_stability: bool = True,
     record: dict[str, Any] | None = None,
+    alpha_calibration: int = 32,
     devices: int = 1,
     num_nodes: int = 1,
     strategy: str = "auto",
@@ -137,6 +139,7 @@ def evaluate(
     all ran) and one heatmap sheet per method (``heatmaps/<method>.png``, the first ``heatmaps`` samples: image |
     original | EVET).
     ``record``: more settings to write to ``tables.json`` (the command line's transform specs).
+    ``alpha_calibration``: with ``alpha="auto"``, the first samples that calibrate alpha (decision 36).
     ``devices``, ``num_nodes``, ``strategy``: where each ``trainer.validate`` runs (Lightning's; ``auto`` is
     ``ddp_spawn`` with several processes, decision 44). With ``output``, each method's rows go to
     ``samples/<method>.*.csv`` as batches finish and the tables are computed from them (decisions 41, 42);
@@ -180,6 +183,7 @@ def evaluate(
             deletion_insertion=deletion_insertion,
             deletion_steps=deletion_steps,
             paper_stability=paper_stability,
+            alpha_calibration=alpha_calibration,
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
@@ -190,7 +194,11 @@ def evaluate(
         list(methods),
         settings,
         layer,
-        {**_settings_record(settings, target, deletion_insertion, deletion_steps, paper_stability), **(record or {})},
+        {
+            **_settings_record(settings, target, deletion_insertion, deletion_steps, paper_stability),
+            "alpha_calibration": alpha_calibration,
+            **(record or {}),
+        },
         deletion_steps if deletion_insertion else None,
     )
     samples = None if folder is None else folder / SAMPLES_FOLDER
@@ -217,6 +225,7 @@ def evaluate(
                 deletion_insertion=deletion_insertion,
                 deletion_steps=deletion_steps,
                 paper_stability=paper_stability,
+                alpha_calibration=alpha_calibration,
                 devices=devices,
                 num_nodes=num_nodes,
                 strategy=strategy,

@@ -150,6 +150,7 @@ def run_method(
     deletion_insertion: bool = False,
     deletion_steps: int = DEFAULT_DELETION_STEPS,
     paper_stability: bool = True,
+    alpha_calibration: int = 32,
     devices: int = 1,
     num_nodes: int = 1,
     strategy: str = "auto",
@@ -165,6 +166,7 @@ def run_method(
     ``target``: the class explained, the sample's label or the model's prediction (see :class:`EVETCallback`).
     ``deletion_insertion``: also log the deletion and insertion AUCs (``deletion_steps`` steps) of both maps.
     ``paper_stability``: also score the paper's stability protocol (see :func:`evaluation_callback`).
+    ``alpha_calibration``: with ``alpha="auto"``, the first samples that calibrate alpha (decision 36).
     ``devices``, ``num_nodes``, ``strategy``: Lightning's; ``strategy="auto"`` is ``ddp_spawn`` with more than
     one process (decision 44).
     ``samples``: the folder of the per-sample files; a method recorded there is continued (see
@@ -190,6 +192,7 @@ def run_method(
                 deletion_insertion=deletion_insertion,
                 deletion_steps=deletion_steps,
                 paper_stability=paper_stability,
+                alpha_calibration=alpha_calibration,
             )
             dataset = data.dataset if len(plan.indices) == len(data) else Subset(data.dataset, plan.indices)
             writer = SampleFileWriter(folder, method, plan.attempt, plan.indices, dataset_files(data.dataset))
@@ -271,6 +274,7 @@ def evaluation_callback(
     deletion_insertion: bool = False,
     deletion_steps: int = DEFAULT_DELETION_STEPS,
     paper_stability: bool = True,
+    alpha_calibration: int = 32,
 ) -> EVETCallback:
     """The callback :func:`run_method` attaches: ``settings`` (every EVET option), every sample explained, no
     images logged, the model's ``model`` attribute explained (the classifier inside :class:`EvaluationModule`),
@@ -290,5 +294,6 @@ def evaluation_callback(
         prefix=PREFIX,
         model="model",
         paper_stability=paper_stability,  # Table 5 shows both stability protocols by default (decision 31)
+        alpha_calibration=alpha_calibration,
         **options,
     )
