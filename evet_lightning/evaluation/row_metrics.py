@@ -30,13 +30,17 @@ def _mean(values: Tensor) -> float | None:
     return None if values.numel() == 0 else float(values.mean())
 
 
-def metrics_from_rows(rows: dict[str, Any], seed: int = 0) -> dict[str, float]:
+def metrics_from_rows(
+    rows: dict[str, Any], seed: int = 0, folds: list[float] | None = None, calibration: int = 0
+) -> dict[str, float]:
     """``{prefix}/...`` values (and ``val_acc``) from rows of :func:`~.sample_file.read_rows`.
 
     Keys as the callback logs them: ``num_skipped``, ``{variant}/{metric}`` (mean over the finite samples; a
     metric no sample has, such as the pointing game without masks, is left out), ``win`` and
     ``average_difference`` of the two maps' ``O``, ``diff/{metric}`` with ``_low`` / ``_high`` (the bootstrap of
-    decision 31 with ``seed``), and ``alpha`` (the mean over samples of the alpha each EVET map used).
+    decision 31 with ``seed``), and ``alpha``: with ``folds`` (the two folds' alphas of ``alpha="auto"``) and at
+    most ``calibration`` samples, their mean, as the callback logs it; else the mean over the samples of the alpha
+    each EVET map used.
     """
     finite = rows["finite"]
     values: dict[str, float] = {f"{PREFIX}/num_skipped": float((~finite).sum())}
@@ -60,6 +64,8 @@ def metrics_from_rows(rows: dict[str, Any], seed: int = 0) -> dict[str, float]:
                 for suffix, value in zip(("", "_low", "_high"), interval.tolist(), strict=True):
                     values[f"{PREFIX}/diff/{name}{suffix}"] = float(value)
         alpha = _mean(rows["alpha"][finite])
+        if folds is not None and finite.numel() <= calibration:
+            alpha = sum(folds) / len(folds)
         if alpha is not None:
             values[f"{PREFIX}/alpha"] = alpha
     correct = rows.get("correct")

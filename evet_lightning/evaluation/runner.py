@@ -215,7 +215,7 @@ def run_method(
                     trainer.validate(module, dataloaders=loader, verbose=False)
         write_method_state(folder, method, complete=True)
         rows, state = read_rows(sample_files(folder, method)), method_state(folder, method)
-    return method_run_from_rows(method, rows, state, settings)
+    return method_run_from_rows(method, rows, state, settings, alpha_calibration)
 
 
 def lightning_strategy(strategy: str, processes: int) -> str | Strategy:
@@ -232,13 +232,16 @@ def check_devices(device: torch.device, devices: int) -> None:
         raise UsageError(f"--devices {devices}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
 
 
-def method_run_from_rows(method: str, rows: dict[str, Any], state: dict[str, Any], settings: EVETSettings) -> MethodRun:
+def method_run_from_rows(
+    method: str, rows: dict[str, Any], state: dict[str, Any], settings: EVETSettings, alpha_calibration: int = 32
+) -> MethodRun:
     """The :class:`MethodRun` of ``method`` from its merged rows and ``<method>.json`` (``state``)."""
     if rows["index"].numel() == 0:
         raise RuntimeError(f"EVETCallback explained no sample of {method} in trainer.validate")
-    metrics = metrics_from_rows(rows)
-    finite = rows["finite"]
     calibration = state.get("calibration")
+    folds = None if calibration is None else calibration.get("folds")
+    metrics = metrics_from_rows(rows, folds=folds, calibration=alpha_calibration)
+    finite = rows["finite"]
     auto = settings.alpha == "auto"
     seconds = state.get("seconds_per_image")
     empty = torch.zeros(0, 1, 1)
