@@ -29,13 +29,7 @@ from evet_lightning.callbacks.arguments import (
     settings_property,
     table5_transforms,
 )
-from evet_lightning.callbacks.explaining import (
-    ExplainedChunk,
-    ExplainedSamples,
-    add_curves,
-    explain_chunk,
-    module_device,
-)
+from evet_lightning.callbacks.explaining import ExplainedSamples, module_device
 from evet_lightning.callbacks.explanation_metrics import ExplanationMetrics, MetricsAnchor
 from evet_lightning.callbacks.image_logging import (
     HeatmapStyle,
@@ -44,16 +38,9 @@ from evet_lightning.callbacks.image_logging import (
     log_heatmaps,
     log_samples,
 )
-from evet_lightning.callbacks.records import SampleRecords, chunk_records
-from evet_lightning.callbacks.sampling import (
-    SampleBuffer,
-    chunk_sizes,
-    fsdp1_root,
-    in_validate,
-    new_buffer,
-    rank_quota,
-    warn_if_samples_changed,
-)
+from evet_lightning.callbacks.records import SampleRecords
+from evet_lightning.callbacks.sampling import fsdp1_root, in_validate, rank_quota, warn_if_samples_changed
+from evet_lightning.callbacks.streaming import ChunkWork, EpochStream, new_layout
 from evet_lightning.data.batch import BatchUnpacker, check_images, read_batch, unpack_batch, unpack_with
 from evet_lightning.functional.alpha import DEFAULT_ALPHA_GRID, DEFAULT_ALPHA_OBJECTIVE, AlphaObjective
 from evet_lightning.functional.perturbation import Baseline, Normalization
@@ -317,7 +304,7 @@ class EVETCallback(pl.Callback, _LightningCallback):
         self._evet: EVET | None = None
         self._layers_resolved = False
         self._batch_checked = False
-        self._buffer: SampleBuffer | None = None
+        self._stream: EpochStream | None = None
         self.last_alpha: FoldChoice | None = None
         """With ``alpha="auto"``: the last explained epoch's out-of-fold choice (both folds' alphas, the curve)."""
         self._records = SampleRecords()
@@ -414,7 +401,7 @@ class EVETCallback(pl.Callback, _LightningCallback):
             _evet=None,
             _layers_resolved=False,
             _batch_checked=False,
-            _buffer=None,
+            _stream=None,
             last_samples=None,
             last_timing={},
             _records=SampleRecords(),
@@ -449,7 +436,7 @@ class EVETCallback(pl.Callback, _LightningCallback):
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self._evet is None:
             return
-        self._buffer = new_buffer(trainer, self.num_samples) if self._explains_this_run(trainer) else None
+        self._stream = self._new_stream(trainer) if self._explains_this_run(trainer) else None
 
     @override
     def on_validation_batch_end(
@@ -465,12 +452,12 @@ class EVETCallback(pl.Callback, _LightningCallback):
             return
         if trainer.sanity_checking:
             self._check_sanity_batch(batch)
-        elif self._buffer is not None and not self._buffer.full:
-            self._buffer.add(*self._read_batch(batch))
+        elif self._stream is not None and self._stream.active:
+            self._explain_batch(trainer, pl_module, batch)
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or self._buffer is None or self._evet is None:
+        if trainer.sanity_checking or self._stream is None or self._evet is None:
             return
         self._run_explanation(trainer, pl_module)
 
@@ -499,7 +486,7 @@ class EVETCallback(pl.Callback, _LightningCallback):
 
     def _release(self, pl_module: pl.LightningModule) -> None:
         self._evet = None  # holds the model: drop it between runs
-        self._buffer = None
+        self._stream = None
         MetricsAnchor.detach(pl_module, self.prefix)
 
     def _resolve_layers(self, images: Tensor) -> None:
@@ -536,95 +523,80 @@ class EVETCallback(pl.Callback, _LightningCallback):
 
     # ----------------------------------------------------------------------------- explain, score, log
 
+    def _new_stream(self, trainer: pl.Trainer) -> EpochStream:
+        """This epoch's stream: the samples of this process, explained batch by batch (decisions 36-38)."""
+        assert self._evet is not None
+        auto = self.settings.alpha == "auto"
+        keep = max(self.log_images, self.alpha_calibration)  # decision 38
+        layout = new_layout(trainer, self.num_samples, self.alpha_calibration if auto else None, keep)
+        paper = table5_transforms() if self.paper_stability else []
+        steps = self.deletion_steps if self.deletion_insertion else None
+        work = ChunkWork(self._evet, self.settings, self.stability_transforms, paper, steps)
+        selection = None
+        if auto:
+            grid, objective = self.settings.alpha_grid, self.settings.alpha_objective
+            with torch.inference_mode(False):  # its sums are updated outside inference mode
+                selection = OutOfFoldAlpha(grid, objective).to(module_device(self._evet.model))
+            self.last_alpha = None
+        self._records = SampleRecords()
+        self.calibration_complete = False
+        return EpochStream(layout, work, self._metrics, self._records, selection)
+
+    def _explain_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
+        """Explain this process's share of one validation batch, score it and keep its scalars (decision 36)."""
+        assert self._stream is not None
+        with torch.inference_mode(False), torch.no_grad():
+            self._stream.add(*self._read_batch(batch), root=fsdp1_root(trainer, pl_module))
+        self._note_choice(self._stream)
+
+    def _note_choice(self, stream: EpochStream) -> None:
+        self.calibration_complete = stream.calibration_complete
+        if stream.choice is not None:
+            self.last_alpha = stream.choice
+
     def _run_explanation(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """The epoch-end work: explain the buffered samples, score them, log the values and the heatmaps."""
-        assert self._buffer is not None
-        buffer, self._buffer = self._buffer, None
+        """The epoch-end work: explain what is left, compute and log the values, the heatmaps and the table."""
+        assert self._stream is not None
+        stream, self._stream = self._stream, None
         start = time.perf_counter()
         with torch.inference_mode(False), torch.no_grad():
-            samples = self._explain(buffer, fsdp1_root(trainer, pl_module))
-            self._records = SampleRecords()
-            for chunk in samples.chunks:
-                if self.last_alpha is not None and self.settings.alpha == "auto":
-                    alphas = torch.tensor(chunk.choice_alphas(self.last_alpha)[0], dtype=torch.float64)
-                    self._records.append(chunk_records(chunk, alphas[chunk.alpha_groups().cpu()]))
-                else:
-                    fixed = float(self.settings.alpha)  # type: ignore[arg-type]
-                    self._records.append(chunk_records(chunk, torch.full((chunk.images.shape[0],), fixed)))
-            self.calibration_complete = True
-            self._update_metrics(samples)
+            samples = stream.finish(fsdp1_root(trainer, pl_module))
+            self._note_choice(stream)
+            self._metrics.finish_epoch()
             values, mean_curves = self._compute_metrics()
-        if self.last_alpha is not None and self.settings.alpha == "auto":
-            values[f"{self.prefix}/alpha"] = torch.tensor(self.last_alpha.mean_alpha)
+        auto = self.last_alpha is not None and self.settings.alpha == "auto"
+        if auto:
+            values[f"{self.prefix}/alpha"] = torch.tensor(self._logged_alpha())
         for key, value in values.items():
             pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False, rank_zero_only=False)
         self.epochs_explained += 1
-        self.last_samples = samples.to_cpu()
+        self.last_samples = samples
         style = HeatmapStyle(self.cam_name, self.class_names, self.settings.normalization)
-        log_heatmaps(trainer, self.last_samples, f"{self.prefix}/heatmaps", self.log_images, style)
+        log_heatmaps(trainer, samples, f"{self.prefix}/heatmaps", self.log_images, style)
         if self.log_images > 0:
-            log_samples(trainer, self.last_samples, f"{self.prefix}/samples", style, self.log_images)
-            if self.last_alpha is not None and self.settings.alpha == "auto":
+            log_samples(trainer, samples, f"{self.prefix}/samples", style, self.log_images)
+            if auto:
+                assert self.last_alpha is not None
                 log_alpha_curve(trainer, f"{self.prefix}/alpha_curve", self.last_alpha)
             if mean_curves:
                 log_curves(trainer, f"{self.prefix}/deletion_insertion", mean_curves, self.cam_name)
         self.last_timing = {
-            "evet_seconds": samples.evet_seconds,
-            "curve_seconds": samples.curve_seconds,
+            "evet_seconds": stream.evet_seconds,
+            "curve_seconds": stream.curve_seconds,
             "num_samples": float(len(samples)),
-            "seconds_per_image": samples.evet_seconds / max(buffer.count, 1),
-            "seconds": time.perf_counter() - start,
+            "seconds_per_image": stream.evet_seconds / max(stream.explained, 1),
+            "seconds": stream.seconds + time.perf_counter() - start,
         }
 
-    def _explain(self, buffer: SampleBuffer, root: nn.Module | None = None) -> ExplainedSamples:
-        """EVET on every buffered sample, chunk by chunk, on the explained model's device.
-
-        With several processes every rank first agrees on the work (decision 29): the same number of samples
-        (padding a short shard), the same shapes and one chunk size, used for EVET's views and the curves too.
-        ``root``: FSDP1's root wrapper of the LightningModule, run instead of the module itself (the target layers
-        are the same module objects inside it), so every FSDP unit gathers and frees its parameters as usual.
-        """
-        assert self._evet is not None
-        evet = self._evet
-        explained = evet.model
-        if root is not None:
-            evet.model = root
-        device = module_device(evet.model)
-        max_batch_size = self.settings.max_batch_size
-
-        chunk_size = chunk_sizes(buffer, max_batch_size, device)
-
-        paper = table5_transforms() if self.paper_stability else []
-        previous = evet.max_batch_size
-        evet.max_batch_size = max_batch_size if callable(chunk_size) else chunk_size
-        try:
-            chunks = [
-                explain_chunk(evet, batch, device, self.stability_transforms, paper)
-                for batch in buffer.chunks(chunk_size)
-            ]
-            if self.settings.alpha == "auto":
-                chunks = self._out_of_fold(chunks, device)
-            if self.deletion_insertion:  # on the final maps: after the out-of-fold alpha replaced the EVET maps
-                steps, settings = self.deletion_steps, self.settings
-                sizes = [chunk_size(c.images) if callable(chunk_size) else chunk_size for c in chunks]
-                chunks = [add_curves(c, evet.model, steps, settings, n) for c, n in zip(chunks, sizes, strict=True)]
-        finally:
-            evet.max_batch_size = previous
-            evet.model = explained
-        return ExplainedSamples.from_chunks(chunks)
-
-    def _out_of_fold(self, chunks: list[ExplainedChunk], device: torch.device) -> list[ExplainedChunk]:
-        """Each fold's maps at the alpha chosen on the other fold, from sums over all processes (decision 11)."""
-        selection = OutOfFoldAlpha(self.settings.alpha_grid, self.settings.alpha_objective).to(device)
-        for chunk in chunks:  # padding goes into no fold (fold -1), so it never enters a choice
-            selection.add(torch.where(chunk.padding_mask, -1, chunk.folds), chunk.result, chunk.masks, chunk.stability)
-        self.last_alpha = selection.choose()  # every rank, once per explained epoch: it syncs
-        return [chunk.out_of_fold(self.last_alpha) for chunk in chunks]
-
-    def _update_metrics(self, samples: ExplainedSamples) -> None:
-        for chunk in samples.chunks:
-            self._metrics.update(chunk)
-        self._metrics.finish_epoch()
+    def _logged_alpha(self) -> float:
+        """``{prefix}/alpha``: the mean of the two folds' alphas for the calibration samples, the pooled alpha for
+        every later one, weighted by their numbers (all processes); with no later sample, today's fold mean."""
+        assert self.last_alpha is not None
+        calibrated = min(self.alpha_calibration, self.last_num_samples)
+        later = self.last_num_samples - calibrated
+        if later <= 0:
+            return self.last_alpha.mean_alpha
+        return (calibrated * self.last_alpha.mean_alpha + later * self.last_alpha.pooled_alpha) / (calibrated + later)
 
     def _compute_metrics(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Compute every metric (synced across processes, same order everywhere), reset them, check the samples.

@@ -243,6 +243,33 @@ class ExplainedSamples:
             padding=cat([chunk.padding_mask.cpu() for chunk in chunks], torch.bool),
         )
 
+    @classmethod
+    def concat(cls, parts: Sequence[ExplainedSamples], chunks: Sequence[ExplainedChunk]) -> ExplainedSamples:
+        """The per-sample values of ``parts`` in order, with ``chunks``: the chunks of the first parts only (a
+        streamed epoch keeps the images and maps of its first samples, decision 38)."""
+        if not parts:
+            return cls.from_chunks(chunks)
+
+        def cat(name: str) -> Tensor:
+            return torch.cat([getattr(part, name) for part in parts])
+
+        return cls(
+            chunks=tuple(chunks),
+            positions=cat("positions"),
+            targets=cat("targets"),
+            finite=cat("finite"),
+            clean_scores=cat("clean_scores"),
+            original_scores=cat("original_scores"),
+            evet_scores=cat("evet_scores"),
+            aucs={key: torch.cat([part.aucs[key] for part in parts]) for key in parts[0].aucs},
+            padding=torch.cat([part.padding_mask for part in parts]),
+        )
+
+    @property
+    def padding_mask(self) -> Tensor:
+        """``(N,)`` bool, all false when :attr:`padding` is ``None``."""
+        return torch.zeros(self.positions.shape[0], dtype=torch.bool) if self.padding is None else self.padding
+
     def __len__(self) -> int:
         """The number of explained samples, padding excluded."""
         total = int(self.positions.shape[0])

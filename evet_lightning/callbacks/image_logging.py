@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -212,7 +211,8 @@ def sample_columns(style: HeatmapStyle, auc_keys: Sequence[str], images: bool) -
 
 def log_samples(trainer: pl.Trainer, samples: ExplainedSamples, key: str, style: HeatmapStyle, heatmaps: int) -> None:
     """Every explained sample of rank zero, one row each (sort it to find the worst explanations): a W&B table
-    (``key``, with the image and both overlays as ``wandb.Image`` cells) for each W&B logger; without one,
+    (``key``, with the image and both overlays as ``wandb.Image`` cells for the first rows, whose maps were kept,
+    and empty cells after them, decision 38) for each W&B logger; without one,
     ``<log dir>/evet_samples/epoch_XXX_step_XXXXXX.csv`` with the same columns minus the images, plus
     ``heatmap_png``, the file of the sample's heatmap (relative to the log directory) where :func:`log_heatmaps`
     wrote one (its first ``heatmaps`` samples, without W&B and TensorBoard). Every process must call this."""
@@ -221,9 +221,9 @@ def log_samples(trainer: pl.Trainer, samples: ExplainedSamples, key: str, style:
     directory = None if wandb_loggers else trainer.log_dir or trainer.default_root_dir
     if not trainer.is_global_zero or len(samples) == 0:
         return
-    views = list(samples.first(len(samples)))
+    views = list(samples.first(len(samples)))  # the samples whose maps were kept
     auc_keys = list(samples.aucs)
-    rows = [_row(view, style, auc_keys) for view in views]
+    rows = _rows(samples, style, auc_keys)
     for logger in wandb_loggers:
         _guarded(_samples_to_wandb, logger, key, views, rows, style, auc_keys, trainer.global_step)
     if directory is not None:
@@ -236,13 +236,25 @@ def log_samples(trainer: pl.Trainer, samples: ExplainedSamples, key: str, style:
         _guarded(_write_csv, path, columns, [[*row, file] for row, file in zip(rows, files, strict=True)])
 
 
-def _row(view: SampleView, style: HeatmapStyle, auc_keys: Sequence[str]) -> list[Any]:
-    """A table row without the images: sample, class (and name), Y, O of each map, the AUCs (NaN: not finite)."""
-    row: list[Any] = [view.position, view.target]
-    if style.class_names is not None:
-        row.append(style.class_names[view.target] if 0 <= view.target < len(style.class_names) else "")
-    row += [view.clean_score, view.original_score, view.evet_score]
-    return row + [view.aucs.get(key, math.nan) for key in auc_keys]
+def _rows(samples: ExplainedSamples, style: HeatmapStyle, auc_keys: Sequence[str]) -> list[list[Any]]:
+    """The table rows without the images, one per real sample: sample, class (and name), Y, O of each map, the
+    AUCs (NaN: not finite)."""
+    real = ~samples.padding_mask
+    columns = [
+        samples.positions[real].round().long().tolist(),
+        samples.targets[real].tolist(),
+        samples.clean_scores[real].tolist(),
+        samples.original_scores[real].tolist(),
+        samples.evet_scores[real].tolist(),
+        *(samples.aucs[key][real].tolist() for key in auc_keys),
+    ]
+    rows = []
+    for position, target, *values in zip(*columns, strict=True):
+        row: list[Any] = [position, target]
+        if style.class_names is not None:
+            row.append(style.class_names[target] if 0 <= target < len(style.class_names) else "")
+        rows.append(row + values)
+    return rows
 
 
 def _samples_to_wandb(
@@ -257,7 +269,7 @@ def _samples_to_wandb(
     import wandb
 
     data = []
-    for view, row in zip(views, rows, strict=True):
+    for view, row in zip(views, rows, strict=False):
         height, width = view.image.shape[-2:]
         panel = heatmap_panel(
             view.image.unsqueeze(0),
@@ -268,6 +280,7 @@ def _samples_to_wandb(
         )[0]
         image, original, evet = (wandb.Image(part.contiguous()) for part in panel.chunk(3, dim=-1))
         data.append([row[0], image, original, evet, *row[1:]])
+    data += [[row[0], None, None, None, *row[1:]] for row in rows[len(views) :]]
     logger.log_table(key=key, columns=sample_columns(style, auc_keys, images=True), data=data, step=step)
 
 

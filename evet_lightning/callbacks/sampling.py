@@ -22,19 +22,17 @@ import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 
-from evet_lightning.saliency.settings import resolve_max_batch_size
-
 __all__ = [
     "SampleBatch",
     "agree_across_ranks",
-    "chunk_sizes",
+    "describe_runs",
     "fsdp1_root",
     "SampleBuffer",
     "fingerprint_terms",
     "first_val_dataset_size",
     "in_validate",
-    "new_buffer",
     "padded_quota",
+    "padded_runs",
     "rank_quota",
     "warn_if_samples_changed",
 ]
@@ -179,6 +177,28 @@ class SampleBuffer:
         if pending:
             yield from merged()
 
+    def take_chunks(self, size: int | Callable[[Tensor], int], complete: bool) -> list[SampleBatch]:
+        """Remove and return the buffered samples as :meth:`chunks`; unless ``complete``, a last chunk shorter than
+        its size stays buffered (copied, so the rest is freed) to be filled by the next batch. Taken this way batch
+        by batch, the chunks are exactly those :meth:`chunks` makes of all the samples at once."""
+        chunks = list(self.chunks(size))
+        self.batches = []
+        if not complete and chunks:
+            last = chunks[-1]
+            step = size(last.images) if callable(size) else size
+            if last.images.shape[0] < step:
+                chunks.pop()
+                self.batches = [
+                    SampleBatch(
+                        last.images.clone(),
+                        None if last.labels is None else last.labels.clone(),
+                        None if last.masks is None else last.masks.clone(),
+                        last.positions.clone(),
+                        None if last.padding is None else last.padding.clone(),
+                    )
+                ]
+        return chunks
+
 
 def rank_quota(num_samples: int, world_size: int, rank: int, dataset_size: int | None = None) -> int:
     """How many samples rank ``rank`` of ``world_size`` keeps so that the ranks together explain each sample once.
@@ -234,18 +254,6 @@ def first_val_dataset_size(trainer: pl.Trainer) -> int | None:
         return None
 
 
-def new_buffer(trainer: pl.Trainer, num_samples: int) -> SampleBuffer:
-    """An empty buffer for this process's share of the first ``num_samples`` validation samples."""
-    world_size, rank = trainer.world_size, trainer.global_rank
-    if world_size == 1:
-        return SampleBuffer(capacity=num_samples)
-    dataset_size = first_val_dataset_size(trainer)
-    total = num_samples if dataset_size is None else min(num_samples, dataset_size)
-    return SampleBuffer(
-        capacity=padded_quota(num_samples, world_size, dataset_size), rank=rank, world_size=world_size, total=total
-    )
-
-
 def fingerprint_terms(images: Tensor, positions: Tensor) -> Tensor:
     """Per-sample checksums weighted by position; their sum identifies the selected samples (any process count)."""
     flat = torch.nan_to_num(images.detach().flatten(1).to(torch.float64), nan=0.0, posinf=0.0, neginf=0.0)
@@ -281,12 +289,12 @@ def agree_across_ranks(buffer: SampleBuffer, chunk_size: int) -> int:
         )
     capacity = capacities[0]
     template = next((runs[-1] for _, _, runs, _ in gathered if runs), None)
-    padded = [_padded_runs(runs, count, capacity, template) for _, count, runs, _ in gathered]
+    padded = [padded_runs(runs, count, capacity, template) for _, count, runs, _ in gathered]
     for rank, runs in enumerate(padded[1:], start=1):
         if runs != padded[0]:
             raise RuntimeError(
                 "EVETCallback: the ranks' samples to explain differ, so the sharded forward passes would not line "
-                f"up: rank 0 has {_describe(padded[0])}, rank {rank} has {_describe(runs)}. Every rank's first "
+                f"up: rank 0 has {describe_runs(padded[0])}, rank {rank} has {describe_runs(runs)}. Every rank's first "
                 "validation batches must have the same image shape and dtype and carry labels and masks alike."
             )
     if buffer.count < capacity:
@@ -296,7 +304,7 @@ def agree_across_ranks(buffer: SampleBuffer, chunk_size: int) -> int:
     return min(int(item[3]) for item in gathered)
 
 
-def _padded_runs(runs: list[Run], count: int, capacity: int, template: Run | None) -> list[Run]:
+def padded_runs(runs: list[Run], count: int, capacity: int, template: Run | None) -> list[Run]:
     missing = capacity - count
     if missing <= 0:
         return list(runs)
@@ -305,26 +313,13 @@ def _padded_runs(runs: list[Run], count: int, capacity: int, template: Run | Non
     return [] if template is None else [(*template[:4], missing)]  # type: ignore[list-item]
 
 
-def _describe(runs: list[Run]) -> str:
+def describe_runs(runs: list[Run]) -> str:
     if not runs:
         return "no samples"
     return ", ".join(
         f"{length} x {list(shape)} {dtype} (labels {'yes' if labels else 'no'}, masks {'yes' if masks else 'no'})"
         for shape, dtype, labels, masks, length in runs
     )
-
-
-def chunk_sizes(buffer: SampleBuffer, max_batch_size: int | str, device: torch.device) -> int | Callable[[Tensor], int]:
-    """The chunk size for the buffered samples: resolved per image shape on this device with one process; with
-    several, one size agreed across ranks (:func:`agree_across_ranks`, the smallest any rank resolves)."""
-
-    def resolved(images: Tensor) -> int:
-        return resolve_max_batch_size(max_batch_size, images[:0].to(device))  # type: ignore[arg-type]
-
-    if buffer.world_size <= 1:
-        return resolved
-    local = min((resolved(batch.images) for batch in buffer.batches), default=1 << 30)
-    return agree_across_ranks(buffer, local)
 
 
 def fsdp1_root(trainer: pl.Trainer, pl_module: pl.LightningModule) -> nn.Module | None:

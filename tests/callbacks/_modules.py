@@ -102,25 +102,38 @@ def forwards_path(directory: str, rank: int) -> str:
 
 
 class CountForwards(pl.Callback):
-    """Counts the LightningModule's forward calls (and images through it) during the epoch-end work of the
-    callbacks listed after it; every process writes them to JSON at validation end. List it *before* the
-    EVETCallback: its ``on_validation_epoch_end`` starts the count."""
+    """Counts the LightningModule's forward calls (and images through it) made by the callbacks listed after it
+    in the validation hooks where the EVET work happens (each batch's end, the epoch's end), not the validation
+    steps'; every process writes them to JSON at validation end. List it *before* the EVETCallback."""
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
         self.calls = self.images = 0
+        self.counting = False
         self.handle: Any = None
 
     def _count(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        self.calls += 1
-        self.images += int(args[0].shape[0]) if args and isinstance(args[0], Tensor) else 0
+        if self.counting:
+            self.calls += 1
+            self.images += int(args[0].shape[0]) if args and isinstance(args[0], Tensor) else 0
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.calls = self.images = 0
+        self.counting = False
         if self.handle is None:
             self.handle = pl_module.register_forward_pre_hook(self._count)
 
+    def on_validation_batch_start(self, *args: Any, **kwargs: Any) -> None:
+        self.counting = False
+
+    def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self.counting = True
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.counting = True
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.counting = False
         if self.handle is not None:
             self.handle.remove()
             self.handle = None
