@@ -38,9 +38,9 @@ def metrics_from_rows(
     Keys as the callback logs them: ``num_skipped``, ``{variant}/{metric}`` (mean over the finite samples; a
     metric no sample has, such as the pointing game without masks, is left out), ``win`` and
     ``average_difference`` of the two maps' ``O``, ``diff/{metric}`` with ``_low`` / ``_high`` (the bootstrap of
-    decision 31 with ``seed``), and ``alpha``: with ``folds`` (the two folds' alphas of ``alpha="auto"``) and at
-    most ``calibration`` samples, their mean, as the callback logs it; else the mean over the samples of the alpha
-    each EVET map used.
+    decision 31 with ``seed``), and ``alpha``: with ``folds`` (the two folds' alphas of ``alpha="auto"``), the
+    folds' mean for the first ``calibration`` samples and the later samples' (pooled) alpha for the others,
+    weighted by their numbers, as the callback logs it; else the mean of the alpha each EVET map used.
     """
     finite = rows["finite"]
     values: dict[str, float] = {f"{PREFIX}/num_skipped": float((~finite).sum())}
@@ -64,8 +64,11 @@ def metrics_from_rows(
                 for suffix, value in zip(("", "_low", "_high"), interval.tolist(), strict=True):
                     values[f"{PREFIX}/diff/{name}{suffix}"] = float(value)
         alpha = _mean(rows["alpha"][finite])
-        if folds is not None and finite.numel() <= calibration:
-            alpha = sum(folds) / len(folds)
+        if folds is not None:  # as the callback weighs them: the folds' mean for the calibration samples
+            count = finite.numel()
+            inside = min(count, calibration)
+            later = float(rows["alpha"][calibration:].nanmean()) if count > calibration else 0.0
+            alpha = (inside * sum(folds) / len(folds) + (count - inside) * later) / count
         if alpha is not None:
             values[f"{PREFIX}/alpha"] = alpha
     correct = rows.get("correct")

@@ -15,9 +15,10 @@ from evet_lightning.evaluation import runner
 from evet_lightning.evaluation.sample_file import SampleFileWriter, read_rows, sample_files
 
 TINY = "tests.cli._factories:tiny_cnn"
-# 8 samples in batches of 2; alpha calibrated on the first 2, every later sample at the pooled choice
+# 8 samples in batches (and callback chunks) of 2; alpha calibrated on the first 2, later samples at the pooled choice
 RUN = ["evaluate", "--no-progress", "--model", TINY, "--image-size", "32", "--num-samples", "8", "--batch-size", "2"]
-RUN += ["--alpha-calibration", "2", "--no-deletion-insertion", "--no-paper-stability", "--heatmaps", "0"]
+RUN += ["--max-batch-size", "2", "--alpha-calibration", "2"]
+RUN += ["--no-deletion-insertion", "--no-paper-stability", "--heatmaps", "0"]
 METHODS = ["--methods", "Gradient,GradCAM"]
 
 
