@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from evet_lightning._validation import check_int
-from evet_lightning.callbacks.alpha_selection import FoldChoice, OutOfFoldAlpha
+from evet_lightning.callbacks.alpha_selection import FoldChoice
 from evet_lightning.callbacks.arguments import (
     check_bool,
     check_callable,
@@ -40,7 +40,7 @@ from evet_lightning.callbacks.image_logging import (
 )
 from evet_lightning.callbacks.records import SampleRecords
 from evet_lightning.callbacks.sampling import fsdp1_root, in_validate, rank_quota, warn_if_samples_changed
-from evet_lightning.callbacks.streaming import ChunkWork, EpochStream, new_layout
+from evet_lightning.callbacks.streaming import ChunkWork, EpochStream
 from evet_lightning.data.batch import BatchUnpacker, check_images, read_batch, unpack_batch, unpack_with
 from evet_lightning.functional.alpha import DEFAULT_ALPHA_GRID, DEFAULT_ALPHA_OBJECTIVE, AlphaObjective
 from evet_lightning.functional.perturbation import Baseline, Normalization
@@ -91,18 +91,24 @@ class EVETCallback(pl.Callback, _LightningCallback):
     labels as captions), to TensorBoard (``{prefix}/heatmaps/<i>``), or, with any other logger or none, to PNG
     files under ``<log dir>/evet_heatmaps/epoch_XXX/``. Every explained sample of rank zero (all of them with
     one process) goes into a per-sample table, to sort by the worst explanations: ``{prefix}/samples`` in W&B
-    (the image and both overlays as images; ``sample``, ``class``, ``Y``, each map's ``O`` and, when computed,
-    its AUCs), or, without W&B, ``<log dir>/evet_samples/epoch_XXX_step_XXXXXX.csv`` with the same columns
-    minus the images, plus the heatmap's PNG file where one was written. With ``deletion_insertion=True`` the
-    epoch's mean curves (original against EVET) are plotted (``{prefix}/deletion_insertion`` in W&B or
-    TensorBoard, or ``<log dir>/evet_curves/``). ``log_images=0`` turns every image, table and file off. The
-    last epoch's per-sample results are in :attr:`last_samples`.
+    (the image and both overlays as images for the samples whose maps are kept, decision 38; ``sample``,
+    ``class``, ``Y``, each map's ``O`` and, when computed, its AUCs), or, without W&B,
+    ``<log dir>/evet_samples/epoch_XXX_step_XXXXXX.csv`` with the same columns minus the images, plus the
+    heatmap's PNG file where one was written. With ``deletion_insertion=True`` the epoch's mean curves are
+    plotted (``{prefix}/deletion_insertion`` in W&B or TensorBoard, or ``<log dir>/evet_curves/``).
+    ``log_images=0`` turns every image, table and file off. Each sample's values are in :meth:`sample_records`
+    as soon as it is scored; the last epoch's are also in :attr:`last_samples`.
+
+    Streaming (decisions 36-38): each validation batch's share of the samples is explained in
+    ``on_validation_batch_end`` as the batch passes (so the progress bar moves with the work), scored, and
+    dropped: memory holds the current chunk, the calibration samples (``alpha_calibration``) until alpha is
+    chosen, the maps of the first ``max(log_images, alpha_calibration)`` samples, and a few scalars per sample.
 
     The class explained (k) is the sample's label when the batch has one and ``target="label"``, else the
     model's prediction on the untransformed image. The model explained is the LightningModule itself (its
     ``forward`` must return logits) unless ``model`` names or returns a submodule.
 
-    Training is left exactly as it would be without the callback: the work runs at validation epoch end,
+    Training is left exactly as it would be without the callback: the work runs in the validation hooks,
     through :class:`~evet_lightning.EVET`, which restores every module's mode, parameters' ``.grad`` and
     ``requires_grad``, hooks and RNG states; BatchNorm statistics are not updated (eval mode); global grad
     and inference mode are restored. It works under ``trainer.validate``'s inference mode and fit's no-grad.
@@ -115,14 +121,13 @@ class EVETCallback(pl.Callback, _LightningCallback):
     ``lightning.pytorch.Trainer`` both accept it.
 
     Samples: rank ``r`` of ``W`` processes keeps the first ``num_samples // W + (r < num_samples % W)`` samples
-    of its shard (capped by the dataset size when it is known), which with Lightning's unshuffled
-    ``DistributedSampler`` are exactly the first ``num_samples`` dataset indices, as with one process. The
-    samples are the same every epoch when the validation loader is deterministic (not shuffled); their
-    fingerprint is saved in :meth:`state_dict` and a resumed run warns when it explains different samples.
-    Under sharded training (FSDP2, DeepSpeed) every forward pass is a collective, so every rank explains the
-    same number of samples, ``ceil(n / W)``, in chunks of one agreed size; the extra samples are padding, left
-    out of every result, and a rank whose samples differ in shape, dtype or label/mask presence raises a
-    ``RuntimeError`` before any forward pass (docs/design.md, decision 29; README "Sharded training").
+    of its shard (capped by the dataset size when known): with Lightning's unshuffled ``DistributedSampler``,
+    the first ``num_samples`` dataset indices, as with one process. Their fingerprint is saved in
+    :meth:`state_dict`; a resumed run warns when it explains different samples. Every rank explains the same
+    number of samples, ``ceil(n / W)``, in chunks of one agreed size (a forward pass is a collective under FSDP2
+    or DeepSpeed); the extra samples are padding, left out of every result, and ranks whose samples differ in
+    shape, dtype or label/mask presence raise a ``RuntimeError`` before a forward pass on them (decisions 29
+    and 37; README "Sharded training").
     Every process computes every metric (torchmetrics syncs them), so the logged values are global and are
     logged with ``sync_dist=False``; Lightning's generic advice to use ``sync_dist=True`` is silenced for the
     ``{prefix}/`` keys only. Heatmaps are rendered and written by rank zero only.
@@ -132,11 +137,8 @@ class EVETCallback(pl.Callback, _LightningCallback):
     is the original map of ``T(x)``), so the default (one stability transform) roughly doubles the work of
     EVET alone; ``stability_transforms=[]`` saves it. ``deletion_insertion=True`` adds ``2 (S + 1)`` forward
     passes per map, ``4 (S + 1) = 84`` per sample at ``deletion_steps=20`` for both maps (no backward), next to
-    EVET's ``2 (n + 1) + 5 = 21`` at the defaults: about 4x EVET's own forward passes. Measured on a CPU with the
-    demo's SmallCNN (32 samples, defaults otherwise), the curves of both maps took 3.8x the wall time of EVET
-    at 64 and 96 pixels (widths 16 and 32) and 1.9x on a tiny 32-pixel, width-4 model, where EVET's fixed
-    per-call work dominates. It is spent only in explained epochs; the rest of the time the callback only
-    checks a flag per batch.
+    EVET's ``2 (n + 1) + 5 = 21`` at the defaults (measured: 1.9x to 3.8x EVET's wall time on the demo's
+    SmallCNN, README). It is spent only in explained epochs; otherwise the callback checks a flag per batch.
 
     Args:
         cam: a pytorch-grad-cam CAM class, its name (``"GradCAM"``, ``"GradCAMPlusPlus"``, ``"ScoreCAM"``, ...)
@@ -153,9 +155,11 @@ class EVETCallback(pl.Callback, _LightningCallback):
         alpha: boost strength of Eq. (5): ``"auto"`` (the default) chooses it *out of fold* every explained
             epoch: the samples are split into two folds by position (even and odd), each fold's EVET maps use the
             alpha chosen on the other fold by ``alpha_objective`` over ``alpha_grid`` (sums over all processes),
-            so no logged score grades its own choice. Logs ``{prefix}/alpha`` (the mean of the two folds'
-            choices) and the epoch's per-alpha curve (``{prefix}/alpha_curve``: a W&B table and plot, a
-            TensorBoard image, or a PNG beside the heatmaps). A number fixes alpha (>= 0).
+            so no logged score grades its own choice; only the first ``alpha_calibration`` samples are folded, later
+            ones use the alpha chosen on all of those. Logs ``{prefix}/alpha`` (the mean of the two folds'
+            choices, later samples counted at theirs, decision 36) and the epoch's per-alpha curve
+            (``{prefix}/alpha_curve``: a W&B table and plot, a TensorBoard image, or a PNG beside the heatmaps).
+            A number fixes alpha (>= 0).
         alpha_grid: the alphas ``"auto"`` chooses from, ascending.
         alpha_objective: ``"faithful_boost"`` (default), ``"average_drop"``, ``"increase_in_confidence"``,
             ``"energy_pointing_game"`` (needs masks in the batches) or a callable ``AlphaCurve -> (A,)`` (lower
@@ -312,9 +316,10 @@ class EVETCallback(pl.Callback, _LightningCallback):
         """With ``alpha="auto"``: whether this epoch's alpha is chosen (:attr:`last_alpha`); always true with a
         fixed alpha once an epoch is explained."""
         self.last_samples: ExplainedSamples | None = None
-        """Per-sample results of the last explained epoch on this process, on the CPU (``None`` before one)."""
+        """Per-sample results of the last explained epoch on this process, on the CPU (``None`` before one): the
+        values of every sample, the chunks (images, maps) of the first ``max(log_images, alpha_calibration)``."""
         self.last_timing: dict[str, float] = {}
-        """Wall seconds of the last explained epoch on this process: ``seconds`` (all the epoch-end work),
+        """Wall seconds of the last explained epoch on this process: ``seconds`` (all the callback's work),
         ``evet_seconds`` (the EVET runs on the samples, stability runs excluded), ``curve_seconds`` (the deletion
         and insertion curves, 0 when off), ``num_samples`` and ``seconds_per_image`` (``evet_seconds /
         num_samples``)."""
@@ -345,7 +350,9 @@ class EVETCallback(pl.Callback, _LightningCallback):
 
     @property
     def last_results(self) -> list[EVETResult]:
-        """The EVET results (on the CPU, one per chunk of samples) of the last explained epoch, this process."""
+        """The EVET results (on the CPU, one per chunk) of the last explained epoch's kept chunks on this process:
+        those of the first ``max(log_images, alpha_calibration)`` samples (decision 38); every sample's values
+        are in :meth:`sample_records`."""
         return [] if self.last_samples is None else self.last_samples.results
 
     def sample_records(self) -> dict[str, Tensor]:
@@ -526,33 +533,22 @@ class EVETCallback(pl.Callback, _LightningCallback):
     def _new_stream(self, trainer: pl.Trainer) -> EpochStream:
         """This epoch's stream: the samples of this process, explained batch by batch (decisions 36-38)."""
         assert self._evet is not None
-        auto = self.settings.alpha == "auto"
-        keep = max(self.log_images, self.alpha_calibration)  # decision 38
-        layout = new_layout(trainer, self.num_samples, self.alpha_calibration if auto else None, keep)
+        self._records, self.calibration_complete = SampleRecords(), False
+        self.last_alpha = None if self.settings.alpha == "auto" else self.last_alpha
         paper = table5_transforms() if self.paper_stability else []
         steps = self.deletion_steps if self.deletion_insertion else None
         work = ChunkWork(self._evet, self.settings, self.stability_transforms, paper, steps)
-        selection = None
-        if auto:
-            grid, objective = self.settings.alpha_grid, self.settings.alpha_objective
-            with torch.inference_mode(False):  # its sums are updated outside inference mode
-                selection = OutOfFoldAlpha(grid, objective).to(module_device(self._evet.model))
-            self.last_alpha = None
-        self._records = SampleRecords()
-        self.calibration_complete = False
-        return EpochStream(layout, work, self._metrics, self._records, selection)
+        keep = max(self.log_images, self.alpha_calibration)  # decision 38
+        calibration = self.alpha_calibration
+        return EpochStream.start(trainer, work, self._metrics, self._records, self.num_samples, calibration, keep)
 
     def _explain_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
         """Explain this process's share of one validation batch, score it and keep its scalars (decision 36)."""
-        assert self._stream is not None
+        stream = self._stream
+        assert stream is not None
         with torch.inference_mode(False), torch.no_grad():
-            self._stream.add(*self._read_batch(batch), root=fsdp1_root(trainer, pl_module))
-        self._note_choice(self._stream)
-
-    def _note_choice(self, stream: EpochStream) -> None:
-        self.calibration_complete = stream.calibration_complete
-        if stream.choice is not None:
-            self.last_alpha = stream.choice
+            stream.add(*self._read_batch(batch), root=fsdp1_root(trainer, pl_module))
+        self.calibration_complete, self.last_alpha = stream.calibration_complete, stream.choice or self.last_alpha
 
     def _run_explanation(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """The epoch-end work: explain what is left, compute and log the values, the heatmaps and the table."""
@@ -561,12 +557,13 @@ class EVETCallback(pl.Callback, _LightningCallback):
         start = time.perf_counter()
         with torch.inference_mode(False), torch.no_grad():
             samples = stream.finish(fsdp1_root(trainer, pl_module))
-            self._note_choice(stream)
+            self.calibration_complete, self.last_alpha = stream.calibration_complete, stream.choice or self.last_alpha
             self._metrics.finish_epoch()
             values, mean_curves = self._compute_metrics()
-        auto = self.last_alpha is not None and self.settings.alpha == "auto"
-        if auto:
-            values[f"{self.prefix}/alpha"] = torch.tensor(self._logged_alpha())
+            alpha = stream.logged_alpha()  # every process (it syncs)
+        auto = self.last_alpha is not None and alpha is not None
+        if alpha is not None:
+            values[f"{self.prefix}/alpha"] = torch.tensor(alpha)
         for key, value in values.items():
             pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False, rank_zero_only=False)
         self.epochs_explained += 1
@@ -576,8 +573,7 @@ class EVETCallback(pl.Callback, _LightningCallback):
         if self.log_images > 0:
             log_samples(trainer, samples, f"{self.prefix}/samples", style, self.log_images)
             if auto:
-                assert self.last_alpha is not None
-                log_alpha_curve(trainer, f"{self.prefix}/alpha_curve", self.last_alpha)
+                log_alpha_curve(trainer, f"{self.prefix}/alpha_curve", self.last_alpha)  # type: ignore[arg-type]
             if mean_curves:
                 log_curves(trainer, f"{self.prefix}/deletion_insertion", mean_curves, self.cam_name)
         self.last_timing = {
@@ -587,16 +583,6 @@ class EVETCallback(pl.Callback, _LightningCallback):
             "seconds_per_image": stream.evet_seconds / max(stream.explained, 1),
             "seconds": stream.seconds + time.perf_counter() - start,
         }
-
-    def _logged_alpha(self) -> float:
-        """``{prefix}/alpha``: the mean of the two folds' alphas for the calibration samples, the pooled alpha for
-        every later one, weighted by their numbers (all processes); with no later sample, today's fold mean."""
-        assert self.last_alpha is not None
-        calibrated = min(self.alpha_calibration, self.last_num_samples)
-        later = self.last_num_samples - calibrated
-        if later <= 0:
-            return self.last_alpha.mean_alpha
-        return (calibrated * self.last_alpha.mean_alpha + later * self.last_alpha.pooled_alpha) / (calibrated + later)
 
     def _compute_metrics(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Compute every metric (synced across processes, same order everywhere), reset them, check the samples.

@@ -29,6 +29,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
+from torchmetrics.aggregation import SumMetric
 
 from evet_lightning.callbacks.alpha_selection import FoldChoice, OutOfFoldAlpha
 from evet_lightning.callbacks.explaining import (
@@ -133,6 +134,32 @@ class EpochStream:
         self.kept: list[ExplainedChunk] = []
         self.parts: list[ExplainedSamples] = []
         self.evet_seconds = self.curve_seconds = self.seconds = 0.0
+        self.counts: tuple[SumMetric, SumMetric] | None = None
+        """With ``alpha="auto"``: the real samples finalized and those after the calibration set (all processes)."""
+
+    @classmethod
+    def start(
+        cls,
+        trainer: pl.Trainer,
+        work: ChunkWork,
+        metrics: ExplanationMetrics,
+        records: SampleRecords,
+        num_samples: int,
+        calibration: int,
+        keep: int,
+    ) -> EpochStream:
+        """A stream of this process's share of the first ``num_samples`` samples; with ``alpha="auto"`` the first
+        ``calibration`` calibrate alpha; the chunks of this process's first ``keep`` samples are kept."""
+        auto = work.settings.alpha == "auto"
+        layout = new_layout(trainer, num_samples, calibration if auto else None, keep)
+        stream = cls(layout, work, metrics, records, None)
+        if auto:
+            device = module_device(work.evet.model)
+            with torch.inference_mode(False):  # their sums are updated outside inference mode
+                selection = OutOfFoldAlpha(work.settings.alpha_grid, work.settings.alpha_objective)
+                stream.selection = selection.to(device)
+                stream.counts = (SumMetric().to(device), SumMetric().to(device))
+        return stream
 
     @property
     def calibration_complete(self) -> bool:
@@ -156,6 +183,20 @@ class EpochStream:
         if self.active:
             self._step(final=True, root=root)
         return ExplainedSamples.concat(self.parts, self.kept)
+
+    def logged_alpha(self) -> float | None:
+        """``{prefix}/alpha`` (decision 36): the mean of the two folds' alphas for the calibration samples and the
+        pooled alpha for the later ones, weighted by their shares of the samples (over all processes, a
+        collective); with no later sample the folds' mean, as before streaming. ``None`` with a fixed alpha."""
+        if self.counts is None or self.choice is None:
+            return None
+        for count in self.counts:  # every process has updated each count once: compute syncs without warning
+            count.update(torch.zeros((), device=count.device))
+        total, later = (float(count.compute()) for count in self.counts)
+        if later <= 0:
+            return self.choice.mean_alpha
+        share = later / total
+        return (1.0 - share) * self.choice.mean_alpha + share * self.choice.pooled_alpha
 
     # ------------------------------------------------------------------------------------------ one step
 
@@ -236,6 +277,11 @@ class EpochStream:
             chunk = add_curves(chunk, work.evet.model, steps, work.settings, chunk_size)
             self.curve_seconds += chunk.curve_seconds
         self.metrics.update(chunk)
+        if self.counts is not None:
+            real = ~chunk.padding_mask
+            later = chunk.positions.to(real.device) >= (self.layout.calibration or 0)
+            self.counts[0].update(real.sum())
+            self.counts[1].update((real & later).sum())
         self.records.append(chunk_records(chunk, per_sample))
         part = ExplainedSamples.from_chunks([chunk])
         self.parts.append(to_cpu(dataclasses.replace(part, chunks=())))

@@ -79,6 +79,7 @@ def _run(
         (8, 12, 2, False, {}),
         (32, 9, 2, True, {}),
         (1, 1, 1, False, {}),
+        (8, 12, 2, False, {"alpha_calibration": 3}),
         (
             3,
             4,
@@ -96,6 +97,7 @@ def _run(
         "validate_even_8_of_12",
         "fit_uneven_9_of_9",
         "validate_rank1_idle",
+        "validate_pooled_alpha_after_3_of_8",
         "deletion_insertion_uneven_3_user_callable",
     ],
 )
@@ -110,7 +112,7 @@ def test_two_processes_log_the_single_process_values(
 ) -> None:
     """Even split; uneven split in fit's validation (5 + 4: the padding repeat is not explained twice); a rank
     with nothing to explain (its shard is only a padding repeat); deletion and insertion AUCs (2 + 1 samples) of
-    a user's saliency function.
+    a user's saliency function; alpha calibrated on 3 samples (2 + 1), the pooled alpha for the 5 later ones.
     Same values as one process, every key the callback lists among them; nobody hangs."""
     single = _run(
         make_trainer, tmp_path, num_samples, val_size, batch_size, devices=1, fit=False, callback_options=options
