@@ -58,11 +58,16 @@ def test_per_sample_scores_match_the_logged_metrics(images_with_one_broken: Tens
     assert run.seconds_per_image is not None and run.seconds_per_image > 0  # the callback's last_timing
 
 
-def test_values_from_the_rows_are_the_logged_ones(images_with_one_broken: TensorDataset, tmp_path: Path) -> None:
+@pytest.mark.parametrize("calibration", [32, 2])  # every sample in the calibration set; 4 later samples
+def test_values_from_the_rows_are_the_logged_ones(
+    images_with_one_broken: TensorDataset, tmp_path: Path, calibration: int
+) -> None:
     """What ``trainer.validate`` returns and what ``evaluate`` computes from the per-sample file agree."""
     model = untrained_small_cnn().eval()
     settings = EVETSettings(max_batch_size=4, target_layers=None)
-    callback = evaluation_callback(settings.replace(cam="GradCAM"), 6, deletion_insertion=True, deletion_steps=2)
+    callback = evaluation_callback(
+        settings.replace(cam="GradCAM"), 6, deletion_insertion=True, deletion_steps=2, alpha_calibration=calibration
+    )
     writer = SampleFileWriter(tmp_path, "GradCAM", 0, range(6), None)
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -76,7 +81,7 @@ def test_values_from_the_rows_are_the_logged_ones(images_with_one_broken: Tensor
     loader = DataLoader(images_with_one_broken, batch_size=4)
     logged = trainer.validate(EvaluationModule(model), dataloaders=loader, verbose=False)[0]
     folds = list(callback.last_alpha.alphas) if callback.last_alpha is not None else None
-    values = metrics_from_rows(read_rows(sample_files(tmp_path, "GradCAM")), folds=folds, calibration=32)
+    values = metrics_from_rows(read_rows(sample_files(tmp_path, "GradCAM")), folds=folds, calibration=calibration)
     assert sorted(values) == sorted(logged)
     for key, value in logged.items():
         assert values[key] == pytest.approx(float(value), abs=1e-6), key
