@@ -297,15 +297,28 @@ def check_model_outputs(
         )
 
 
-def estimate_memory(data: EvaluationData) -> int:
-    """Bytes one method's run holds at its peak, about: every sample (float32 image, bool mask) and its two
-    float32 maps in the callback, counted twice for the maps because the previous method's callback may not be
-    garbage-collected yet."""
+#: Bytes of per-sample values a method's run keeps for every sample, generously: its row in the callback (about
+#: 30 float64 columns), the metrics' per-sample states (paired differences, deletion / insertion curves) and the
+#: per-sample tensors ``evaluate`` reads back from the per-sample file (decision 41).
+SCALAR_BYTES_PER_SAMPLE = 2048
+#: Maps one in-flight sample has at once (EVET's views, the stability runs, the out-of-fold blends), without and
+#: with the paper's four stability transforms.
+MAPS_PER_SAMPLE = (10, 34)
+
+
+def estimate_memory(
+    data: EvaluationData, *, batch_size: int = 32, calibration: int = 32, paper_stability: bool = True
+) -> int:
+    """Bytes one method's streamed run holds at its peak, about: the images (float32, with masks) and maps of one
+    validation batch and of the ``calibration`` samples the alpha choice keeps until it is made, counted twice
+    (the previous method's may not be garbage-collected yet), plus :data:`SCALAR_BYTES_PER_SAMPLE` per sample."""
     item = unpack_batch(tuple(data.dataset[0]))
     image, mask = item[0], item[2]
     pixels = image.shape[-2] * image.shape[-1]
-    per_sample = 4 * image.numel() + (0 if mask is None else mask.numel()) + 4 * pixels * 2 * 2
-    return len(data) * per_sample
+    per_image = 4 * image.numel() + (0 if mask is None else mask.numel())
+    per_image += 4 * pixels * MAPS_PER_SAMPLE[int(paper_stability)]
+    held = (min(len(data), batch_size) + min(len(data), calibration)) * per_image * 2
+    return held + len(data) * SCALAR_BYTES_PER_SAMPLE
 
 
 def available_memory() -> int | None:
@@ -332,18 +345,30 @@ def available_memory() -> int | None:
     return available
 
 
-def check_memory(data: EvaluationData, flag: str = "--num-samples") -> None:
-    """Raise :class:`UsageError` when the evaluation would need more memory than is available."""
+def check_memory(
+    data: EvaluationData, *, batch_size: int = 32, paper_stability: bool = True, flag: str = "--num-samples"
+) -> None:
+    """Raise :class:`UsageError` when the evaluation would need more memory than is available
+    (:func:`estimate_memory`): what grows with the samples is their per-sample values, so the advice is fewer
+    samples when those are what does not fit, else a smaller ``--batch-size``."""
     available = available_memory()
     if available is None:
         return
-    needed = estimate_memory(data)
-    if needed > available:
-        fitting = max(1, math.floor(len(data) * available / needed))
-        raise UsageError(
-            f"{flag} {len(data)} needs about {_size(needed)} of memory (every sample and its maps are kept until "
-            f"its method's run ends), more than the {_size(available)} available; use {flag} {fitting} or fewer"
-        )
+    needed = estimate_memory(data, batch_size=batch_size, paper_stability=paper_stability)
+    if needed <= available:
+        return
+    scalars = len(data) * SCALAR_BYTES_PER_SAMPLE
+    held = needed - scalars
+    if held < available:
+        fitting = max(1, math.floor((available - held) / SCALAR_BYTES_PER_SAMPLE))
+        advice = f"use {flag} {fitting} or fewer"
+    else:
+        advice = "use a smaller --batch-size"
+    raise UsageError(
+        f"{flag} {len(data)} needs about {_size(needed)} of memory ({_size(held)} for the images and maps of one "
+        f"batch and of the alpha calibration samples, {_size(scalars)} for every sample's per-sample values), "
+        f"more than the {_size(available)} available; {advice}"
+    )
 
 
 def _size(size: float) -> str:

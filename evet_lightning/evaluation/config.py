@@ -172,6 +172,15 @@ class EvaluateConfig:
     alpha: float | Literal["auto"] = field(default="auto", metadata=_ALPHA_OPTION)
     alpha_grid: tuple[float, ...] = field(default=DEFAULT_ALPHA_GRID, metadata=_ALPHA_GRID_OPTION)
     alpha_objective: AlphaObjectiveName = field(default="faithful_boost", metadata=_ALPHA_OBJECTIVE_OPTION)
+    alpha_calibration: int = field(
+        default=32,
+        metadata=cli_option(
+            "with --alpha auto, the first K samples calibrate alpha (out of fold inside them); every later sample "
+            "uses the alpha chosen on all K (default {default}, at least 2)",
+            metavar="K",
+            convert=positive_int,
+        ),
+    )
     image_size: int | None = field(
         default=None,
         metadata=cli_option(
@@ -257,3 +266,31 @@ class EvaluateConfig:
     )
     accelerator: Accelerator = field(default="auto", metadata=cli_option(_ACCELERATOR_HELP))
     progress: bool = field(default=True, metadata=cli_option("hide Lightning's progress bar"))
+    devices: int = field(
+        default=1,
+        metadata=cli_option(
+            "devices (processes on a CPU) trainer.validate runs on per node (default {default}); more than one "
+            "runs Lightning's DDP, one process per device",
+            metavar="N",
+            convert=positive_int,
+        ),
+    )
+    num_nodes: int = field(
+        default=1,
+        metadata=cli_option("machines trainer.validate runs on (default {default})", metavar="N", convert=positive_int),
+    )
+    strategy: str = field(
+        default="auto",
+        metadata=cli_option(
+            "Lightning strategy: auto (default) is ddp_spawn with several devices or nodes (gloo on a CPU), else "
+            "one process; or a Lightning strategy name (ddp, ddp_spawn, ...)",
+            metavar="NAME",
+        ),
+    )
+    resume: bool = field(
+        default=False,
+        metadata=cli_option(
+            "continue the run recorded in --output: finished methods are not run again, a method's recorded "
+            "samples are not explained again; the options must be the recorded run's"
+        ),
+    )

@@ -27,6 +27,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from evet_lightning.evaluation.checks import ExplainedLayer, check_memory, check_model_outputs, check_spatial_layer
@@ -37,12 +38,15 @@ from evet_lightning.evaluation.errors import Interrupted, OutputError, UsageErro
 from evet_lightning.evaluation.loading import EvaluationModel, load_model
 from evet_lightning.evaluation.names import default_methods, parse_methods
 from evet_lightning.evaluation.options import parse_normalization
-from evet_lightning.evaluation.outputs import check_output, prepare_output, write_heatmap_sheet, write_tables
+from evet_lightning.evaluation.outputs import check_output, prepare_output, write_heatmap_sheet, write_tables, writing
 from evet_lightning.evaluation.records import MethodRun, Timing
+from evet_lightning.evaluation.resume import start_run
 from evet_lightning.evaluation.runner import evaluation_callback, run_method
+from evet_lightning.evaluation.sample_file import SAMPLES_FOLDER
 from evet_lightning.evaluation.settings import settings_from_config
+from evet_lightning.evaluation.sheet_maps import sheet_images_and_maps
 from evet_lightning.evaluation.tables import EvaluationResult, build_tables
-from evet_lightning.evaluation.timing import first_images, measure_timing
+from evet_lightning.evaluation.timing import measure_timing
 from evet_lightning.saliency.settings import EVETSettings
 
 __all__ = ["evaluate", "run_evaluation"]
@@ -98,6 +102,15 @@ def run_evaluation(config: EvaluateConfig) -> EvaluationResult:
         deletion_steps=config.deletion_steps,
         paper_stability=config.paper_stability,
         record={key: value for key, value in specs.items() if value is not None},
+        alpha_calibration=config.alpha_calibration,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        resume=config.resume,
+        identity={
+            name: getattr(config, name)
+            for name in ("model", "weights", "num_classes", "data", "masks", "num_samples", "image_size", "seed")
+        },
     )
 
 
@@ -118,6 +131,12 @@ def evaluate(
     deletion_steps: int = DEFAULT_DELETION_STEPS,
     paper_stability: bool = True,
     record: dict[str, Any] | None = None,
+    alpha_calibration: int = 32,
+    devices: int = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    resume: bool = False,
+    identity: dict[str, Any] | None = None,
 ) -> EvaluationResult:
     """Run ``trainer.validate`` with :class:`~evet_lightning.EVETCallback` once per method and build Tables 1-6.
 
@@ -133,6 +152,12 @@ def evaluate(
     all ran) and one heatmap sheet per method (``heatmaps/<method>.png``, the first ``heatmaps`` samples: image |
     original | EVET).
     ``record``: more settings to write to ``tables.json`` (the command line's transform specs).
+    ``alpha_calibration``: with ``alpha="auto"``, the first samples that calibrate alpha (decision 36).
+    ``devices``, ``num_nodes``, ``strategy``: where each ``trainer.validate`` runs (Lightning's; ``auto`` is
+    ``ddp_spawn`` with several processes, decision 44). With ``output``, each method's rows go to
+    ``samples/<method>.*.csv`` as batches finish and the tables are computed from them (decisions 41, 42);
+    ``resume`` continues the run recorded there (decision 43): the options (``identity``: what the command line
+    loaded the model and data from, plus the methods and every setting) must be the recorded ones.
 
     Raises:
         UsageError: no samples, a CAM with no spatial layer, labels outside the model's classes (with
@@ -140,7 +165,8 @@ def evaluate(
             objective that needs masks on data without them, or an option the callback rejects.
         OutputError: a file that cannot be written mid-run; the files written before are kept (the message
             says how many methods they hold).
-        Interrupted: Ctrl+C during the run; the finished methods' tables are kept (``"complete": false``).
+        Interrupted: Ctrl+C during the run; the finished methods' tables are kept (``"complete": false``), and
+            the rows of the method that was running (``--resume`` continues from them).
     """
     if len(data) == 0:
         raise UsageError(f"--data {data.name} has no samples")
@@ -154,7 +180,9 @@ def evaluate(
     check_accelerator(accelerator)
     if output is not None:
         check_output(output)
-    check_memory(data)
+    elif resume:
+        raise UsageError("--resume needs the --output folder of the run to continue")
+    check_memory(data, batch_size=batch_size, paper_stability=paper_stability)
     layer = check_spatial_layer(model, data, methods, settings, (record or {}).get("reshape_transform"))
     if layer.names:
         settings = settings.replace(target_layers=layer.names)  # every CAM and Table 4 explain this layer
@@ -168,20 +196,29 @@ def evaluate(
             deletion_insertion=deletion_insertion,
             deletion_steps=deletion_steps,
             paper_stability=paper_stability,
+            alpha_calibration=alpha_calibration,
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
     folder = None if output is None else prepare_output(output)  # created once every check has passed
-    sheet_images = first_images(data, heatmaps) if folder is not None and heatmaps > 0 else None
     context = _Context(
         model,
         data,
         list(methods),
         settings,
         layer,
-        {**_settings_record(settings, target, deletion_insertion, deletion_steps, paper_stability), **(record or {})},
+        {
+            **_settings_record(settings, target, deletion_insertion, deletion_steps, paper_stability),
+            "alpha_calibration": alpha_calibration,
+            **(record or {}),
+        },
         deletion_steps if deletion_insertion else None,
     )
+    samples = None if folder is None else folder / SAMPLES_FOLDER
+    if samples is not None:
+        with writing(samples):
+            samples.mkdir(exist_ok=True)
+        start_run(samples, {**(identity or {}), "methods": list(methods), **context.record}, resume)
     runs: list[MethodRun] = []
     files: dict[str, str] = {}
     saved = 0  # methods whose tables are on disk
@@ -198,17 +235,24 @@ def evaluate(
                 progress=progress,
                 root_dir=output,
                 target=target,
-                keep_maps=heatmaps,
                 deletion_insertion=deletion_insertion,
                 deletion_steps=deletion_steps,
                 paper_stability=paper_stability,
+                alpha_calibration=alpha_calibration,
+                devices=devices,
+                num_nodes=num_nodes,
+                strategy=strategy,
+                samples=samples,
             )
             runs.append(run)
             if folder is not None:
                 files.update(write_tables(context.result(runs, complete=False), folder))
                 saved = len(runs)
-                if sheet_images is not None:
-                    path = write_heatmap_sheet(run, sheet_images, folder, data.normalization, _index_names(data))
+                if heatmaps > 0:
+                    images, sheet = sheet_images_and_maps(
+                        model, data, run, heatmaps, settings=settings, accelerator=accelerator
+                    )
+                    path = write_heatmap_sheet(sheet, images, folder, data.normalization, _index_names(data))
                     files[f"heatmaps/{method}"] = os.fspath(path)
         timing = _timing(model, data, runs, time_score_cam, settings, accelerator)
         result = context.result(runs, timing=timing)
@@ -225,10 +269,11 @@ def _kept(saved: int, requested: int, folder: os.PathLike[str] | None) -> str:
     """What an interrupted or failed run left on disk: the tables of the ``saved`` methods, not complete."""
     if folder is None:
         return "no --output folder, nothing kept"
+    rows = f"the rows explained so far in {os.fspath(Path(folder) / SAMPLES_FOLDER)} (--resume continues)"
     if saved == 0:
-        return f"no method finished, nothing written to {os.fspath(folder)}"
+        return f"no method finished; kept {rows}"
     methods = f"{saved} finished method{'' if saved == 1 else 's'} of {requested}"
-    return f'kept {methods} in {os.fspath(folder)} ("complete": false)'
+    return f'kept {methods} in {os.fspath(folder)} ("complete": false) and {rows}'
 
 
 def _timing(

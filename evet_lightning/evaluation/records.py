@@ -34,6 +34,8 @@ class MethodRun:
             ``increase_in_confidence``, ``energy_pointing_game`` or ``None`` without masks, ``stability_index`` or
             ``None`` without a stability run, ``original`` (the same four for the original map), ``num_samples``),
             from ``EVETCallback.last_alpha``.
+        indices: ``(N,)`` the index in the data of each sample of the per-sample tensors.
+        sample_alphas: ``(N,)`` the alpha each sample's EVET map used.
     """
 
     method: str
@@ -47,6 +49,8 @@ class MethodRun:
     seconds_per_image: float | None = None
     alpha: float | None = None
     alpha_choice: dict[str, Any] | None = None
+    indices: Tensor | None = None
+    sample_alphas: Tensor | None = None
 
 
 @dataclass

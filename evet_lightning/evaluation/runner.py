@@ -6,33 +6,51 @@ import contextlib
 import logging
 import os
 import signal
+import tempfile
 import threading
 import warnings
 from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.strategies import DDPStrategy, Strategy
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from evet_lightning.callbacks import EVETCallback
 from evet_lightning.data.batch import unpack_batch
 from evet_lightning.evaluation.config import DEFAULT_DELETION_STEPS
 from evet_lightning.evaluation.data import EvaluationData
 from evet_lightning.evaluation.devices import accelerator_device, lightning_accelerator
+from evet_lightning.evaluation.errors import UsageError
 from evet_lightning.evaluation.loading import EvaluationModel
 from evet_lightning.evaluation.names import PREFIX
 from evet_lightning.evaluation.records import MethodRun
+from evet_lightning.evaluation.resume import plan_method
+from evet_lightning.evaluation.row_metrics import metrics_from_rows
+from evet_lightning.evaluation.sample_file import (
+    SampleFileWriter,
+    dataset_files,
+    method_state,
+    read_rows,
+    sample_files,
+    write_method_state,
+)
 from evet_lightning.evaluation.settings import make_callback
 from evet_lightning.saliency.outputs import OutputTransform, logits_from_output
 from evet_lightning.saliency.settings import EVETSettings
 
 __all__ = [
     "EvaluationModule",
+    "check_devices",
     "default_settings",
     "evaluation_callback",
     "keyboard_interrupts",
+    "lightning_strategy",
+    "method_run_from_rows",
     "quiet_lightning",
     "run_method",
 ]
@@ -56,16 +74,20 @@ class EvaluationModule(pl.LightningModule):
         """``(B, C, H, W)`` -> logits ``(B, K)``."""
         return logits_from_output(self.model(images), self.output_transform)
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        """Top-1 accuracy on the labelled samples of the batch (``val_acc``)."""
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor] | None:
+        """Top-1 accuracy on the labelled samples of the batch (``val_acc``); returns ``correct``, ``(B,)`` int64:
+        1 / 0 whether each sample's prediction is its label, -1 without a label (the per-sample file's column)."""
         images, labels, _ = unpack_batch(batch)
         if labels is None:
-            return
+            return None
         labels = labels.reshape(-1)
         known = labels >= 0
+        correct = torch.full_like(labels, -1, dtype=torch.int64)
         if bool(known.any()):
-            correct = (self(images[known]).argmax(dim=1) == labels[known]).float().mean()
-            self.log("val_acc", correct, batch_size=int(known.sum()))
+            hits = self(images[known]).argmax(dim=1) == labels[known]
+            correct[known] = hits.long()
+            self.log("val_acc", hits.float().mean(), batch_size=int(known.sum()))
+        return {"correct": correct.cpu()}
 
 
 @contextlib.contextmanager
@@ -125,59 +147,120 @@ def run_method(
     progress: bool = True,
     root_dir: str | os.PathLike[str] | None = None,
     target: Literal["label", "prediction"] = "label",
-    keep_maps: int | None = None,
     deletion_insertion: bool = False,
     deletion_steps: int = DEFAULT_DELETION_STEPS,
     paper_stability: bool = True,
+    alpha_calibration: int = 32,
+    devices: int = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    samples: str | os.PathLike[str] | None = None,
 ) -> MethodRun:
-    """``trainer.validate`` over ``data`` with an :class:`EVETCallback` for ``method`` explaining every sample.
+    """``trainer.validate`` over ``data`` with an :class:`EVETCallback` for ``method`` explaining every sample,
+    its rows written to the per-sample file (:mod:`~evet_lightning.evaluation.sample_file`), and the method's
+    values computed from those rows (:func:`~evet_lightning.evaluation.row_metrics.metrics_from_rows`).
 
     ``settings``: every EVET setting of the callback but ``cam`` (which is ``method``); default
     :func:`default_settings`. Its ``target_layers`` are names in ``model.module``, which the callback explains
     (``model="model"`` of the wrapping :class:`EvaluationModule`).
     ``target``: the class explained, the sample's label or the model's prediction (see :class:`EVETCallback`).
-    ``keep_maps``: keep the maps of the first ``keep_maps`` explained samples only (``None``: all), so that
-    memory does not grow with the number of samples times the number of methods.
     ``deletion_insertion``: also log the deletion and insertion AUCs (``deletion_steps`` steps) of both maps.
     ``paper_stability``: also score the paper's stability protocol (see :func:`evaluation_callback`).
+    ``alpha_calibration``: with ``alpha="auto"``, the first samples that calibrate alpha (decision 36).
+    ``devices``, ``num_nodes``, ``strategy``: Lightning's; ``strategy="auto"`` is ``ddp_spawn`` with more than
+    one process (decision 44).
+    ``samples``: the folder of the per-sample files; a method recorded there is continued (see
+    :func:`~evet_lightning.evaluation.resume.plan_method`); ``None``: a temporary folder.
 
     Raises:
-        UsageError: ``accelerator`` names a device this machine does not have.
-        KeyboardInterrupt: Ctrl+C (see :func:`keyboard_interrupts`).
+        UsageError: ``accelerator`` names a device this machine does not have, or more devices than it has.
+        KeyboardInterrupt: Ctrl+C (see :func:`keyboard_interrupts`); the rows written so far stay in ``samples``.
     """
     device = accelerator_device(accelerator)
+    check_devices(device, devices)
     settings = (settings or default_settings(model, data)).replace(cam=method)
-    callback = evaluation_callback(
-        settings,
-        len(data),
-        target=target,
-        deletion_insertion=deletion_insertion,
-        deletion_steps=deletion_steps,
-        paper_stability=paper_stability,
-    )
-    loader = DataLoader(data.dataset, batch_size=batch_size, shuffle=False)
-    with quiet_lightning():
-        trainer = pl.Trainer(
-            accelerator=lightning_accelerator(device),
-            devices=1,
-            logger=False,
-            callbacks=[callback],
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            enable_progress_bar=progress,
-            default_root_dir=None if root_dir is None else os.fspath(root_dir),
-        )
-        module = EvaluationModule(model.module, settings.output_transform)
-        with keyboard_interrupts():
-            results = trainer.validate(module, dataloaders=loader, verbose=False)
-    metrics = {key: float(value) for key, value in results[0].items()}
-    seconds = callback.last_timing.get("seconds_per_image")
+    with contextlib.ExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory()) if samples is None else samples)
+        folder.mkdir(parents=True, exist_ok=True)
+        plan = plan_method(folder, method, len(data), fixed_alpha=settings.alpha != "auto")
+        if plan.indices:
+            run_settings = settings if plan.alpha is None else settings.replace(alpha=plan.alpha)
+            callback = evaluation_callback(
+                run_settings,
+                len(plan.indices),
+                target=target,
+                deletion_insertion=deletion_insertion,
+                deletion_steps=deletion_steps,
+                paper_stability=paper_stability,
+                alpha_calibration=alpha_calibration,
+            )
+            dataset = data.dataset if len(plan.indices) == len(data) else Subset(data.dataset, plan.indices)
+            writer = SampleFileWriter(folder, method, plan.attempt, plan.indices, dataset_files(data.dataset))
+            with quiet_lightning():
+                trainer = pl.Trainer(
+                    accelerator=lightning_accelerator(device),
+                    devices=devices,
+                    num_nodes=num_nodes,
+                    strategy=lightning_strategy(strategy, devices * num_nodes),
+                    logger=False,
+                    callbacks=[callback, writer],  # the writer reads the callback's rows: after it
+                    enable_checkpointing=False,
+                    enable_model_summary=False,
+                    enable_progress_bar=progress,
+                    default_root_dir=None if root_dir is None else os.fspath(root_dir),
+                )
+                module = EvaluationModule(model.module, settings.output_transform)
+                loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+                with keyboard_interrupts():
+                    trainer.validate(module, dataloaders=loader, verbose=False)
+        write_method_state(folder, method, complete=True)
+        rows, state = read_rows(sample_files(folder, method)), method_state(folder, method)
+    return method_run_from_rows(method, rows, state, settings, alpha_calibration)
+
+
+def lightning_strategy(strategy: str, processes: int) -> str | Strategy:
+    """Lightning's ``strategy`` for ``--strategy``: ``auto`` with several processes is ``ddp_spawn`` (gloo on a
+    CPU), which keeps ``evaluate`` an ordinary function call (decision 44); any other name is Lightning's."""
+    if strategy != "auto" or processes == 1:
+        return strategy
+    return DDPStrategy(start_method="spawn", timeout=timedelta(minutes=30))
+
+
+def check_devices(device: torch.device, devices: int) -> None:
+    """Raise :class:`UsageError` when ``devices`` asks for more GPUs than this machine has."""
+    if device.type == "cuda" and devices > torch.cuda.device_count():
+        raise UsageError(f"--devices {devices}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+
+
+def method_run_from_rows(
+    method: str, rows: dict[str, Any], state: dict[str, Any], settings: EVETSettings, alpha_calibration: int = 32
+) -> MethodRun:
+    """The :class:`MethodRun` of ``method`` from its merged rows and ``<method>.json`` (``state``)."""
+    if rows["index"].numel() == 0:
+        raise RuntimeError(f"EVETCallback explained no sample of {method} in trainer.validate")
+    calibration = state.get("calibration")
+    folds = None if calibration is None else calibration.get("folds")
+    metrics = metrics_from_rows(rows, folds=folds, calibration=alpha_calibration)
+    finite = rows["finite"]
+    auto = settings.alpha == "auto"
+    seconds = state.get("seconds_per_image")
+    empty = torch.zeros(0, 1, 1)
     return MethodRun(
         method=method,
         metrics=metrics,
+        targets=rows["target"][finite],
+        clean_scores=rows["Y"][finite].float(),
+        original_scores=rows["original/O"][finite].float(),
+        evet_scores=rows["evet/O"][finite].float(),
+        original_maps=empty,
+        evet_maps=empty,
         seconds_per_image=None if seconds is None else float(seconds),
-        **_alpha_outputs(settings, metrics, callback),
-        **_per_sample_outputs(callback, keep_maps),
+        alpha=metrics.get(f"{PREFIX}/alpha") if auto else float(settings.alpha),  # type: ignore[arg-type]
+        alpha_choice=None
+        if not auto or calibration is None
+        else {key: calibration[key] for key in ("folds", "curve") if key in calibration},
+        indices=rows["index"][finite],
+        sample_alphas=rows["alpha"][finite],
     )
 
 
@@ -194,6 +277,7 @@ def evaluation_callback(
     deletion_insertion: bool = False,
     deletion_steps: int = DEFAULT_DELETION_STEPS,
     paper_stability: bool = True,
+    alpha_calibration: int = 32,
 ) -> EVETCallback:
     """The callback :func:`run_method` attaches: ``settings`` (every EVET option), every sample explained, no
     images logged, the model's ``model`` attribute explained (the classifier inside :class:`EvaluationModule`),
@@ -213,65 +297,6 @@ def evaluation_callback(
         prefix=PREFIX,
         model="model",
         paper_stability=paper_stability,  # Table 5 shows both stability protocols by default (decision 31)
+        alpha_calibration=alpha_calibration,
         **options,
     )
-
-
-def _alpha_outputs(settings: EVETSettings, metrics: dict[str, float], callback: EVETCallback) -> dict[str, Any]:
-    """The alpha of the run's EVET maps and, for ``alpha="auto"``, how it was chosen (``MethodRun.alpha_choice``)."""
-    if settings.alpha != "auto":
-        return {"alpha": float(settings.alpha), "alpha_choice": None}
-    choice = callback.last_alpha
-    if choice is None:
-        return {"alpha": metrics.get(f"{PREFIX}/alpha"), "alpha_choice": None}
-    curve = choice.curve
-    energy, stability = curve.energy_pointing_game, curve.stability_index
-
-    def floats(values: Tensor) -> list[float]:
-        return [float(value) for value in values.reshape(-1).tolist()]
-
-    return {
-        "alpha": metrics.get(f"{PREFIX}/alpha", choice.mean_alpha),
-        "alpha_choice": {
-            "folds": [float(alpha) for alpha in choice.alphas],
-            "curve": {
-                "alphas": floats(curve.alphas),
-                "average_drop": floats(curve.average_drop),
-                "increase_in_confidence": floats(curve.increase_in_confidence),
-                "energy_pointing_game": None if energy is None else floats(energy),
-                "stability_index": None if stability is None else floats(stability),
-                "original": curve.original_means(),
-                "num_samples": int(curve.num_samples),
-            },
-        },
-    }
-
-
-def _per_sample_outputs(callback: EVETCallback, keep_maps: int | None = None) -> dict[str, Any]:
-    """The per-sample scores and maps of the callback's last explained epoch, explained samples only.
-
-    The scores of every sample come from ``callback.sample_records()``; the maps from the chunks the callback
-    kept (``callback.last_samples``: its first ``max(log_images, alpha_calibration)`` samples, decision 38), the
-    first ``keep_maps`` of them. Samples with a non-finite image or logits (``finite`` False) were skipped by the
-    metrics and are left out here too, so the scores line up with the logged values.
-    """
-    records = callback.sample_records()
-    if records["sample"].numel() == 0:
-        raise RuntimeError("EVETCallback explained no sample in trainer.validate")
-    finite = records["finite"]
-    chunks = () if callback.last_samples is None else callback.last_samples.chunks
-    maps = slice(None) if keep_maps is None else slice(0, keep_maps)
-
-    def kept_maps(name: str) -> Tensor:
-        if not chunks:
-            return torch.zeros(0)
-        return torch.cat([getattr(chunk.result, name)[chunk.scored.cpu()] for chunk in chunks])
-
-    return {
-        "targets": records["target"][finite],
-        "clean_scores": records["Y"][finite].float(),
-        "original_scores": records["original/O"][finite].float(),
-        "evet_scores": records["evet/O"][finite].float(),
-        "original_maps": kept_maps("original")[maps].clone(),
-        "evet_maps": kept_maps("saliency")[maps].clone(),
-    }

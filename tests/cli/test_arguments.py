@@ -26,7 +26,8 @@ EVALUATE_FLAGS = [
     "--num-samples", "--output", "--alpha", "--alpha-grid", "--alpha-objective", "--image-size", "--seed",
     "--batch-size", "--max-batch-size",
     "--reshape-transform", "--output-transform", "--no-deletion-insertion", "--no-paper-stability", "--deletion-steps",
-    "--heatmaps", "--time-score-cam", "--target", "--accelerator", "--no-progress",
+    "--heatmaps", "--time-score-cam", "--target", "--accelerator", "--no-progress", "--alpha-calibration",
+    "--devices", "--num-nodes", "--strategy", "--resume",
 ]  # fmt: skip
 
 

@@ -349,3 +349,22 @@ def test_a_reshape_result_must_be_a_plausible_map_when_the_output_is_ambiguous(
     else:
         with pytest.raises(UsageError, match=r"--reshape-transform mine turns the output \(2, 17, 8\)"):
             check_reshape_transform(transform, tokens, (32, 32), "blocks.1", None, "mine")
+
+
+def test_the_memory_estimate_grows_only_by_per_sample_values(tmp_path: Path) -> None:
+    """A streamed run holds one batch and the calibration samples in images; only the scalars grow with N."""
+    from torch.utils.data import TensorDataset
+
+    from evet_lightning.evaluation import EvaluationData
+    from evet_lightning.evaluation.checks import MAPS_PER_SAMPLE, SCALAR_BYTES_PER_SAMPLE, estimate_memory
+
+    def data(count: int) -> EvaluationData:
+        return EvaluationData(TensorDataset(torch.zeros(count, 3, 8, 8), torch.zeros(count)), "zeros", False)
+
+    per_image = 4 * 3 * 64 + 4 * 64 * MAPS_PER_SAMPLE[1]  # float32 image + float32 maps (paper stability on)
+    assert estimate_memory(data(64), batch_size=16, calibration=32) == 2 * 48 * per_image + 64 * SCALAR_BYTES_PER_SAMPLE
+    grown = estimate_memory(data(2048), batch_size=16) - estimate_memory(data(64), batch_size=16)
+    assert grown == (2048 - 64) * SCALAR_BYTES_PER_SAMPLE
+    assert (
+        estimate_memory(data(4), batch_size=16, paper_stability=False) == 2 * 8 * (4 * 3 * 64 + 4 * 64 * 10) + 4 * 2048
+    )
