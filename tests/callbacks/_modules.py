@@ -19,7 +19,7 @@ from pytorch_lightning.loggers import Logger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from evet_lightning.data import SyntheticShapes
+from evet_lightning.data import MultiObjectShapes, SyntheticShapes
 from tests._helpers.models import IMAGE_SIZE, NUM_CLASSES
 
 
@@ -30,6 +30,12 @@ def shapes_loader(
     dataset = SyntheticShapes(num_samples=num_samples, image_size=image_size, num_classes=NUM_CLASSES, seed=seed)
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+def multi_shapes_loader(num_samples: int, *, seed: int = 1, batch_size: int = 4) -> DataLoader[Any]:
+    """``(x, multi-hot y, class-index mask)`` batches of :class:`MultiObjectShapes` (4 classes, 32 px)."""
+    dataset = MultiObjectShapes(num_samples=num_samples, image_size=IMAGE_SIZE, num_classes=NUM_CLASSES, seed=seed)
+    return DataLoader(dataset, batch_size=batch_size)
 
 
 class DictBatches(Dataset[dict[str, Tensor]]):
