@@ -297,7 +297,6 @@ class EVETCallback(pl.Callback, LightningCallback):
         self.alpha_calibration = check_int("alpha_calibration", alpha_calibration, 2)
         self.task_option = task_option
         self.pair_policy = PairPolicy.checked(multilabel_targets, self.target, prediction_threshold, ignore_index)
-        """Which classes of an image a multi-label run explains (decision 55)."""
         self._task: Task | None = None if task_option == "auto" else task_option
         self._metrics = ExplanationMetrics(
             self.prefix,
@@ -574,11 +573,12 @@ class EVETCallback(pl.Callback, LightningCallback):
             self._metrics.finish_epoch()
             values, mean_curves = self._compute_metrics()
             alpha = stream.logged_alpha()  # every process (it syncs)
+            pairs = stream.total_rows() if self._task == "multilabel" else None  # (decision 56)
         auto = self.last_alpha is not None and alpha is not None
         if alpha is not None:
             values[f"{self.prefix}/alpha"] = torch.tensor(alpha)
-        if self._task == "multilabel":  # pairs explained over all processes (decision 56)
-            values[f"{self.prefix}/num_pairs"] = torch.tensor(float(self.last_num_samples))
+        if pairs is not None:
+            values[f"{self.prefix}/num_pairs"] = torch.tensor(float(pairs))
         for key, value in values.items():
             pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False, rank_zero_only=False)
         self.epochs_explained += 1

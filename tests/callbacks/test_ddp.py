@@ -17,6 +17,7 @@ from tests.callbacks._modules import (
     CountForwards,
     DumpMetrics,
     forwards_path,
+    multi_shapes_loader,
     rank_metrics_path,
     rank_samples,
     shapes_loader,
@@ -53,7 +54,8 @@ def _run(
         num_sanity_val_steps=0,
         **options,
     )
-    loader = shapes_loader(val_size, batch_size=batch_size)
+    multilabel = callback_options.get("task") == "multilabel"
+    loader = (multi_shapes_loader if multilabel else shapes_loader)(val_size, batch_size=batch_size)
     if fit:
         trainer.fit(model, shapes_loader(4, seed=0), loader)
     else:
@@ -80,6 +82,7 @@ def _run(
         (32, 9, 2, True, {}),
         (1, 1, 1, False, {}),
         (8, 12, 2, False, {"alpha_calibration": 3}),
+        (5, 7, 2, False, {"task": "multilabel", "alpha_calibration": 3}),
         (
             3,
             4,
@@ -98,6 +101,7 @@ def _run(
         "fit_uneven_9_of_9",
         "validate_rank1_idle",
         "validate_pooled_alpha_after_3_of_8",
+        "multilabel_pairs_differ_per_rank_5_of_7",
         "deletion_insertion_uneven_3_user_callable",
     ],
 )
@@ -113,7 +117,13 @@ def test_two_processes_log_the_single_process_values(
     """Even split; uneven split in fit's validation (5 + 4: the padding repeat is not explained twice); a rank
     with nothing to explain (its shard is only a padding repeat); deletion and insertion AUCs (2 + 1 samples) of
     a user's saliency function; alpha calibrated on 3 samples (2 + 1), the pooled alpha for the 5 later ones.
-    Same values as one process, every key the callback lists among them; nobody hangs."""
+    Multi-label (image, class) pairs, 3 + 2 images whose pair counts differ per image slot (checked), alpha
+    calibrated on 3 images: the ranks pad pairs to the same layout (equal forward passes) and log the
+    single-process values over the pairs. Same values as one process, every key the callback lists among them;
+    nobody hangs."""
+    if options.get("task") == "multilabel":  # the ranks' images (r, r + 2, ...) hold different numbers of pairs
+        labels = next(iter(multi_shapes_loader(num_samples, batch_size=num_samples)))[1]
+        assert labels[0::2].sum(1).tolist()[:2] != labels[1::2].sum(1).tolist()[:2]
     single = _run(
         make_trainer, tmp_path, num_samples, val_size, batch_size, devices=1, fit=False, callback_options=options
     )
