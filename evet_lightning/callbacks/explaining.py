@@ -198,8 +198,9 @@ class ExplainedSamples:
     """What one explained epoch keeps on this process, sample by sample, in explanation order.
 
     The per-sample values of every sample are concatenated over the chunks; images and maps stay in their chunks
-    (chunks may differ in image size), of which a streamed epoch keeps the first ones only (decision 38). Non-finite samples (see ``finite``) are included here and left out of
-    every metric; so are padding samples (see ``padding``, decision 29), which :meth:`first` and ``len`` skip.
+    (chunks may differ in image size), of which a streamed epoch keeps the first ones only (decision 38).
+    Non-finite samples (see ``finite``) are included here and left out of every metric; so are padding samples
+    (see ``padding``, decision 29), which :meth:`first` and ``len`` skip.
     """
 
     chunks: tuple[ExplainedChunk, ...]
