@@ -170,11 +170,6 @@ class EpochStream:
         """The alpha of every sample is known (always with a fixed alpha)."""
         return self.selection is None or self.choice is not None
 
-    @property
-    def finalized(self) -> int:
-        """Real samples finalized so far on this process."""
-        return len(self.records)
-
     def add(self, images: Tensor, labels: Tensor | None, masks: Tensor | None, root: nn.Module | None) -> None:
         """One validation batch: take this process's share, explain the full chunks, finalize what can be."""
         if self.active:
