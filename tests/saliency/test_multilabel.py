@@ -85,6 +85,13 @@ def test_multilabel_y_and_o_are_sigmoids_of_the_logits() -> None:
     torch.testing.assert_close(
         target_probabilities(model, images, classes, activation="sigmoid"), result.clean_scores, atol=1e-6, rtol=0
     )
+    # alpha="auto": every candidate's O, on which the alpha is chosen, is a sigmoid too.
+    auto = EVET(model, target_layers=LAYER, transforms=TRANSFORMS, task="multilabel")(images, classes)
+    candidates = blend(auto.fused_mean, auto.fused_sigma, auto.alpha_grid)
+    for candidate, scores in zip(candidates, auto.alpha_scores, strict=True):
+        torch.testing.assert_close(
+            scores, _sigmoid_of_class(model, perturb(images, candidate), classes), atol=1e-6, rtol=0
+        )
     curves = deletion_curve(model, images, result.saliency, classes, steps=4, activation="sigmoid")
     torch.testing.assert_close(curves[:, 0], result.clean_scores, atol=1e-6, rtol=0)
     torch.testing.assert_close(curves[:, -1], _sigmoid_of_class(model, torch.zeros_like(images), classes))
@@ -117,6 +124,7 @@ def test_multilabel_fixed_alpha_map_matches_the_paper_reference_with_sigmoid_sco
         threshold=threshold,
         alpha=alpha,
     )
+    torch.testing.assert_close(result.view_scores, torch.stack(scores), atol=1e-6, rtol=0)  # O of every view
     torch.testing.assert_close(result.saliency, torch.tensor(expected), atol=1e-5, rtol=0)
     assert result.kept.tolist() == kept
     torch.testing.assert_close(result.weights.double(), torch.tensor(weights, dtype=torch.float64), atol=1e-6, rtol=0)
