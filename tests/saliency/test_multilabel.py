@@ -16,6 +16,7 @@ from evet_lightning.functional.class_masks import pair_masks
 from evet_lightning.functional.energy_pointing_game import energy_fraction
 from evet_lightning.functional.fusion import blend, min_max_normalize
 from evet_lightning.saliency.explainers import NativeCAM
+from evet_lightning.saliency.pairs import select_pairs
 from evet_lightning.saliency.settings import EVETSettings
 from evet_lightning.saliency.transforms import HorizontalFlip, Identity, Rotate, Scale
 from tests._helpers.fusion_reference import reference_fuse
@@ -238,3 +239,24 @@ def test_pairs_alpha_energy_leaves_ignored_pixels_out() -> None:
     counted_as_background = energy_fraction(candidates, obj)
     assert bool((counted_as_background <= result.alpha_energy + 1e-12).all())
     assert bool((counted_as_background < result.alpha_energy - 1e-4).any())
+
+
+def test_pair_policies_and_their_errors() -> None:
+    labels = torch.tensor([[True, False, True, False], [False, False, False, False], [False, True, True, True]])
+    logits = torch.tensor([[-2.0, 5.0, -1.0, 0.0], [3.0, 0.0, 0.0, 0.0], [0.0, 1.0, 4.0, 2.0]])
+    image_index, classes = select_pairs(labels.float())
+    assert image_index.tolist() == [0, 0, 2, 2, 2] and classes.tolist() == [0, 2, 1, 2, 3]
+    image_index, classes = select_pairs(labels, logits, policy="most_confident")  # a negative label never wins
+    assert image_index.tolist() == [0, 2] and classes.tolist() == [2, 2]
+    image_index, classes = select_pairs(None, logits, policy="predicted", threshold=0.9)  # sigmoid(z) > 0.9
+    assert image_index.tolist() == [0, 1, 2] and classes.tolist() == [1, 0, 2]
+    with pytest.raises(ValueError, match=r"`policy`.*'all'"):
+        select_pairs(labels, policy="all")
+    with pytest.raises(ValueError, match=r"`logits` of shape \(B, C\) with policy='predicted'"):
+        select_pairs(labels, policy="predicted")
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        select_pairs(labels.long() * 2)
+    with pytest.raises(ValueError, match=r"multi-hot `labels` of shape \(B, C\).*\(3,\)"):
+        select_pairs(torch.tensor([0, 2, 1]))
+    with pytest.raises(ValueError, match=r"`threshold`"):
+        select_pairs(None, logits, policy="predicted", threshold=1.5)
