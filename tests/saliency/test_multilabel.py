@@ -260,3 +260,18 @@ def test_pair_policies_and_their_errors() -> None:
         select_pairs(torch.tensor([0, 2, 1]))
     with pytest.raises(ValueError, match=r"`threshold`"):
         select_pairs(None, logits, policy="predicted", threshold=1.5)
+
+
+@pytest.mark.parametrize("max_batch_size", [1, 3])
+def test_pairs_across_chunks_under_inference_mode_with_a_non_finite_image(max_batch_size) -> None:
+    model = ShiftedLogits()
+    images = _images()
+    images[1, 0, 0, 0] = float("nan")  # pair 4 is image 1's
+    evet = EVET(model, target_layers=LAYER, transforms=TRANSFORMS, alpha=0.5, max_batch_size=max_batch_size)
+    with torch.inference_mode():
+        result = evet.explain_pairs(images, PAIR_IMAGES, PAIR_CLASSES)
+    expected = evet(images[PAIR_IMAGES], PAIR_CLASSES)
+    assert result.finite.tolist() == [True, True, True, True, False, True]
+    assert bool(result.saliency[4].eq(0).all()) and bool(result.saliency.isfinite().all())
+    torch.testing.assert_close(result.saliency, expected.saliency, atol=1e-6, rtol=0)
+    torch.testing.assert_close(result.view_scores, expected.view_scores, atol=1e-6, rtol=0)
