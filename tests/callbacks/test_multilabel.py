@@ -165,3 +165,28 @@ def test_alpha_calibration_counts_images_and_never_splits_their_pairs(
     assert float(choice.curve.num_samples) == int((samples < 3).sum())
     expected = [choice.alphas[s % 2] if s < 3 else choice.pooled_alpha for s in samples.tolist()]
     assert records["alpha"].tolist() == expected
+
+
+@pytest.mark.parametrize(
+    ("options", "name"),
+    [
+        ({"task": "multi-label"}, "task"),
+        ({"multilabel_targets": "all"}, "multilabel_targets"),
+        ({"prediction_threshold": 1.0}, "prediction_threshold"),
+        ({"ignore_index": "void"}, "ignore_index"),
+        ({"task": "binary", "activation": "sigmoid"}, "sigmoid"),
+    ],
+)
+def test_bad_options_name_the_option(options: dict[str, Any], name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        EVETCallback(**options)
+
+
+def test_multilabel_task_refuses_class_index_labels_in_the_sanity_check(make_trainer: TrainerFactory) -> None:
+    """task='multilabel' with class-index labels (B,) is a ValueError naming task, raised in the sanity check."""
+    from tests._helpers.models import Classifier
+
+    with pytest.raises(ValueError, match=r"multi-hot .* task='multilabel'"):
+        make_trainer([EVETCallback(task="multilabel", num_samples=2)]).fit(
+            Classifier(), shapes_loader(4), shapes_loader(4)
+        )
