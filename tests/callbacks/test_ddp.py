@@ -73,11 +73,13 @@ def _run(
         with open(rank_metrics_path(out_dir, rank)) as handle:
             per_rank.append({key: value for key, value in json.load(handle).items() if key.startswith("evet/")})
     assert all(values == per_rank[0] for values in per_rank)  # every rank logged the same, global, values
-    _check_records(out_dir, devices, min(num_samples, val_size), per_rank[0])
+    _check_records(out_dir, devices, min(num_samples, val_size), per_rank[0], multilabel)
     return per_rank[0]
 
 
-def _check_records(out_dir: str, devices: int, num_samples: int, values: dict[str, float]) -> None:
+def _check_records(
+    out_dir: str, devices: int, num_samples: int, values: dict[str, float], multilabel: bool = False
+) -> None:
     """Every rank's ``sample_records()`` together: each sample once (no padding), and their means the logged
     values."""
     rows: dict[str, list[Any]] = {}
@@ -86,7 +88,12 @@ def _check_records(out_dir: str, devices: int, num_samples: int, values: dict[st
             (records,) = json.load(handle)
         for key, column in records.items():
             rows.setdefault(key, []).extend(column)
-    assert sorted(rows["sample"]) == list(range(num_samples))
+    if multilabel:  # one row per (image, positive class) pair of the first images, no padding pair
+        labels = next(iter(multi_shapes_loader(num_samples, batch_size=num_samples)))[1]
+        expected = [tuple(pair) for pair in torch.nonzero(labels).tolist()]
+        assert sorted(zip(rows["sample"], rows["target"], strict=True)) == expected
+    else:
+        assert sorted(rows["sample"]) == list(range(num_samples))
     finite = torch.tensor(rows["finite"])
     for key in ("average_drop", "increase_in_confidence", "deletion_auc"):
         for variant in ("original", "evet"):
