@@ -190,3 +190,20 @@ def test_multilabel_task_refuses_class_index_labels_in_the_sanity_check(make_tra
         make_trainer([EVETCallback(task="multilabel", num_samples=2)]).fit(
             Classifier(), shapes_loader(4), shapes_loader(4)
         )
+
+
+def test_deletion_curves_of_pairs_score_sigmoids(make_trainer: TrainerFactory, network: torch.nn.Module) -> None:
+    """Each pair's deletion AUC is that of its own map and class with the sigmoid (decision 58), not the softmax."""
+    from evet_lightning.functional.deletion_insertion import curve_auc, deletion_curve
+
+    options: dict[str, Any] = {"task": "multilabel", "num_samples": 2, "alpha": 0.5, "stability_transforms": []}
+    callback = EVETCallback(deletion_insertion=True, deletion_steps=3, log_images=0, **options)
+    _validate(make_trainer, network, callback, multi_shapes_loader(2))
+    assert callback.last_samples is not None
+    chunk = callback.last_samples.chunks[0]
+    images, maps, classes = chunk.images, chunk.result.saliency, chunk.result.targets
+    expected = curve_auc(deletion_curve(network, images, maps, classes, steps=3, activation="sigmoid"))
+    softmax = curve_auc(deletion_curve(network, images, maps, classes, steps=3))
+    recorded = callback.sample_records()["evet/deletion_auc"]
+    torch.testing.assert_close(recorded, expected.double(), rtol=0, atol=1e-6)
+    assert not torch.allclose(recorded, softmax.double(), atol=1e-3)
