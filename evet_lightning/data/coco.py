@@ -108,13 +108,16 @@ def polygon_mask(polygons: Sequence[Sequence[float]], height: int, width: int) -
             continue
         centres_y = torch.arange(top, bottom, dtype=torch.float64).view(-1, 1) + 0.5
         centres_x = torch.arange(left, right, dtype=torch.float64).view(1, -1) + 0.5
-        inside = torch.zeros(bottom - top, right - left, dtype=torch.bool)
-        for (x1, y1), (x2, y2) in zip(points.tolist(), points.roll(-1, dims=0).tolist(), strict=True):
-            if y1 == y2:
-                continue  # a horizontal edge never crosses a row of centres
-            spans = (centres_y >= min(y1, y2)) & (centres_y < max(y1, y2))
-            crossing_x = x1 + (centres_y - y1) * (x2 - x1) / (y2 - y1)
-            inside ^= spans & (centres_x >= crossing_x)
+        start, end = points, points.roll(-1, dims=0)
+        slanted = start[:, 1] != end[:, 1]  # a horizontal edge never crosses a row of centres
+        start, end = start[slanted], end[slanted]
+        lowest, highest = torch.minimum(start[:, 1], end[:, 1]), torch.maximum(start[:, 1], end[:, 1])
+        spans = (centres_y >= lowest) & (centres_y < highest)  # (rows, edges)
+        crossing_x = start[:, 0] + (centres_y - start[:, 1]) * (end[:, 0] - start[:, 0]) / (end[:, 1] - start[:, 1])
+        crossings = torch.where(spans, crossing_x, torch.inf).sort(dim=1).values  # (rows, edges)
+        # Even-odd rule: a centre is inside when an odd number of the row's crossings lie at or left of it.
+        left_of = torch.searchsorted(crossings, centres_x.expand(len(centres_y), -1).contiguous(), right=True)
+        inside = left_of % 2 == 1
         mask[top:bottom, left:right] |= inside
     return mask
 

@@ -70,9 +70,9 @@ def run_evaluation(config: EvaluateConfig) -> EvaluationResult:
     check_accelerator(config.accelerator)
     check_output(config.output)
     settings = settings_from_config(config)  # imports --reshape-transform and --output-transform
-    model = load_model(config.model, weights=config.weights, num_classes=config.num_classes)
     if config.normalization is not None and config.data == "synthetic":
         raise UsageError("--normalization applies to images read from files, not to --data synthetic")
+    model = load_model(config.model, weights=config.weights, num_classes=config.num_classes)
     if config.normalization is not None:  # the data is normalized with it, and EVET's baseline follows (decision 53)
         model = dataclasses.replace(model, normalization=parse_normalization(config.normalization))
     data = load_data(
