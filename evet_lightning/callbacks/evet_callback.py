@@ -355,7 +355,7 @@ class EVETCallback(pl.Callback, _LightningCallback):
         are in :meth:`sample_records`."""
         return [] if self.last_samples is None else self.last_samples.results
 
-    def sample_records(self) -> dict[str, Tensor]:
+    def sample_records(self, start: int = 0) -> dict[str, Tensor]:
         """The per-sample records of the current (or last) explained epoch on this process, as CPU columns of
         equal length: one row per finalized real sample (padding never), in the order finalized; rows only grow
         during an epoch. A callback listed after this one can read new rows in its ``on_validation_batch_end``.
@@ -366,9 +366,10 @@ class EVETCallback(pl.Callback, _LightningCallback):
         ``original``/``evet`` the per-sample values the logged metrics are the means of: ``average_drop``,
         ``increase_in_confidence``, ``energy_pointing_game`` (with masks), ``stability_index`` (with stability
         transforms), ``stability_index_paper`` (``paper_stability``), ``deletion_auc``, ``insertion_auc``
-        (``deletion_insertion``), keyed ``"{variant}/{metric}"``.
+        (``deletion_insertion``), keyed ``"{variant}/{metric}"``. ``start``: only the rows from that one on (the
+        new rows since a previous call, without concatenating the earlier ones again).
         """
-        return self._records.columns()
+        return self._records.columns(start)
 
     @property
     def metric_keys(self) -> list[str]:

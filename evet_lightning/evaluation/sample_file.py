@@ -193,12 +193,11 @@ class SampleFileWriter(pl.Callback):
 
     def _write_new_rows(self, trainer: pl.Trainer) -> None:
         evet = self._evet(trainer)
-        records = evet.sample_records()
+        records = evet.sample_records(start=self._written)  # only the new rows
         count = int(records["sample"].numel())
-        if count > self._written:
-            columns = {name: values[self._written : count].tolist() for name, values in records.items()}
-            self._append(trainer, columns)
-            self._written = count
+        if count > 0:
+            self._append(trainer, {name: values.tolist() for name, values in records.items()})
+            self._written += count
         if not self._calibration_written and evet.calibration_complete:
             self._update_state(calibration=calibration_record(evet), complete=False)
             self._calibration_written = True

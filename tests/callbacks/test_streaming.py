@@ -133,8 +133,10 @@ class ExplainedSoFar(pl.Callback):
     def __init__(self, callback: EVETCallback) -> None:
         self.callback = callback
         self.counts: list[int] = []
+        self.new_rows: list[list[int]] = []
 
     def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self.new_rows.append(self.callback.sample_records(start=sum(map(len, self.new_rows)))["sample"].tolist())
         self.counts.append(int(self.callback.sample_records()["sample"].numel()))
 
 
@@ -147,3 +149,4 @@ def test_the_work_advances_batch_by_batch(make_trainer: TrainerFactory, alpha: A
     probe = ExplainedSoFar(callback)
     make_trainer([callback, probe]).validate(Classifier(), dataloaders=shapes_loader(8, batch_size=2), verbose=False)
     assert probe.counts == [2, 4, 6, 6]
+    assert probe.new_rows == [[0, 1], [2, 3], [4, 5], []]  # sample_records(start=...): the rows since then
