@@ -7,7 +7,9 @@ CNN (so this measures the harness, not the network): the peak RSS of the process
 each measurement in a fresh process (``ru_maxrss`` of the child), then the ratios N = 2048 / N = 64. Targets:
 peak ratio <= 1.15, time-per-image ratio <= 1.05. On a CUDA device it also prints ``max_memory_allocated``.
 
-Usage: ``python benchmarks/bench_scale.py [--sizes 64 2048] [--accelerator cpu|gpu] [--batch-size 32]``
+Usage: ``python benchmarks/bench_scale.py [--sizes 64 2048] [--accelerator cpu|gpu] [--batch-size 32]
+[--image-size 224]`` (a smaller image size makes a quick check on a busy CPU: 2048 images at 224 px take hours
+on two shared cores)
 (``--child KIND N`` is the fresh process's own entry point).
 """
 
@@ -26,7 +28,7 @@ import warnings
 import torch
 from torch import nn
 
-IMAGE_SIZE = 224
+DEFAULT_IMAGE_SIZE = 224
 NUM_CLASSES = 4
 KINDS = ("validate", "evaluate")
 
@@ -45,7 +47,7 @@ def two_conv_cnn() -> nn.Module:
     ).eval()
 
 
-def _validate(count: int, accelerator: str, batch_size: int) -> None:
+def _validate(count: int, accelerator: str, batch_size: int, image_size: int) -> None:
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
@@ -53,7 +55,7 @@ def _validate(count: int, accelerator: str, batch_size: int) -> None:
     from evet_lightning.data import SyntheticShapes
     from evet_lightning.evaluation.runner import EvaluationModule
 
-    data = SyntheticShapes(num_samples=count, image_size=IMAGE_SIZE, num_classes=NUM_CLASSES, seed=1)
+    data = SyntheticShapes(num_samples=count, image_size=image_size, num_classes=NUM_CLASSES, seed=1)
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=1,
@@ -66,14 +68,14 @@ def _validate(count: int, accelerator: str, batch_size: int) -> None:
     trainer.validate(EvaluationModule(two_conv_cnn()), DataLoader(data, batch_size=batch_size), verbose=False)
 
 
-def _evaluate(count: int, accelerator: str, batch_size: int) -> None:
+def _evaluate(count: int, accelerator: str, batch_size: int, image_size: int) -> None:
     from evet_lightning.evaluation import EvaluateConfig, run_evaluation
 
     with tempfile.TemporaryDirectory() as output:
         config = EvaluateConfig(
             model="bench_scale:two_conv_cnn",
             num_samples=count,
-            image_size=IMAGE_SIZE,
+            image_size=image_size,
             methods="GradCAM",
             output=output,
             heatmaps=0,
@@ -84,7 +86,7 @@ def _evaluate(count: int, accelerator: str, batch_size: int) -> None:
         run_evaluation(config)
 
 
-def child(kind: str, count: int, accelerator: str, batch_size: int) -> None:
+def child(kind: str, count: int, accelerator: str, batch_size: int, image_size: int) -> None:
     """One measurement in this (fresh) process: prints one JSON line."""
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")
@@ -96,7 +98,7 @@ def child(kind: str, count: int, accelerator: str, batch_size: int) -> None:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    (_validate if kind == "validate" else _evaluate)(count, accelerator, batch_size)
+    (_validate if kind == "validate" else _evaluate)(count, accelerator, batch_size, image_size)
     seconds = time.perf_counter() - start
     result = {
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
@@ -106,9 +108,9 @@ def child(kind: str, count: int, accelerator: str, batch_size: int) -> None:
     print(json.dumps(result))
 
 
-def measure(kind: str, count: int, accelerator: str, batch_size: int) -> dict[str, float]:
+def measure(kind: str, count: int, accelerator: str, batch_size: int, image_size: int) -> dict[str, float]:
     command = [sys.executable, __file__, "--child", kind, str(count), "--accelerator", accelerator]
-    command += ["--batch-size", str(batch_size)]
+    command += ["--batch-size", str(batch_size), "--image-size", str(image_size)]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return dict(json.loads(output.strip().splitlines()[-1]))
 
@@ -118,21 +120,26 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs=2, default=[64, 2048], metavar=("SMALL", "LARGE"))
     parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
     parser.add_argument("--child", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child[0], int(args.child[1]), args.accelerator, args.batch_size)
+        child(args.child[0], int(args.child[1]), args.accelerator, args.batch_size, args.image_size)
         return
     small, large = args.sizes
     cuda = args.accelerator == "gpu"
-    print(f"{IMAGE_SIZE} px, 2-conv CNN, {args.accelerator}, batch size {args.batch_size}; each cell a fresh process")
+    print(
+        f"{args.image_size} px, 2-conv CNN, {args.accelerator}, batch size {args.batch_size}; each cell a fresh process"
+    )
     header = f"| run | peak RSS N={small} | N={large} | ratio | s/image N={small} | N={large} | ratio |"
     if cuda:
         header += f" CUDA peak N={small} | N={large} |"
     print(header)
     print("|" + " --- |" * (header.count("|") - 1))
     for kind in KINDS:
-        first, second = (measure(kind, count, args.accelerator, args.batch_size) for count in (small, large))
+        first, second = (
+            measure(kind, count, args.accelerator, args.batch_size, args.image_size) for count in (small, large)
+        )
         memory = second["peak_rss_mib"] / first["peak_rss_mib"]
         speed = second["seconds_per_image"] / first["seconds_per_image"]
         row = (
