@@ -19,6 +19,9 @@ from evet_lightning.callbacks.explanation_metrics import per_sample_values
 
 __all__ = ["SampleRecords", "chunk_records"]
 
+#: The chunks' rows are concatenated into one part every this many chunks.
+_COMPACT_EVERY = 256
+
 
 def chunk_records(chunk: ExplainedChunk, alphas: Tensor) -> dict[str, Tensor]:
     """The rows of one finalized chunk (its real samples), as CPU columns.
@@ -70,6 +73,8 @@ class SampleRecords:
         self._parts.append(rows)
         self._ends.append(len(self) + int(rows["sample"].shape[0]))
         self._columns = None
+        if len(self._parts) >= _COMPACT_EVERY:  # a few tensors per column, not a few per chunk
+            self._parts, self._ends = [_concat(self._parts)], [len(self)]
 
     def __len__(self) -> int:
         return self._ends[-1] if self._ends else 0

@@ -58,6 +58,9 @@ __all__ = ["ChunkWork", "EpochStream", "StreamLayout", "new_layout"]
 
 ChunkSize = int | Callable[[Tensor], int]
 
+#: Per-chunk scalars are concatenated into one part every this many chunks.
+_COMPACT_EVERY = 256
+
 
 @dataclass(frozen=True)
 class StreamLayout:
@@ -132,6 +135,7 @@ class EpochStream:
         self.active = True
         """False once every process has explained all its samples and the alpha is chosen."""
         self.kept: list[ExplainedChunk] = []
+        self.kept_samples = 0
         self.parts: list[ExplainedSamples] = []
         self.evet_seconds = self.curve_seconds = self.seconds = 0.0
         self.counts: tuple[SumMetric, SumMetric] | None = None
@@ -165,11 +169,6 @@ class EpochStream:
     def calibration_complete(self) -> bool:
         """The alpha of every sample is known (always with a fixed alpha)."""
         return self.selection is None or self.choice is not None
-
-    @property
-    def finalized(self) -> int:
-        """Real samples finalized so far on this process."""
-        return len(self.records)
 
     def add(self, images: Tensor, labels: Tensor | None, masks: Tensor | None, root: nn.Module | None) -> None:
         """One validation batch: take this process's share, explain the full chunks, finalize what can be."""
@@ -283,10 +282,13 @@ class EpochStream:
             self.counts[0].update(real.sum())
             self.counts[1].update((real & later).sum())
         self.records.append(chunk_records(chunk, per_sample))
-        part = ExplainedSamples.from_chunks([chunk])
-        self.parts.append(to_cpu(dataclasses.replace(part, chunks=())))
-        if sum(len(kept_part) for kept_part in self.parts[: len(self.kept)]) < self.layout.keep:
+        part = to_cpu(dataclasses.replace(ExplainedSamples.from_chunks([chunk]), chunks=()))
+        if self.kept_samples < self.layout.keep:
             self.kept.append(to_cpu(chunk))
+            self.kept_samples += len(part)
+        self.parts.append(part)
+        if len(self.parts) >= _COMPACT_EVERY:  # a few tensors per sample, not a few per chunk
+            self.parts = [ExplainedSamples.concat(self.parts, ())]
 
 
 def _distributed() -> bool:
