@@ -112,7 +112,9 @@ class SampleFileWriter(pl.Callback):
         files: the file of each dataset index, when known.
     """
 
-    def __init__(self, folder: Path, method: str, attempt: int, indices: Sequence[int], files: Sequence[str] | None):
+    def __init__(
+        self, folder: Path, method: str, attempt: int, indices: Sequence[int], files: Sequence[str] | None
+    ) -> None:
         self.folder, self.method, self.attempt = folder, method, attempt
         self.indices, self.files = list(indices), None if files is None else list(files)
         self._handle: TextIO | None = None
