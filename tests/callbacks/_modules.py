@@ -55,13 +55,18 @@ def rank_metrics_path(directory: str, rank: int) -> str:
     return os.path.join(directory, f"metrics_rank{rank}.json")
 
 
+def rank_records_path(directory: str, rank: int) -> str:
+    return os.path.join(directory, f"records_rank{rank}.json")
+
+
 def rank_samples_path(directory: str, rank: int) -> str:
     return os.path.join(directory, f"samples_rank{rank}.json")
 
 
 class DumpMetrics(pl.Callback):
-    """Every process writes ``trainer.callback_metrics`` to JSON at validation end (out of ddp_spawn), and the
-    per-sample scores of each EVET callback's last results (for the failure message of a multi-process test)."""
+    """Every process writes ``trainer.callback_metrics`` to JSON at validation end (out of ddp_spawn), the
+    per-sample scores of each EVET callback's last results (for the failure message of a multi-process test), and
+    each EVET callback's ``sample_records()``."""
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
@@ -84,6 +89,13 @@ class DumpMetrics(pl.Callback):
         ]
         with open(rank_samples_path(self.directory, trainer.global_rank), "w") as handle:
             json.dump(samples, handle)
+        records = [
+            {key: column.tolist() for key, column in callback.sample_records().items()}
+            for callback in trainer.callbacks
+            if hasattr(callback, "sample_records")
+        ]
+        with open(rank_records_path(self.directory, trainer.global_rank), "w") as handle:
+            json.dump(records, handle)
 
 
 def rank_samples(directory: str, devices: int) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import pytorch_lightning as pl
+import torch
 
 from evet_lightning import EVETCallback
 from tests._helpers.models import FrozenClassifier
@@ -18,6 +19,7 @@ from tests.callbacks._modules import (
     DumpMetrics,
     forwards_path,
     rank_metrics_path,
+    rank_records_path,
     rank_samples,
     shapes_loader,
 )
@@ -69,7 +71,26 @@ def _run(
         with open(rank_metrics_path(out_dir, rank)) as handle:
             per_rank.append({key: value for key, value in json.load(handle).items() if key.startswith("evet/")})
     assert all(values == per_rank[0] for values in per_rank)  # every rank logged the same, global, values
+    _check_records(out_dir, devices, min(num_samples, val_size), per_rank[0])
     return per_rank[0]
+
+
+def _check_records(out_dir: str, devices: int, num_samples: int, values: dict[str, float]) -> None:
+    """Every rank's ``sample_records()`` together: each sample once (no padding), and their means the logged
+    values."""
+    rows: dict[str, list[Any]] = {}
+    for rank in range(devices):
+        with open(rank_records_path(out_dir, rank)) as handle:
+            (records,) = json.load(handle)
+        for key, column in records.items():
+            rows.setdefault(key, []).extend(column)
+    assert sorted(rows["sample"]) == list(range(num_samples))
+    finite = torch.tensor(rows["finite"])
+    for key in ("average_drop", "increase_in_confidence", "deletion_auc"):
+        for variant in ("original", "evet"):
+            if f"{variant}/{key}" in rows:
+                mean = float(torch.tensor(rows[f"{variant}/{key}"], dtype=torch.float64)[finite].mean())
+                assert mean == pytest.approx(values[f"evet/{variant}/{key}"], abs=1e-6), key
 
 
 @pytest.mark.timeout(240)
