@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import resource
 import subprocess
 import sys
@@ -88,6 +89,7 @@ def _evaluate(count: int, accelerator: str, batch_size: int, image_size: int) ->
 
 def child(kind: str, count: int, accelerator: str, batch_size: int, image_size: int) -> None:
     """One measurement in this (fresh) process: prints one JSON line."""
+    os.chdir(tempfile.mkdtemp())  # the callback's per-sample table (no logger) lands there, not in the checkout
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")
     cuda = accelerator == "gpu"
