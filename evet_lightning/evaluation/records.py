@@ -18,17 +18,18 @@ class MethodRun:
 
     Args:
         method: the CAM name (``"GradCAM"``, ...).
-        metrics: the dict ``trainer.validate`` returned (``evet/...`` keys, ``val_acc``), as floats.
+        metrics: the values ``trainer.validate`` logs (``evet/...`` keys, ``val_acc``), as floats, computed from
+            the method's per-sample rows (:func:`~evet_lightning.evaluation.row_metrics.metrics_from_rows`).
         targets: ``(N,)`` the explained class of each sample.
         clean_scores: ``(N,)`` ``Y = f_k(x)``.
         original_scores: ``(N,)`` ``O = f_k(Phi(x, J(x)))`` of the original map.
         evet_scores: ``(N,)`` ``O`` of the EVET map.
-        original_maps: ``(M, H, W)`` the original maps of the first ``M <= N`` samples (for heatmaps; ``M`` is
-            ``run_method``'s ``keep_maps``, all samples by default).
+        original_maps: ``(M, H, W)`` the original maps of the first ``M <= N`` samples, for a heatmap sheet:
+            ``run_method`` keeps none (``(0, 1, 1)``, decision 41), ``sheet_images_and_maps`` explains them.
         evet_maps: ``(M, H, W)`` the EVET maps.
-        seconds_per_image: EVET's time per image as the callback measured it (``last_timing``).
-        alpha: the alpha of the EVET maps: with ``alpha="auto"`` the logged ``evet/alpha`` (the mean of the two
-            folds' out-of-fold choices), else the fixed value.
+        seconds_per_image: EVET's time per image as the callback measured it (``last_timing``; rank zero's).
+        alpha: the alpha of the EVET maps: with ``alpha="auto"`` the logged ``evet/alpha`` (the mean over the
+            samples of the alpha each used), else the fixed value.
         alpha_choice: ``alpha="auto"`` only: ``folds`` (the alpha of fold 0's and fold 1's maps) and ``curve``
             (the last epoch's per-alpha curve over both folds: ``alphas``, ``average_drop``,
             ``increase_in_confidence``, ``energy_pointing_game`` or ``None`` without masks, ``stability_index`` or

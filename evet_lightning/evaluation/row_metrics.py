@@ -38,9 +38,9 @@ def metrics_from_rows(
     Keys as the callback logs them: ``num_skipped``, ``{variant}/{metric}`` (mean over the finite samples; a
     metric no sample has, such as the pointing game without masks, is left out), ``win`` and
     ``average_difference`` of the two maps' ``O``, ``diff/{metric}`` with ``_low`` / ``_high`` (the bootstrap of
-    decision 31 with ``seed``), and ``alpha``: with ``folds`` (the two folds' alphas of ``alpha="auto"``), the
+    decision 31 with ``seed``), and, with ``folds`` (the two folds' alphas of ``alpha="auto"``), ``alpha``: the
     folds' mean for the first ``calibration`` samples and the later samples' (pooled) alpha for the others,
-    weighted by their numbers, as the callback logs it; else the mean of the alpha each EVET map used.
+    weighted by their numbers, as the callback logs it.
     """
     finite = rows["finite"]
     values: dict[str, float] = {f"{PREFIX}/num_skipped": float((~finite).sum())}
@@ -63,14 +63,11 @@ def metrics_from_rows(
             if bool(torch.isfinite(interval).all()):
                 for suffix, value in zip(("", "_low", "_high"), interval.tolist(), strict=True):
                     values[f"{PREFIX}/diff/{name}{suffix}"] = float(value)
-        alpha = _mean(rows["alpha"][finite])
-        if folds is not None:  # as the callback weighs them: the folds' mean for the calibration samples
+        if folds is not None:  # alpha="auto" (a fixed alpha is not logged), weighted as the callback weighs it
             count = finite.numel()
             inside = min(count, calibration)
             later = float(rows["alpha"][calibration:].nanmean()) if count > calibration else 0.0
-            alpha = (inside * sum(folds) / len(folds) + (count - inside) * later) / count
-        if alpha is not None:
-            values[f"{PREFIX}/alpha"] = alpha
+            values[f"{PREFIX}/alpha"] = (inside * sum(folds) / len(folds) + (count - inside) * later) / count
     correct = rows.get("correct")
     if correct is not None and bool((correct >= 0).any()):
         values["val_acc"] = float(correct[correct >= 0].double().mean())

@@ -37,6 +37,7 @@ from evet_lightning.evaluation.sample_file import (
     method_state,
     read_rows,
     sample_files,
+    write_merged,
     write_method_state,
 )
 from evet_lightning.evaluation.settings import make_callback
@@ -215,6 +216,7 @@ def run_method(
                     trainer.validate(module, dataloaders=loader, verbose=False)
         write_method_state(folder, method, complete=True)
         rows, state = read_rows(sample_files(folder, method)), method_state(folder, method)
+        write_merged(folder, method, rows)
     return method_run_from_rows(method, rows, state, settings, alpha_calibration)
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "method_state",
     "read_rows",
     "sample_files",
+    "write_merged",
     "write_method_state",
 ]
 
@@ -111,7 +112,9 @@ class SampleFileWriter(pl.Callback):
         files: the file of each dataset index, when known.
     """
 
-    def __init__(self, folder: Path, method: str, attempt: int, indices: Sequence[int], files: Sequence[str] | None):
+    def __init__(
+        self, folder: Path, method: str, attempt: int, indices: Sequence[int], files: Sequence[str] | None
+    ) -> None:
         self.folder, self.method, self.attempt = folder, method, attempt
         self.indices, self.files = list(indices), None if files is None else list(files)
         self._handle: TextIO | None = None
@@ -193,13 +196,13 @@ class SampleFileWriter(pl.Callback):
 
     def _write_new_rows(self, trainer: pl.Trainer) -> None:
         evet = self._evet(trainer)
-        records = evet.sample_records()
+        records = evet.sample_records(start=self._written)  # only the new rows
         count = int(records["sample"].numel())
-        if count > self._written:
-            columns = {name: values[self._written : count].tolist() for name, values in records.items()}
-            self._append(trainer, columns)
-            self._written = count
-        if not self._calibration_written and evet.calibration_complete:
+        if count > 0:
+            self._append(trainer, {name: values.tolist() for name, values in records.items()})
+            self._written += count
+        # a fixed alpha (also a resumed run's recorded one) has no calibration to record, nor one to overwrite
+        if not self._calibration_written and evet.calibration_complete and evet.settings.alpha == "auto":
             self._update_state(calibration=calibration_record(evet), complete=False)
             self._calibration_written = True
 
@@ -268,3 +271,21 @@ def read_rows(paths: Sequence[Path]) -> dict[str, Any]:
         else:
             columns[name] = torch.tensor([float(cell) if cell else math.nan for cell in cells], dtype=torch.float64)
     return columns
+
+
+def write_merged(folder: Path, method: str, rows: dict[str, Any]) -> Path:
+    """``<method>.csv``: the merged rows of every part (:func:`read_rows`), one file per method, sorted by index
+    (written whole, atomically, once the method is complete; the parts stay for ``--resume``)."""
+    names = list(rows)
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(names)
+    count = len(rows["index"])
+    columns = {name: values if isinstance(values, list) else values.tolist() for name, values in rows.items()}
+    for row in range(count):
+        cells = []
+        for name in names:
+            value = columns[name][row]
+            cells.append("" if name == "correct" and value < 0 else _cell(value))
+        writer.writerow(cells)
+    return write_text(folder / f"{_stem(method)}.csv", text.getvalue())

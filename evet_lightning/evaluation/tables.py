@@ -18,7 +18,8 @@ All fractions are shown in % unless said otherwise:
   logged them (``evaluate``'s default; ``--no-deletion-insertion`` turns them off).
 
 Table 1 also shows the alpha of each method's EVET maps: with ``--alpha auto`` the one the callback chose
-(``evet/alpha``, the mean of the two folds' out-of-fold choices), else the fixed value.
+(``evet/alpha``: the mean over the samples of the alpha each was scored with, i.e. the two folds' out-of-fold
+choices for the calibration samples, the alpha chosen on all of them for later ones), else the fixed value.
 
 Each *w/ EVET* value that has an *Original* value to compare with is marked in the markdown. Where the callback
 logged the paired difference's 95% interval (``evet/diff/{metric}_low`` / ``_high``, decision 31), the interval
@@ -26,8 +27,9 @@ of EVET minus original follows in brackets and the mark says what it says: ✓ w
 side, ✗ on the worse side, ≈ when it contains zero. Without an interval (Win, older runs): ✓ when EVET goes the
 better way as printed, ✗ the other way, = when both print the same.
 
-The values are the ones ``trainer.validate`` returned; the few per-sample comparisons the callback does not log
-(the "Original" row of Win, Table 3) use the same functional metrics on the per-sample scores it kept.
+The values are the ones ``trainer.validate`` logs, computed from the per-sample rows (docs/design.md, decision
+42), so a resumed or a multi-device run gives the same tables; the few per-sample comparisons the callback does
+not log (the "Original" row of Win, Table 3) use the same functional metrics on the rows' scores.
 """
 
 from __future__ import annotations
@@ -238,8 +240,9 @@ def build_tables(
         rows.append(TableRow("Alpha (chosen)" if chosen else "Alpha", "w/ EVET", [run.alpha for run in runs], 3))
         if chosen:
             notes.append(
-                "Alpha (chosen): the alpha of the EVET maps, chosen out of fold (each half of the samples uses the "
-                "alpha chosen on the other half; the mean of the two is shown)."
+                "Alpha (chosen): the alpha of the EVET maps, chosen out of fold (each half of the calibration samples "
+                "uses the alpha chosen on the other half, every later sample the alpha chosen on all of them; the "
+                "mean over the samples is shown)."
             )
     tables = [
         Table(

@@ -18,18 +18,15 @@ from evet_lightning.evaluation.records import MethodRun, Timing
 from evet_lightning.saliency.evet import EVET
 from evet_lightning.saliency.settings import EVETSettings
 
-__all__ = ["first_images", "measure_timing", "time_per_image"]
+__all__ = ["TIMING_SAMPLES", "measure_timing", "time_per_image"]
+
+#: Table 4 times the first this many explained samples (decision 44: a whole dataset's images are never stacked).
+TIMING_SAMPLES = 64
 
 
-def first_images(data: EvaluationData, count: int | None = None) -> Tensor:
-    """The images of the first ``count`` samples (default: all), stacked: ``(count, C, H, W)``."""
-    count = len(data) if count is None else min(count, len(data))
-    return torch.stack([unpack_batch(tuple(data.dataset[index]))[0] for index in range(count)])
-
-
-def _first_masks(data: EvaluationData) -> Tensor | None:
-    """The object masks of every sample, stacked ``(N, H, W)``, or ``None`` when a sample has none."""
-    masks = [unpack_batch(tuple(data.dataset[index]))[2] for index in range(len(data))]
+def _masks(data: EvaluationData, indices: list[int]) -> Tensor | None:
+    """The object masks of the samples ``indices``, stacked ``(N, H, W)``, or ``None`` when one has none."""
+    masks = [unpack_batch(tuple(data.dataset[index]))[2] for index in indices]
     if any(mask is None for mask in masks):
         return None
     return torch.stack([mask.reshape(mask.shape[-2:]) for mask in masks])  # type: ignore[union-attr]
@@ -96,12 +93,16 @@ def measure_timing(
     settings: EVETSettings | None = None,
     accelerator: str = "auto",
 ) -> Timing:
-    """Table 4 on the samples Grad-CAM explained, with the classes it explained: Grad-CAM* and Score-CAM alike.
+    """Table 4 on the first :data:`TIMING_SAMPLES` samples Grad-CAM explained, with the classes it explained:
+    Grad-CAM* and Score-CAM alike, one image per call (so the images of a whole dataset are never held at once).
 
     ``settings``: the run's EVET settings (default: the model's target layer and the data's normalization).
     """
-    images, targets = first_images(data), grad_cam.targets
-    masks = _first_masks(data) if data.has_masks else None
+    count = min(TIMING_SAMPLES, int(grad_cam.targets.numel()))
+    indices = list(range(count)) if grad_cam.indices is None else grad_cam.indices[:count].tolist()
+    images = torch.stack([unpack_batch(tuple(data.dataset[index]))[0] for index in indices])
+    targets = grad_cam.targets[:count]
+    masks = _masks(data, indices) if data.has_masks else None
     settings = settings or EVETSettings(target_layers=model.target_layer, normalization=data.normalization)
 
     def seconds(cam: str, enhance: bool) -> tuple[float, float]:

@@ -12,7 +12,8 @@ import pytorch_lightning as pl
 
 from evet_lightning.cli import main
 from evet_lightning.evaluation import runner
-from evet_lightning.evaluation.sample_file import SampleFileWriter, read_rows, sample_files
+from evet_lightning.evaluation.resume import MethodPlan, plan_method
+from evet_lightning.evaluation.sample_file import SampleFileWriter, read_rows, sample_files, write_method_state
 
 TINY = "tests.cli._factories:tiny_cnn"
 # 8 samples in batches (and callback chunks) of 2; alpha calibrated on the first 2, later samples at the pooled choice
@@ -95,6 +96,11 @@ def test_a_killed_run_resumed_gives_the_uninterrupted_tables(
     # the finished method did not run again; the killed one explained only its 2 remaining samples
     assert [path.name for path in sample_files(samples, "Gradient")] == ["Gradient.0.rank0.csv"]
     assert read_rows([samples / "GradCAM.1.rank0.csv"])["index"].tolist() == [6, 7]
+    merged = read_rows([samples / "GradCAM.csv"])  # one file per method, every sample once, in index order
+    resumed = read_rows(sample_files(samples, "GradCAM"))
+    assert merged["index"].tolist() == list(range(8))
+    for name, values in merged.items():
+        assert values.tolist() == resumed[name].tolist() == full[name].tolist(), name
 
 
 def test_resume_with_other_options_is_a_usage_error(
@@ -115,3 +121,28 @@ def test_a_torn_last_line_is_ignored(tmp_path: Path) -> None:
     assert rows["index"].tolist() == [1, 3] and rows["target"].tolist() == [0, 1]
     assert rows["finite"].tolist() == [False, True] and rows["correct"].tolist() == [-1, 1]
     assert rows["Y"][1].item() == 0.25 and rows["Y"][0].isnan()
+
+
+def _part(folder: Path, name: str, indices: list[int]) -> None:
+    lines = ["index,target,finite,Y,alpha,correct", *(f"{index},0,1,0.5,0.25,1" for index in indices)]
+    (folder / name).write_text("\n".join(lines) + "\n")
+
+
+def test_what_a_resume_runs_again(tmp_path: Path) -> None:
+    """Per method: complete -> nothing; calibrated -> the missing samples at the pooled alpha; calibration not
+    recorded, or a calibration sample's row missing -> start over; a fixed alpha -> the missing samples."""
+    calibration = {"alpha": 0.25, "folds": [0.1, 0.5], "curve": {"num_samples": 2}}
+    _part(tmp_path, "A.0.rank0.csv", [0, 1, 2])
+    write_method_state(tmp_path, "A", calibration=calibration, complete=False)
+    assert plan_method(tmp_path, "A", 6, fixed_alpha=False) == MethodPlan([3, 4, 5], 1, 0.25)
+    write_method_state(tmp_path, "A", complete=True)
+    assert plan_method(tmp_path, "A", 6, fixed_alpha=False).indices == []
+    _part(tmp_path, "B.0.rank0.csv", [0, 2])  # rank 1 died before it wrote calibration sample 1
+    write_method_state(tmp_path, "B", calibration=calibration, complete=False)
+    assert plan_method(tmp_path, "B", 6, fixed_alpha=False) == MethodPlan(list(range(6)), 0)
+    assert sample_files(tmp_path, "B") == [] and not (tmp_path / "B.json").exists()  # its rows are dropped
+    _part(tmp_path, "C.0.rank0.csv", [0, 1, 2, 3])  # killed before the calibration was recorded
+    assert plan_method(tmp_path, "C", 6, fixed_alpha=False) == MethodPlan(list(range(6)), 0)
+    _part(tmp_path, "D.0.rank0.csv", [0, 1, 2, 3])
+    assert plan_method(tmp_path, "D", 6, fixed_alpha=True) == MethodPlan([4, 5], 1)
+    assert plan_method(tmp_path, "E", 6, fixed_alpha=False) == MethodPlan(list(range(6)), 0)  # never started
