@@ -9,7 +9,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from evet_lightning._model_state import model_state_guard
+from evet_lightning._model_state import model_state_guard, uncompiled
 from evet_lightning.functional.alpha import (
     DEFAULT_ALPHA_GRID,
     DEFAULT_ALPHA_OBJECTIVE,
@@ -88,7 +88,9 @@ class EVET:
 
     Args:
         model: a classifier returning logits ``(B, K)``. It is left exactly as found: see
-            :func:`~evet_lightning._model_state.model_state_guard`; saliency is computed in eval mode.
+            :func:`~evet_lightning._model_state.model_state_guard`; saliency is computed in eval mode. A
+            ``torch.compile``d model (or one with compiled submodules) is explained eagerly, on its original
+            modules, and gives the eager model's values; ``target_layers`` names are the original module's.
         target_layers: module(s) or dotted name(s) of the layer(s) a CAM explains; ``None`` auto-detects the
             layer an expert would pick (the last feature map before global pooling; for ViTs the last block's
             first norm; the last stage of Swin, ConvNeXt, MaxViT: see :mod:`evet_lightning.saliency.layers` and
@@ -167,6 +169,8 @@ class EVET:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}")
+        # `torch.compile(model)`: explain the original module, by its own layer names (decision 32).
+        model = uncompiled(model)
         settings = EVETSettings(
             cam=cam,
             target_layers=target_layers,
