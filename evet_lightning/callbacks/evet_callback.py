@@ -29,6 +29,7 @@ from evet_lightning.callbacks.arguments import (
     settings_property,
     table5_transforms,
 )
+from evet_lightning.callbacks.cadence import check_monitors, drop_logged_values, explains_run
 from evet_lightning.callbacks.explaining import (
     ExplainedChunk,
     ExplainedSamples,
@@ -37,23 +38,19 @@ from evet_lightning.callbacks.explaining import (
     module_device,
 )
 from evet_lightning.callbacks.explanation_metrics import ExplanationMetrics, MetricsAnchor
-from evet_lightning.callbacks.image_logging import (
-    HeatmapStyle,
-    log_alpha_curve,
-    log_curves,
-    log_heatmaps,
-    log_samples,
-)
+from evet_lightning.callbacks.image_logging import HeatmapStyle, log_alpha_curve, log_curves, log_heatmaps, log_samples
 from evet_lightning.callbacks.sampling import (
+    OnceWarnings,
     SampleBuffer,
     chunk_sizes,
+    fewer_samples,
     fsdp1_root,
-    in_validate,
+    in_evaluation,
     new_buffer,
     rank_quota,
     warn_if_samples_changed,
 )
-from evet_lightning.data.batch import BatchUnpacker, check_images, read_batch, unpack_batch, unpack_with
+from evet_lightning.data.batch import BatchUnpacker, check_images, read_batch, unpack_batch, unpack_with, unread_keys
 from evet_lightning.functional.alpha import DEFAULT_ALPHA_GRID, DEFAULT_ALPHA_OBJECTIVE, AlphaObjective
 from evet_lightning.functional.perturbation import Baseline, Normalization
 from evet_lightning.saliency.evet import EVET, CamSpec, EVETResult
@@ -77,11 +74,11 @@ else:
 class EVETCallback(pl.Callback, _LightningCallback):
     """Track explanation quality during training: a CAM's maps against their EVET enhancement (Oh et al., 2021).
 
-    Every ``every_n_epochs``-th validation epoch (and in every ``trainer.validate`` run) the callback takes the
-    first ``num_samples`` samples of the first validation dataloader as they pass, computes their saliency maps
-    with ``cam`` (view 0 of EVET, the *original* maps) and the EVET maps, scores both, and logs with
-    ``pl_module.log`` (so the values appear in ``trainer.callback_metrics``, in every logger, and in the list
-    ``trainer.validate`` returns):
+    Every ``every_n_epochs``-th validation epoch (and every ``trainer.validate`` and ``trainer.test`` run) the
+    callback takes the first ``num_samples`` samples of the first validation (test) dataloader as they pass,
+    computes their maps with ``cam`` (view 0 of EVET, the *original* maps) and the EVET maps, scores both, and logs
+    with ``pl_module.log`` (so the values are in ``trainer.callback_metrics``, every logger, and the list
+    ``trainer.validate`` or ``trainer.test`` returns):
 
     - ``{prefix}/original/average_drop``, ``{prefix}/evet/average_drop`` (Eq. 10, lower is better) and
       ``.../increase_in_confidence`` (Eq. 11): clean-image probability ``Y = f_k(x)`` against the probability
@@ -122,40 +119,30 @@ class EVETCallback(pl.Callback, _LightningCallback):
     ``_evet_metrics_<prefix>`` that follows the module's device but holds no parameter, buffer or
     ``state_dict`` entry; see :class:`~evet_lightning.callbacks.explanation_metrics.MetricsAnchor`).
 
-    The class derives from ``pytorch_lightning.Callback`` and, when the ``lightning`` package is installed, also
-    from ``lightning.pytorch.Callback`` (both declare the same hooks), so ``pytorch_lightning.Trainer`` and
-    ``lightning.pytorch.Trainer`` both accept it.
+    It derives from ``pytorch_lightning.Callback`` and, when ``lightning`` is installed, ``lightning.pytorch.Callback``
+    (both declare the same hooks), so ``pytorch_lightning.Trainer`` and ``lightning.pytorch.Trainer`` accept it.
 
-    Samples: rank ``r`` of ``W`` processes keeps the first ``num_samples // W + (r < num_samples % W)`` samples
-    of its shard (capped by the dataset size when it is known), which with Lightning's unshuffled
-    ``DistributedSampler`` are exactly the first ``num_samples`` dataset indices, as with one process. The
-    samples are the same every epoch when the validation loader is deterministic (not shuffled); their
-    fingerprint is saved in :meth:`state_dict` and a resumed run warns when it explains different samples.
-    Under sharded training (FSDP2, DeepSpeed) every forward pass is a collective, so every rank explains the
-    same number of samples, ``ceil(n / W)``, in chunks of one agreed size; the extra samples are padding, left
-    out of every result, and a rank whose samples differ in shape, dtype or label/mask presence raises a
-    ``RuntimeError`` before any forward pass (docs/design.md, decision 29; README "Sharded training").
-    Every process computes every metric (torchmetrics syncs them), so the logged values are global and are
-    logged with ``sync_dist=False``; Lightning's generic advice to use ``sync_dist=True`` is silenced for the
-    ``{prefix}/`` keys only. Heatmaps are rendered and written by rank zero only.
+    Samples: with ``W`` processes the first ``num_samples`` dataset indices, as with one (decision 13; fewer reach
+    the callback: a warning, once per run); the same every epoch with an unshuffled loader, and a resumed run warns
+    when they differ from the checkpoint's. Under sharded training (FSDP2, DeepSpeed) every rank explains the same
+    number of samples, the extra ones padding (decision 29; README "Sharded training"). Every process computes
+    every metric (torchmetrics syncs them), so the values are global, logged with ``sync_dist=False`` (Lightning's
+    advice to sync is silenced for the ``{prefix}/`` keys only). Heatmaps are written by rank zero only.
 
     Cost: per sample, one EVET run (about ``2 (n + 1)`` forward passes for ``n`` transforms plus one to score
     the EVET map) and, for *each* stability transform, one more EVET run on the transformed image (its view 0
     is the original map of ``T(x)``), so the default (one stability transform) roughly doubles the work of
     EVET alone; ``stability_transforms=[]`` saves it. ``deletion_insertion=True`` adds ``2 (S + 1)`` forward
     passes per map, ``4 (S + 1) = 84`` per sample at ``deletion_steps=20`` for both maps (no backward), next to
-    EVET's ``2 (n + 1) + 5 = 21`` at the defaults: about 4x EVET's own forward passes. Measured on a CPU with the
-    demo's SmallCNN (32 samples, defaults otherwise), the curves of both maps took 3.8x the wall time of EVET
-    at 64 and 96 pixels (widths 16 and 32) and 1.9x on a tiny 32-pixel, width-4 model, where EVET's fixed
-    per-call work dominates. It is spent only in explained epochs; the rest of the time the callback only
-    checks a flag per batch.
+    EVET's ``2 (n + 1) + 5 = 21`` at the defaults: about 4x EVET's own forward passes (3.8x its wall time on the
+    demo's SmallCNN, README "Speed and memory"). It is spent only in explained epochs; the rest of the time the
+    callback only checks a flag per batch.
 
     Args:
         cam: a pytorch-grad-cam CAM class, its name (``"GradCAM"``, ``"GradCAMPlusPlus"``, ``"ScoreCAM"``, ...)
             or ``"Gradient"``; also a callable ``(model, images, targets) -> maps`` (module level, so that it
             pickles for ``ddp_spawn``), ``"package.module:function"``, ``"captum:Name"`` or ``"zennit:Composite"``
             (see :class:`~evet_lightning.EVET`).
-        cam_kwargs: options of a Captum, zennit or callable method (see :class:`~evet_lightning.EVET`).
         target_layers: dotted name(s) of the layer(s) the CAM explains (``model.named_modules()`` of the
             explained model); ``None`` auto-detects the last layer with a spatial output, as early as possible:
             in ``setup`` from ``example_input_array`` if the module has one, else on the first sanity-check
@@ -175,8 +162,8 @@ class EVETCallback(pl.Callback, _LightningCallback):
         reshape_transform: ``activation -> (B, C, H, W)`` for target layers that output tokens (ViT) or
             channels-last maps; see :class:`~evet_lightning.EVET`.
         output_transform: ``model output -> (B, K) logits`` for models whose forward returns something else.
-        cam_kwargs: the method's options (``base_method`` of FinerCAM/RefineCAM/SESS/GuidedGradCAM,
-            Faster-Score-CAM's ``max_channels``, ...); see :class:`~evet_lightning.EVET`.
+        cam_kwargs: the method's options (``base_method`` of FinerCAM/RefineCAM/SESS/GuidedGradCAM, Faster-Score-
+            CAM's ``max_channels``, a Captum, zennit or callable method's); see :class:`~evet_lightning.EVET`.
         baseline: x_d of Eq. (3) for EVET and the faithfulness scores: ``"black"``, ``"zeros"``, ``"blur"``, a
             tensor or a callable.
         normalization: ``(mean, std)`` the images were normalized with: ``"black"`` is then black in pixels
@@ -185,8 +172,10 @@ class EVETCallback(pl.Callback, _LightningCallback):
             samples explained per EVET call. ``"auto"``: see
             :func:`~evet_lightning.saliency.settings.resolve_max_batch_size`.
         num_samples: how many validation samples to explain (in total over all processes), >= 1.
-        every_n_epochs: explain every n-th validation run of ``trainer.fit`` (the first one included; with
-            ``val_check_interval`` every validation run counts), >= 1. ``trainer.validate`` always explains.
+        every_n_epochs: explain validation runs n, 2n, ... of ``trainer.fit`` (Lightning's convention; with
+            ``val_check_interval`` every validation run counts), >= 1. ``trainer.validate`` always explains. The
+            keys are absent from ``callback_metrics`` after a skipped run: monitor them with
+            ``EarlyStopping(strict=False)`` and ``ModelCheckpoint(every_n_epochs=n)`` (decision 33).
         target: ``"label"`` (the batch's label when it has one, else the prediction) or ``"prediction"``.
         stability_transforms: the transforms T of the stability index; default ``[Rotate(5.0)]``, a transform
             EVET itself does not use, so the index measures how EVET generalizes (paper Fig. 4b); ``"paper"``
@@ -311,6 +300,7 @@ class EVETCallback(pl.Callback, _LightningCallback):
         self._layers_resolved = False
         self._batch_checked = False
         self._buffer: SampleBuffer | None = None
+        self._warned = OnceWarnings()
         self.last_alpha: FoldChoice | None = None
         """With ``alpha="auto"``: the last explained epoch's out-of-fold choice (both folds' alphas, the curve)."""
         self.last_samples: ExplainedSamples | None = None
@@ -393,8 +383,10 @@ class EVETCallback(pl.Callback, _LightningCallback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage not in ("fit", "validate"):
+        if stage not in ("fit", "validate", "test"):
             return
+        if stage == "fit":
+            check_monitors(trainer, self.prefix, self.every_n_epochs)
         self._prepare(trainer, pl_module)
 
     @override
@@ -409,14 +401,15 @@ class EVETCallback(pl.Callback, _LightningCallback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self._layers_resolved or self._evet is None:
-            return
-        self._resolve_layers_from_training_batch(batch)
+        if not self._layers_resolved and self._evet is not None:
+            self._resolve_layers_from_training_batch(batch)
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self._evet is None:
             return
+        if not in_evaluation(trainer):
+            drop_logged_values(trainer, self.prefix)  # a skipped run must not leave another run's values (decision 33)
         self._buffer = new_buffer(trainer, self.num_samples) if self._explains_this_run(trainer) else None
 
     @override
@@ -442,6 +435,11 @@ class EVETCallback(pl.Callback, _LightningCallback):
             return
         self._run_explanation(trainer, pl_module)
 
+    # `trainer.test` explains and logs like `trainer.validate` (keys in the list it returns), by the same hooks.
+    on_test_epoch_start = on_validation_epoch_start
+    on_test_batch_end = on_validation_batch_end
+    on_test_epoch_end = on_validation_epoch_end
+
     # ----------------------------------------------------------------------------- setup and samples
 
     def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -454,6 +452,7 @@ class EVETCallback(pl.Callback, _LightningCallback):
         module = explained_module(pl_module, self.model)
         self._evet = EVET(module, **self.settings.evet_kwargs())
         self._layers_resolved = self._batch_checked = False
+        self._warned = OnceWarnings()
         MetricsAnchor.attach(pl_module, self.prefix, self._metrics)
         if trainer.world_size > 1:
             # Our values are already global (torchmetrics syncs on compute), so logging them with sync_dist=False
@@ -492,13 +491,15 @@ class EVETCallback(pl.Callback, _LightningCallback):
             self._batch_checked = True
 
     def _read_batch(self, batch: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        if self.batch_unpacker is None:
+            self._warned.warn("keys", unread_keys(batch))
         return read_batch(batch, self.batch_unpacker, use_labels=self.target == "label")
 
     def _explains_this_run(self, trainer: pl.Trainer) -> bool:
-        """``trainer.validate`` always explains; fit's validation runs follow ``every_n_epochs``."""
-        if in_validate(trainer):
+        """``trainer.validate`` and ``.test`` always explain; fit's validation runs follow ``every_n_epochs``."""
+        if in_evaluation(trainer):
             return True
-        explains = self.validation_runs % self.every_n_epochs == 0
+        explains = explains_run(self.validation_runs, self.every_n_epochs)
         self.validation_runs += 1
         return explains
 
@@ -592,6 +593,7 @@ class EVETCallback(pl.Callback, _LightningCallback):
         if counts.explained == 0:
             rank_zero_warn("EVETCallback: no sample could be explained this epoch; only num_skipped is logged")
         self.last_num_samples = counts.explained + counts.skipped
+        self._warned.warn("samples", fewer_samples(self.last_num_samples, self.num_samples))
         warn_if_samples_changed(self._loaded_fingerprint, counts.fingerprint)
         self._loaded_fingerprint, self.fingerprint = None, counts.fingerprint
         return values, counts.mean_curves

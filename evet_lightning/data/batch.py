@@ -8,7 +8,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["BatchUnpacker", "check_images", "check_labels", "check_masks", "read_batch", "unpack_batch", "unpack_with"]
+__all__ = [
+    "BatchUnpacker",
+    "check_images",
+    "check_labels",
+    "check_masks",
+    "read_batch",
+    "unpack_batch",
+    "unpack_with",
+    "unread_keys",
+]
 
 #: ``batch -> (images (B, C, H, W), labels (B,) or None, masks (B, H, W) or None)``.
 BatchUnpacker = Callable[[Any], tuple[Tensor, Tensor | None, Tensor | None]]
@@ -50,6 +59,53 @@ def unpack_batch(batch: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
     raise ValueError(
         f"Expected a batch that is a tensor, a tuple (x, y[, mask]) or a dict with an 'image' key, but got "
         f"{type(batch).__name__}; pass `batch_unpacker=` to EVETCallback"
+    )
+
+
+def unread_keys(batch: Any) -> str | None:
+    """Why a dict batch may hold labels or masks that :func:`unpack_batch` does not read, or ``None``.
+
+    Flagged: no label key while another key holds integers, one per image (``class_idx``: the prediction would be
+    explained instead of the label), and no mask key while another key holds a tensor with the images' height and
+    width (``segmentation``: no pointing game). Other extra keys (paths, ids) are fine.
+
+    Example:
+        >>> unread_keys({"image": torch.zeros(2, 3, 4, 4), "class_idx": torch.tensor([0, 1])})[:48]
+        "the batch dict's keys ['class_idx'] are not read"
+        >>> unread_keys({"image": torch.zeros(2, 3, 4, 4), "label": torch.tensor([0, 1]), "id": ["a", "b"]}) is None
+        True
+    """
+    if not isinstance(batch, Mapping):
+        return None
+    images = _first_key(batch, _IMAGE_KEYS)
+    if not isinstance(images, Tensor) or images.ndim != 4:
+        return None
+    known = {*_IMAGE_KEYS, *_LABEL_KEYS, *_MASK_KEYS}
+    others = {key: value for key, value in batch.items() if key not in known and isinstance(value, Tensor)}
+    size, spatial = images.shape[0], tuple(images.shape[-2:])
+    labels = [
+        key
+        for key, value in others.items()
+        if _first_key(batch, _LABEL_KEYS) is None
+        and not value.is_floating_point()
+        and value.numel() == size
+        and value.ndim <= 2
+    ]
+    masks = [
+        key
+        for key, value in others.items()
+        if _first_key(batch, _MASK_KEYS) is None and value.ndim >= 3 and tuple(value.shape[-2:]) == spatial
+    ]
+    unread = sorted({*labels, *masks}, key=str)
+    if not unread:
+        return None
+    lost = [
+        *(["the label (the prediction is explained instead)"] if labels else []),
+        *(["the object masks (no pointing game)"] if masks else []),
+    ]
+    return (
+        f"the batch dict's keys {unread} are not read, so {' and '.join(lost)} are not used; labels are read from "
+        f"{list(_LABEL_KEYS)}, masks from {list(_MASK_KEYS)}: rename the key or pass `batch_unpacker=`"
     )
 
 

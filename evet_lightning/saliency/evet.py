@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torchmetrics.utilities import rank_zero_warn
 
 from evet_lightning._model_state import model_state_guard, uncompiled
 from evet_lightning.functional.alpha import (
@@ -25,7 +26,7 @@ from evet_lightning.saliency.explainers import Explainer, Explanation, GradientE
 from evet_lightning.saliency.external import build_external_explainer, resolve_external
 from evet_lightning.saliency.grad_cam_adapter import GradCamLibraryExplainer
 from evet_lightning.saliency.layers import LayerSpec, check_target_layers, resolve_target_layers
-from evet_lightning.saliency.outputs import logits_from_output
+from evet_lightning.saliency.outputs import logits_from_output, not_logits
 from evet_lightning.saliency.score_cam import SCORE_CAMS, ScoreCAM
 from evet_lightning.saliency.settings import EVETSettings, resolve_cam, resolve_max_batch_size
 from evet_lightning.saliency.transforms import AffineTransform, Identity
@@ -208,6 +209,7 @@ class EVET:
         self.output_transform = settings.output_transform
         self.cam_kwargs = settings.cam_kwargs
         self._chunk = 1
+        self._outputs_checked = False
 
     @classmethod
     def from_settings(cls, model: nn.Module, settings: EVETSettings) -> EVET:
@@ -428,9 +430,19 @@ class EVET:
             alpha_objective=objective,
         )
 
+    def _warn_if_not_logits(self, logits: Tensor) -> None:
+        """Once per engine: a model whose outputs are (log-)probabilities gets scores or maps that mean something
+        else (:func:`~evet_lightning.saliency.outputs.not_logits`); the same check as ``evaluate``'s."""
+        if self._outputs_checked:
+            return
+        self._outputs_checked = True
+        problem = not_logits(logits)
+        if problem is not None:
+            rank_zero_warn(f"EVET: the model {problem}")
+
     def _forward(self, images: Tensor) -> Tensor:
         """The model's logits for ``images`` (see ``output_transform``)."""
-        return logits_from_output(self.model(images), self.output_transform)
+        return logits_from_output(self.model(images), self.output_transform, num_images=images.shape[0])
 
     def _scores(self, images: Tensor, maps: Tensor, targets: Tensor, baseline: Tensor | None = None) -> Tensor:
         """``f_k(Phi(x, M))`` for ``M (N, H, W)``, in chunks, without autograd."""
@@ -471,6 +483,7 @@ class EVET:
             explanation = self._run_explainer(explainer, transformed, targets.repeat(num_views))
             maps, logits = explanation.maps, explanation.logits[:batch]
         finite = torch.isfinite(images.flatten(1)).all(dim=1) & torch.isfinite(logits).all(dim=1)
+        self._warn_if_not_logits(logits)
         # Each view's map: min-max normalized, then mapped back to the original frame (decision 2).
         maps = min_max_normalize(maps).view(num_views, batch, *maps.shape[-2:])
         maps = torch.stack(
