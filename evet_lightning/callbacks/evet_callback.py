@@ -207,9 +207,9 @@ class EVETCallback(pl.Callback, _LightningCallback):
             turns it on to report both protocols.
 
     Raises:
-        ValueError: in the constructor for any invalid argument; in ``setup`` for a layer name that is not in
-            the model or a ``model`` that does not give an ``nn.Module``; before the first training step (at
-            the latest) when auto-detection finds no spatial layer or a batch cannot be unpacked.
+        ValueError: in the constructor for any invalid argument; in ``setup`` for a layer name not in the model, a
+            ``model`` that does not give an ``nn.Module``, or a monitor the cadence breaks (decision 33); before the
+            first training step (at the latest) when auto-detection finds no spatial layer or a batch is unreadable.
 
     Example:
         >>> from evet_lightning import EVETCallback
