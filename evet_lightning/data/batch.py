@@ -66,8 +66,8 @@ def unread_keys(batch: Any) -> str | None:
     """Why a dict batch may hold labels or masks that :func:`unpack_batch` does not read, or ``None``.
 
     Flagged: no label key while another key holds integers, one per image (``class_idx``: the prediction would be
-    explained instead of the label), and no mask key while another key holds a tensor with the images' height and
-    width (``segmentation``: no pointing game). Other extra keys (paths, ids) are fine.
+    explained instead of the label), and no mask key while another key holds a mask-shaped tensor, ``(B, H, W)`` or
+    ``(B, 1, H, W)`` like the images (``segmentation``: no pointing game). Other extra keys (paths, ids) are fine.
 
     Example:
         >>> unread_keys({"image": torch.zeros(2, 3, 4, 4), "class_idx": torch.tensor([0, 1])})[:48]
@@ -94,18 +94,18 @@ def unread_keys(batch: Any) -> str | None:
     masks = [
         key
         for key, value in others.items()
-        if _first_key(batch, _MASK_KEYS) is None and value.ndim >= 3 and tuple(value.shape[-2:]) == spatial
+        if _first_key(batch, _MASK_KEYS) is None and tuple(value.shape) in {(size, *spatial), (size, 1, *spatial)}
     ]
     unread = sorted({*labels, *masks}, key=str)
     if not unread:
         return None
     lost = [
-        *(["the label (the prediction is explained instead)"] if labels else []),
-        *(["the object masks (no pointing game)"] if masks else []),
+        *(["no label is used (the prediction is explained instead)"] if labels else []),
+        *(["no object mask is used (no pointing game)"] if masks else []),
     ]
     return (
-        f"the batch dict's keys {unread} are not read, so {' and '.join(lost)} are not used; labels are read from "
-        f"{list(_LABEL_KEYS)}, masks from {list(_MASK_KEYS)}: rename the key or pass `batch_unpacker=`"
+        f"the batch dict's keys {unread} are not read, so {' and '.join(lost)}; labels are read from "
+        f"{list(_LABEL_KEYS)}, masks from {list(_MASK_KEYS)}: rename the keys or pass `batch_unpacker=`"
     )
 
 
