@@ -492,7 +492,7 @@ class EVETCallback(pl.Callback, _LightningCallback):
 
     def _read_batch(self, batch: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
         if self.batch_unpacker is None:
-            self._warned.warn("keys", unread_keys(batch))
+            self._warned.warn("keys", unread_keys(batch, use_labels=self.target == "label"))
         return read_batch(batch, self.batch_unpacker, use_labels=self.target == "label")
 
     def _explains_this_run(self, trainer: pl.Trainer) -> bool:

@@ -62,8 +62,9 @@ def unpack_batch(batch: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
     )
 
 
-def unread_keys(batch: Any) -> str | None:
-    """Why a dict batch may hold labels or masks that :func:`unpack_batch` does not read, or ``None``.
+def unread_keys(batch: Any, *, use_labels: bool = True) -> str | None:
+    """Why a dict batch may hold labels or masks that :func:`unpack_batch` does not read, or ``None``; labels only
+    with ``use_labels`` (they are not wanted when the prediction is explained anyway).
 
     Flagged: no label key while another key holds integers, one per image (``class_idx``: the prediction would be
     explained instead of the label), and no mask key while another key holds a mask-shaped tensor, ``(B, H, W)`` or
@@ -86,8 +87,9 @@ def unread_keys(batch: Any) -> str | None:
     labels = [
         key
         for key, value in others.items()
-        if _first_key(batch, _LABEL_KEYS) is None
-        and not value.is_floating_point()
+        if use_labels
+        and _first_key(batch, _LABEL_KEYS) is None
+        and not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
         and value.numel() == size
         and value.ndim <= 2
     ]
