@@ -63,7 +63,8 @@ def test_evet_on_a_compiled_model_equals_the_eager_model() -> None:
     eager = EVET(tiny_cnn(), target_layers="features.5", alpha="auto")(images)
     compiled_model = torch.compile(tiny_cnn(), backend=counting_backend)
     outer = nn.Sequential(torch.compile(tiny_cnn(), backend=counting_backend))  # a compiled submodule
-    for model, layer in ((compiled_model, "features.5"), (outer, "0._orig_mod.features.5")):
+    # Layer names as in the eager model; inside a compiled submodule, with or without its `_orig_mod` step.
+    for model, layer in ((compiled_model, "features.5"), (outer, "0.features.5"), (outer, "0._orig_mod.features.5")):
         result = EVET(model, target_layers=layer, alpha="auto")(images)
         torch.testing.assert_close(result.saliency, eager.saliency, atol=1e-6, rtol=0)
         torch.testing.assert_close(result.original, eager.original, atol=1e-6, rtol=0)
