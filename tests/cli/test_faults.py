@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,23 @@ def test_importing_the_command_loads_neither_torch_nor_lightning() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True, env=env, cwd=root
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_a_real_ctrl_c_one_second_into_the_command_is_exit_130_without_a_traceback(tmp_path: Path) -> None:
+    """SIGINT to ``python -m evet_lightning evaluate`` while it starts (torch alone takes seconds to import)."""
+    root = str(Path(evet_lightning.__file__).parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "evet_lightning", *EVALUATE, "--output", str(tmp_path / "out")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=root,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a shell's background job ignores it
+    )
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in last_line(err)
