@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["model_state_guard"]
+__all__ = ["model_state_guard", "uncompiled"]
 
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
@@ -68,7 +68,8 @@ def model_state_guard(model: nn.Module, *, protect_grads: bool) -> Iterator[None
     numpy_rng = np.random.get_state()  # noqa: NPY002 (the legacy global RNG is the one models draw from)
     model.eval()
     try:
-        yield
+        with _run_eagerly(model):
+            yield
     finally:
         for module, saved_children in children:
             if module._modules != saved_children:
@@ -109,6 +110,45 @@ def model_state_guard(model: nn.Module, *, protect_grads: bool) -> Iterator[None
             torch.cuda.set_rng_state_all(cuda_rng)
         random.setstate(python_rng)
         np.random.set_state(numpy_rng)  # noqa: NPY002
+
+
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The module ``torch.compile(module)`` wrapped (its ``_orig_mod``), or ``model`` itself when not compiled.
+
+    Its submodule names are the user's (``features.5``, not ``_orig_mod.features.5``) and it runs eagerly.
+    """
+    return model._orig_mod if _is_compiled(model) else model  # type: ignore[return-value]
+
+
+def _is_compiled(module: nn.Module) -> bool:
+    # By name: importing torch._dynamo to check the class would cost every caller its import time.
+    return type(module).__name__ == "OptimizedModule" and isinstance(getattr(module, "_orig_mod", None), nn.Module)
+
+
+@contextmanager
+def _run_eagerly(model: nn.Module) -> Iterator[None]:
+    """Run compiled code eagerly for the duration (decision 32).
+
+    torch >= 2.6: ``torch.compiler.set_stance("force_eager")`` (every compiled module and function). Older torch
+    has no stance: each compiled module in ``model`` gets its original module's ``__call__`` as ``forward`` (the
+    attribute ``torch.compile`` sets), put back on exit; compiled functions called by the model stay compiled.
+    """
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    if set_stance is not None:
+        with set_stance("force_eager"):
+            yield
+        return
+    compiled = [module for module in model.modules() if _is_compiled(module) and "forward" in vars(module)]
+    forwards = [(module, vars(module)["forward"]) for module in compiled]
+    try:
+        for module in compiled:
+            original = module._orig_mod
+            assert isinstance(original, nn.Module)
+            module.forward = original.__call__  # type: ignore[method-assign]
+        yield
+    finally:
+        for module, forward in forwards:
+            module.forward = forward
 
 
 def _restore_modes(model: nn.Module, training: list[tuple[nn.Module, bool]]) -> None:

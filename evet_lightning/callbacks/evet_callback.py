@@ -29,21 +29,24 @@ from evet_lightning.callbacks.arguments import (
     table5_transforms,
 )
 from evet_lightning.callbacks.base import LightningCallback
+from evet_lightning.callbacks.cadence import check_monitors, drop_logged_values, explains_run
 from evet_lightning.callbacks.explaining import ExplainedSamples, module_device
 from evet_lightning.callbacks.explanation_metrics import ExplanationMetrics, MetricsAnchor
 from evet_lightning.callbacks.image_logging import HeatmapStyle, log_epoch
 from evet_lightning.callbacks.pairs import PairPolicy, apply_task, check_task_option, decide_task
 from evet_lightning.callbacks.records import SampleRecords
 from evet_lightning.callbacks.sampling import (
+    OnceWarnings,
     check_fsdp1_model,
+    fewer_samples,
     fsdp1_root,
-    in_validate,
+    in_evaluation,
     rank_quota,
     silence_sync_dist_advice,
     warn_if_samples_changed,
 )
 from evet_lightning.callbacks.streaming import ChunkWork, EpochStream
-from evet_lightning.data.batch import BatchUnpacker, check_images, read_batch, unpack_batch, unpack_with
+from evet_lightning.data.batch import BatchUnpacker, check_images, read_batch, unpack_batch, unpack_with, unread_keys
 from evet_lightning.functional.activation import Activation, Task
 from evet_lightning.functional.alpha import DEFAULT_ALPHA_GRID, DEFAULT_ALPHA_OBJECTIVE, AlphaObjective
 from evet_lightning.functional.perturbation import Baseline, Normalization
@@ -57,11 +60,11 @@ __all__ = ["BatchUnpacker", "EVETCallback", "rank_quota", "unpack_batch"]
 class EVETCallback(pl.Callback, LightningCallback):
     """Track explanation quality during training: a CAM's maps against their EVET enhancement (Oh et al., 2021).
 
-    Every ``every_n_epochs``-th validation epoch (and in every ``trainer.validate`` run) the callback takes the
-    first ``num_samples`` samples of the first validation dataloader as they pass, computes their saliency maps
-    with ``cam`` (view 0 of EVET, the *original* maps) and the EVET maps, scores both, and logs with
-    ``pl_module.log`` (so the values appear in ``trainer.callback_metrics``, in every logger, and in the list
-    ``trainer.validate`` returns):
+    Every ``every_n_epochs``-th validation epoch (and every ``trainer.validate`` and ``trainer.test`` run) the
+    callback takes the first ``num_samples`` samples of the first validation (test) dataloader as they pass,
+    computes their maps with ``cam`` (view 0 of EVET, the *original* maps) and the EVET maps, scores both, and logs
+    with ``pl_module.log`` (so the values are in ``trainer.callback_metrics``, every logger, and the list
+    ``trainer.validate`` or ``trainer.test`` returns):
 
     - ``{prefix}/original/average_drop``, ``{prefix}/evet/average_drop`` (Eq. 10, lower is better) and
       ``.../increase_in_confidence`` (Eq. 11): clean-image probability ``Y = f_k(x)`` against the probability
@@ -163,8 +166,10 @@ class EVETCallback(pl.Callback, LightningCallback):
             samples explained per EVET call. ``"auto"``: see
             :func:`~evet_lightning.saliency.settings.resolve_max_batch_size`.
         num_samples: how many validation samples to explain (in total over all processes), >= 1.
-        every_n_epochs: explain every n-th validation run of ``trainer.fit`` (the first one included; with
-            ``val_check_interval`` every validation run counts), >= 1. ``trainer.validate`` always explains.
+        every_n_epochs: explain validation runs n, 2n, ... of ``trainer.fit`` (Lightning's convention; with
+            ``val_check_interval`` every validation run counts), >= 1. ``trainer.validate`` always explains. The
+            keys are absent from ``callback_metrics`` after a skipped run: monitor them with
+            ``EarlyStopping(strict=False)`` and ``ModelCheckpoint(every_n_epochs=n)`` (decision 33).
         target: ``"label"`` (the batch's label when it has one, else the prediction) or ``"prediction"``.
         stability_transforms: the transforms T of the stability index; default ``[Rotate(5.0)]``, a transform
             EVET itself does not use, so the index measures how EVET generalizes (paper Fig. 4b); ``"paper"``
@@ -209,9 +214,9 @@ class EVETCallback(pl.Callback, LightningCallback):
             the out-of-fold rule on every sample.
 
     Raises:
-        ValueError: in the constructor for any invalid argument; in ``setup`` for a layer name that is not in
-            the model or a ``model`` that does not give an ``nn.Module``; before the first training step (at
-            the latest) when auto-detection finds no spatial layer or a batch cannot be unpacked.
+        ValueError: in the constructor for any invalid argument; in ``setup`` for a layer name not in the model, a
+            ``model`` that does not give an ``nn.Module``, or a monitor the cadence breaks (decision 33); before the
+            first training step (at the latest) when auto-detection finds no spatial layer or a batch is unreadable.
 
     Example:
         >>> from evet_lightning import EVETCallback
@@ -315,6 +320,7 @@ class EVETCallback(pl.Callback, LightningCallback):
         self._layers_resolved = False
         self._batch_checked = False
         self._stream: EpochStream | None = None
+        self._warned = OnceWarnings()
         self.last_alpha: FoldChoice | None = None
         """With ``alpha="auto"``: the last explained epoch's out-of-fold choice (both folds' alphas, the curve)."""
         self._records = SampleRecords()
@@ -361,20 +367,10 @@ class EVETCallback(pl.Callback, LightningCallback):
         return [] if self.last_samples is None else self.last_samples.results
 
     def sample_records(self, start: int = 0) -> dict[str, Tensor]:
-        """The per-sample records of the current (or last) explained epoch on this process, as CPU columns of
-        equal length: one row per finalized real sample (padding never; per (image, class) pair in a multi-label
-        run), in the order finalized; rows only grow during an epoch (read new rows in a later callback's
-        ``on_validation_batch_end``).
-
-        Columns: ``sample`` (int64, the position in the single-process order: the dataset index with an
-        unshuffled loader; a pair's image), ``target`` (int64, the class explained), ``finite`` (bool; a
-        non-finite row has NaN values), ``Y``, ``original/O``, ``evet/O``, ``alpha`` (float64, the alpha of the
-        sample's EVET map), and for each variant ``original``/``evet`` the per-sample values the logged metrics
-        are the means of: ``average_drop``, ``increase_in_confidence``, ``energy_pointing_game`` (with masks),
-        ``stability_index`` (with stability transforms), ``stability_index_paper`` (``paper_stability``),
-        ``deletion_auc``, ``insertion_auc`` (``deletion_insertion``), keyed ``"{variant}/{metric}"``. ``start``:
-        only the rows from that one on (the new rows since a previous call, without concatenating earlier ones).
-        """
+        """The per-sample records of the current (or last) explained epoch on this process: CPU columns of equal
+        length, one row per finalized real sample (per (image, class) pair in a multi-label run), in the order
+        finalized; rows only grow during an epoch. ``start``: only the rows from that one on. The columns are
+        described in :mod:`evet_lightning.callbacks.records`."""
         return self._records.columns(start)
 
     @property
@@ -411,23 +407,18 @@ class EVETCallback(pl.Callback, LightningCallback):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(
-            _evet=None,
-            _layers_resolved=False,
-            _batch_checked=False,
-            _stream=None,
-            last_samples=None,
-            last_timing={},
-            _records=SampleRecords(),
-        )
+        state.update(_evet=None, _layers_resolved=False, _batch_checked=False, _stream=None, last_samples=None)
+        state.update(last_timing={}, _records=SampleRecords())
         return state
 
     # ----------------------------------------------------------------------------- hooks
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage not in ("fit", "validate"):
+        if stage not in ("fit", "validate", "test"):
             return
+        if stage == "fit":
+            check_monitors(trainer, self.prefix, self.every_n_epochs)
         self._prepare(trainer, pl_module)
 
     @override
@@ -442,14 +433,15 @@ class EVETCallback(pl.Callback, LightningCallback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self._layers_resolved or self._evet is None:
-            return
-        self._resolve_layers_from_training_batch(batch)
+        if not self._layers_resolved and self._evet is not None:
+            self._resolve_layers_from_training_batch(batch)
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self._evet is None:
             return
+        if not in_evaluation(trainer):
+            drop_logged_values(trainer, self.prefix)  # a skipped run must not leave another run's values (decision 33)
         self._stream = self._new_stream(trainer) if self._explains_this_run(trainer) else None
 
     @override
@@ -475,6 +467,11 @@ class EVETCallback(pl.Callback, LightningCallback):
             return
         self._run_explanation(trainer, pl_module)
 
+    # `trainer.test` explains and logs like `trainer.validate` (keys in the list it returns), by the same hooks.
+    on_test_epoch_start = on_validation_epoch_start
+    on_test_batch_end = on_validation_batch_end
+    on_test_epoch_end = on_validation_epoch_end
+
     # ----------------------------------------------------------------------------- setup and samples
 
     def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -483,6 +480,7 @@ class EVETCallback(pl.Callback, LightningCallback):
         module = explained_module(pl_module, self.model)
         self._evet = EVET(module, **self.settings.evet_kwargs())
         self._layers_resolved = self._batch_checked = False
+        self._warned = OnceWarnings()
         MetricsAnchor.attach(pl_module, self.prefix, self._metrics)
         silence_sync_dist_advice(trainer, self.prefix)
         example = getattr(pl_module, "example_input_array", None)
@@ -526,13 +524,15 @@ class EVETCallback(pl.Callback, LightningCallback):
             if self._evet is not None:
                 apply_task(self._evet, self.settings)
         multilabel = self._task == "multilabel"
+        if self.batch_unpacker is None:
+            self._warned.warn("keys", unread_keys(batch, use_labels=self.target == "label"))
         return read_batch(batch, self.batch_unpacker, use_labels=self.target == "label", multilabel=multilabel)
 
     def _explains_this_run(self, trainer: pl.Trainer) -> bool:
-        """``trainer.validate`` always explains; fit's validation runs follow ``every_n_epochs``."""
-        if in_validate(trainer):
+        """``trainer.validate`` and ``.test`` always explain; fit's validation runs follow ``every_n_epochs``."""
+        if in_evaluation(trainer):
             return True
-        explains = self.validation_runs % self.every_n_epochs == 0
+        explains = explains_run(self.validation_runs, self.every_n_epochs)
         self.validation_runs += 1
         return explains
 
@@ -594,6 +594,7 @@ class EVETCallback(pl.Callback, LightningCallback):
         if counts.explained == 0:
             rank_zero_warn("EVETCallback: no sample could be explained this epoch; only num_skipped is logged")
         self.last_num_samples = counts.explained + counts.skipped
+        self._warned.warn("samples", fewer_samples(self.last_num_samples, self.num_samples))
         warn_if_samples_changed(self._loaded_fingerprint, counts.fingerprint)
         self._loaded_fingerprint, self.fingerprint = None, counts.fingerprint
         return values, counts.mean_curves

@@ -5,6 +5,14 @@ One row per real sample (padding never), in the order the samples were finalized
 the per-sample values the logged metrics and the paired differences are computed from
 (:func:`~evet_lightning.callbacks.explanation_metrics.per_sample_values`), so a mean over the finite rows equals
 the logged value.
+
+Columns (:meth:`SampleRecords.columns`): ``sample`` (int64, the position in the single-process order: the dataset
+index with an unshuffled loader; a pair's image), ``target`` (int64, the class explained), ``finite`` (bool; a
+non-finite row has NaN values), ``Y``, ``original/O``, ``evet/O``, ``alpha`` (float64, the alpha of the sample's
+EVET map), and for each variant ``original``/``evet`` the per-sample values the logged metrics are the means of:
+``average_drop``, ``increase_in_confidence``, ``energy_pointing_game`` (with masks), ``stability_index`` (with
+stability transforms), ``stability_index_paper`` (``paper_stability``), ``deletion_auc``, ``insertion_auc``
+(``deletion_insertion``), keyed ``"{variant}/{metric}"``.
 """
 
 from __future__ import annotations

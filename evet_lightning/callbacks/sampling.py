@@ -25,14 +25,17 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 
 __all__ = [
+    "OnceWarnings",
     "SampleBatch",
     "agree_across_ranks",
     "check_fsdp1_model",
     "describe_runs",
     "fsdp1_root",
     "SampleBuffer",
+    "fewer_samples",
     "fingerprint_terms",
     "first_val_dataset_size",
+    "in_evaluation",
     "in_validate",
     "padded_quota",
     "padded_runs",
@@ -240,9 +243,19 @@ def in_validate(trainer: pl.Trainer) -> bool:
     return str(getattr(trainer.state.fn, "value", trainer.state.fn)) == "validate"
 
 
+def in_evaluation(trainer: pl.Trainer) -> bool:
+    """``trainer.validate`` or ``trainer.test`` is running: a run that always explains (the test loop is explained
+    by the same hooks as the validation loop)."""
+    return in_validate(trainer) or str(getattr(trainer.state.fn, "value", trainer.state.fn)) == "test"
+
+
 def first_val_dataset_size(trainer: pl.Trainer) -> int | None:
-    """Length of the first validation dataloader's dataset of the running stage, or ``None`` when unknown."""
-    loop = trainer.validate_loop if in_validate(trainer) else trainer.fit_loop.epoch_loop.val_loop
+    """Length of the first evaluation dataloader's dataset of the running stage (validation, or test under
+    ``trainer.test``), or ``None`` when unknown."""
+    if in_validate(trainer):
+        loop = trainer.validate_loop
+    else:
+        loop = trainer.test_loop if in_evaluation(trainer) else trainer.fit_loop.epoch_loop.val_loop
     combined = getattr(loop, "_combined_loader", None)
     loaders = getattr(combined, "iterables", None)
     if isinstance(loaders, (list, tuple)):
@@ -352,6 +365,27 @@ def fsdp1_root(trainer: pl.Trainer, pl_module: pl.LightningModule) -> nn.Module 
     if isinstance(root, FullyShardedDataParallel) and root.module is pl_module:
         return root
     return None
+
+
+class OnceWarnings(set[str]):
+    """The kinds of warning already given in this run: :meth:`warn` says each kind once."""
+
+    def warn(self, kind: str, message: str | None) -> None:
+        """``rank_zero_warn("EVETCallback: " + message)`` unless ``message`` is ``None`` or ``kind`` was said."""
+        if message is not None and kind not in self:
+            self.add(kind)
+            rank_zero_warn(f"EVETCallback: {message}")
+
+
+def fewer_samples(explained: int, num_samples: int) -> str | None:
+    """The warning when fewer samples than ``num_samples`` (over all processes) reached an explained epoch."""
+    if explained >= num_samples:
+        return None
+    return (
+        f"only {explained} of num_samples={num_samples} samples reached the callback in this explained epoch "
+        "(a short first dataloader, `limit_val_batches` or `limit_test_batches`); the values describe those "
+        f"{explained}: give the loader more samples or pass `num_samples={explained}`"
+    )
 
 
 def warn_if_samples_changed(loaded: float | None, fingerprint: float) -> None:

@@ -15,8 +15,9 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+from evet_lightning.cli import INTERRUPTED, OUTPUT_ERROR, PROG, USAGE_ERROR, interrupted_during_start_up
 from evet_lightning.cli.arguments import config_from_args
-from evet_lightning.cli.parser import INTERRUPTED, OUTPUT_ERROR, PROG, USAGE_ERROR, build_parser
+from evet_lightning.cli.parser import build_parser
 from evet_lightning.evaluation import (
     DemoConfig,
     EvaluateConfig,
@@ -76,19 +77,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     output folder that cannot be written); 74 with one line when a file cannot be written mid-run (the files
     written before are kept); 130 when interrupted (Ctrl+C), the last line saying what was kept.
     """
-    parser = build_parser()
     try:
-        args = parser.parse_args(None if argv is None else list(argv))
-    except SystemExit as exit_:  # --help, --version, or a parse error already printed
-        return int(exit_.code) if isinstance(exit_.code, int) else USAGE_ERROR
+        parser = build_parser()
+        try:
+            args = parser.parse_args(None if argv is None else list(argv))
+        except SystemExit as exit_:  # --help, --version, or a parse error already printed
+            return int(exit_.code) if isinstance(exit_.code, int) else USAGE_ERROR
+    except KeyboardInterrupt:  # the start-up, before a subcommand is known (decision 35)
+        return interrupted_during_start_up()
     if args.command is None:
         parser.print_help(sys.stderr)
         return USAGE_ERROR
 
-    _configure_logging()
-    os.environ.setdefault("WANDB_SILENT", "true")
-    command = _demo if args.command == "demo" else _evaluate
     try:
+        _configure_logging()
+        os.environ.setdefault("WANDB_SILENT", "true")
+        command = _demo if args.command == "demo" else _evaluate
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", ".*does not have many workers.*")
             return command(args)

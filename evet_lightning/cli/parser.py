@@ -6,18 +6,11 @@ import argparse
 from typing import NoReturn
 
 from evet_lightning import __version__
+from evet_lightning.cli import INTERRUPTED, OUTPUT_ERROR, PROG, USAGE_ERROR
 from evet_lightning.cli.arguments import add_config_arguments
 from evet_lightning.evaluation.config import DemoConfig, EvaluateConfig
 
 __all__ = ["INTERRUPTED", "OUTPUT_ERROR", "PROG", "USAGE_ERROR", "build_parser"]
-
-PROG = "evet-lightning"
-#: Exit code of a user error, found before the run (argparse's own code for a bad option).
-USAGE_ERROR = 2
-#: Exit code of a result that could not be written mid-run (``EX_IOERR`` of BSD's sysexits.h).
-OUTPUT_ERROR = 74
-#: Exit code after Ctrl+C (a shell's 128 + SIGINT).
-INTERRUPTED = 130
 
 _EVALUATE_EPILOG = """\
 models (--model):

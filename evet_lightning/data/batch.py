@@ -19,6 +19,7 @@ __all__ = [
     "read_batch",
     "unpack_batch",
     "unpack_with",
+    "unread_keys",
 ]
 
 #: ``batch -> (images (B, C, H, W), labels (B,) or None, masks (B, H, W) or None)``.
@@ -61,6 +62,55 @@ def unpack_batch(batch: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
     raise ValueError(
         f"Expected a batch that is a tensor, a tuple (x, y[, mask]) or a dict with an 'image' key, but got "
         f"{type(batch).__name__}; pass `batch_unpacker=` to EVETCallback"
+    )
+
+
+def unread_keys(batch: Any, *, use_labels: bool = True) -> str | None:
+    """Why a dict batch may hold labels or masks that :func:`unpack_batch` does not read, or ``None``; labels only
+    with ``use_labels`` (they are not wanted when the prediction is explained anyway).
+
+    Flagged: no label key while another key holds integers, one per image (``class_idx``: the prediction would be
+    explained instead of the label), and no mask key while another key holds a mask-shaped tensor, ``(B, H, W)`` or
+    ``(B, 1, H, W)`` like the images (``segmentation``: no pointing game). Other extra keys (paths, ids) are fine.
+
+    Example:
+        >>> unread_keys({"image": torch.zeros(2, 3, 4, 4), "class_idx": torch.tensor([0, 1])})[:48]
+        "the batch dict's keys ['class_idx'] are not read"
+        >>> unread_keys({"image": torch.zeros(2, 3, 4, 4), "label": torch.tensor([0, 1]), "id": ["a", "b"]}) is None
+        True
+    """
+    if not isinstance(batch, Mapping):
+        return None
+    images = _first_key(batch, _IMAGE_KEYS)
+    if not isinstance(images, Tensor) or images.ndim != 4:
+        return None
+    known = {*_IMAGE_KEYS, *_LABEL_KEYS, *_MASK_KEYS}
+    others = {key: value for key, value in batch.items() if key not in known and isinstance(value, Tensor)}
+    size, spatial = images.shape[0], tuple(images.shape[-2:])
+    labels = [
+        key
+        for key, value in others.items()
+        if use_labels
+        and _first_key(batch, _LABEL_KEYS) is None
+        and not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
+        and value.numel() == size
+        and value.ndim <= 2
+    ]
+    masks = [
+        key
+        for key, value in others.items()
+        if _first_key(batch, _MASK_KEYS) is None and tuple(value.shape) in {(size, *spatial), (size, 1, *spatial)}
+    ]
+    unread = sorted({*labels, *masks}, key=str)
+    if not unread:
+        return None
+    lost = [
+        *(["no label is used (the prediction is explained instead)"] if labels else []),
+        *(["no object mask is used (no pointing game)"] if masks else []),
+    ]
+    return (
+        f"the batch dict's keys {unread} are not read, so {' and '.join(lost)}; labels are read from "
+        f"{list(_LABEL_KEYS)}, masks from {list(_MASK_KEYS)}: rename the keys or pass `batch_unpacker=`"
     )
 
 

@@ -43,7 +43,8 @@ _INFLATE_STEP = 1 << 20
 class ImageFolderWithMasks(Dataset[tuple[Tensor, ...]]):
     """``ImageFolder`` samples as ``(image, label)`` or ``(image, label, mask)``, resized and centre-cropped.
 
-    Each image is decoded as RGB, its shorter side resized to ``size`` (bilinear, antialiased), the centre
+    Each image is decoded as RGB and scaled to [0, 1] by its bit depth (8-bit by 255, 16-bit PNGs by 65535), its
+    shorter side resized to ``size`` (bilinear, antialiased), the centre
     ``size x size`` square cropped, and normalized with ``normalization`` when given. Labels are the indices of
     the sorted class folders (``classes``). A mask is the PNG at the image's relative path under ``masks``, with
     the suffix ``.png`` (nonzero in any channel = object), resized and cropped like its image (nearest).
@@ -98,12 +99,14 @@ class ImageFolderWithMasks(Dataset[tuple[Tensor, ...]]):
         """Decode the image (and the mask) of each sample in ``indices`` (default: all).
 
         Raises:
-            ValueError: a file that cannot be decoded, or a mask whose size differs from its image's; the
-                message names the file.
+            ValueError: a file that cannot be decoded, or whose pixels cannot be read as [0, 1] (a decoded type other
+                than 8 or 16 bits), or a mask whose size differs from its image's; the message names the file.
         """
         for index in range(len(self)) if indices is None else indices:
             path = self.samples[index][0]
-            height, width = _decode(path, "image").shape[-2:]
+            image = _decode(path, "image")
+            _unit_range(image, path)
+            height, width = image.shape[-2:]
             if self.masks is not None:
                 mask = _decode(os.fspath(self.masks[index]), "mask")
                 if tuple(mask.shape[-2:]) != (height, width):
@@ -120,7 +123,7 @@ class ImageFolderWithMasks(Dataset[tuple[Tensor, ...]]):
         from torchvision.transforms.v2 import InterpolationMode
 
         path, label = self.samples[index]
-        image = decode_image(path, mode=ImageReadMode.RGB).float() / 255.0
+        image = _unit_range(decode_image(path, mode=ImageReadMode.RGB), path)
         image = self._fit(image, InterpolationMode.BILINEAR).clamp(0.0, 1.0)
         image = normalize(image, self.normalization)
         if self.masks is None:
@@ -178,6 +181,21 @@ def fit_mask(mask: Tensor, size: int | None) -> Tensor:
     if mask.dtype == torch.bool:  # resizing takes uint8 or float
         return fit_square(mask.to(torch.uint8), size, InterpolationMode.NEAREST).bool()
     return fit_square(mask, size, InterpolationMode.NEAREST)
+
+
+#: The largest value of each integer type the decoder returns: pixels are divided by it (decision 34).
+_FULL_SCALE = {torch.uint8: 255.0, torch.uint16: 65535.0}
+
+
+def _unit_range(image: Tensor, path: str) -> Tensor:
+    """``image`` as float32 in [0, 1], by its bit depth; a ``ValueError`` naming the file for any other type."""
+    scale = _FULL_SCALE.get(image.dtype)
+    if scale is None:
+        raise ValueError(
+            f"cannot read image {path} as [0, 1] pixels: it decodes to {image.dtype}, not 8- or 16-bit integers; "
+            "convert it to an 8- or 16-bit PNG or JPEG"
+        )
+    return image.float() / scale
 
 
 def _decode(path: str, what: str) -> Tensor:

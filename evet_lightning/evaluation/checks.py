@@ -4,8 +4,8 @@
   output into a plausible ``(B, C, h, w)`` map (tried on one sample);
 - labels the model has no output for (a 4-class model on ImageNet photos): an error, unless the explained
   class is the prediction (``target="prediction"``);
-- a model that outputs probabilities instead of logits: a warning, since EVET applies the softmax itself, so
-  every score (and so every table value) would then be the softmax of probabilities;
+- a model that outputs probabilities or log-probabilities instead of logits: a warning
+  (:func:`~evet_lightning.saliency.outputs.not_logits`, which EVET itself also checks once per engine);
 - more samples than memory can hold: the callback keeps every sample and both maps of each until the end of
   its ``validate`` run (the evaluation itself keeps only the maps its heatmap sheets show).
 """
@@ -30,7 +30,7 @@ from evet_lightning.evaluation.data import EvaluationData
 from evet_lightning.evaluation.errors import UsageError
 from evet_lightning.evaluation.loading import EvaluationModel
 from evet_lightning.saliency.evet import EVET
-from evet_lightning.saliency.outputs import OutputTransform, logits_from_output
+from evet_lightning.saliency.outputs import OutputTransform, logits_from_output, not_logits
 from evet_lightning.saliency.reshape import FeatureLayout, infer_layout
 from evet_lightning.saliency.settings import EVETSettings
 
@@ -259,7 +259,7 @@ def check_model_outputs(
     target: str = "label",
     output_transform: OutputTransform | None = None,
 ) -> None:
-    """Run the model on the first samples: labels must be among its classes; warn when it outputs probabilities.
+    """Run the model on the first samples: labels must be among its classes; warn when it outputs (log-)probabilities.
 
     The output is read as logits by :func:`~evet_lightning.saliency.logits_from_output` (``output_transform``
     when given), as everywhere else.
@@ -287,14 +287,9 @@ def check_model_outputs(
             f"--data {data.name} has labels up to {data.max_label}, but {model.name} has {classes} classes; "
             "use data labelled with the model's classes, or --target prediction to explain its predictions"
         )
-    outputs = outputs.float()
-    in_unit_range = bool(((outputs >= 0) & (outputs <= 1)).all())
-    if classes > 1 and in_unit_range and bool(torch.allclose(outputs.sum(dim=1), torch.ones(count), atol=1e-4)):
-        log.warning(
-            "%s outputs probabilities (rows in [0, 1] summing to 1), not logits; EVET applies the softmax "
-            "itself, so every score below is the softmax of those probabilities",
-            model.name,
-        )
+    problem = not_logits(outputs)
+    if problem is not None:
+        log.warning("%s %s", model.name, problem)
 
 
 #: Bytes of per-sample values a method's run keeps for every sample, generously: its row in the callback (about

@@ -132,9 +132,15 @@ def _demo_logger(config: DemoConfig, folder: Path) -> Any:
     else:
         os.environ["WANDB_MODE"] = "offline"
     os.environ.setdefault("WANDB_SILENT", "true")
-    return WandbLogger(
+    logger = WandbLogger(
         project="evet-lightning", name="demo", save_dir=os.fspath(folder), offline=not config.wandb_online
     )
+    # Lightning passes `anonymous` to `wandb.init` (None unless asked for); W&B dropped the setting and warns
+    # ("The anonymous setting has no effect") whatever its value, so it is not passed at all.
+    init = getattr(logger, "_wandb_init", None)
+    if isinstance(init, dict):
+        init.pop("anonymous", None)
+    return logger
 
 
 def _check_demo_options(config: DemoConfig) -> EVETSettings:

@@ -73,7 +73,7 @@ class EvaluationModule(pl.LightningModule):
 
     def forward(self, images: Tensor) -> Tensor:
         """``(B, C, H, W)`` -> logits ``(B, K)``."""
-        return logits_from_output(self.model(images), self.output_transform)
+        return logits_from_output(self.model(images), self.output_transform, num_images=images.shape[0])
 
     def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor] | None:
         """Top-1 accuracy on the labelled samples of the batch (``val_acc``); returns ``correct``, ``(B,)`` int64:
@@ -105,6 +105,8 @@ def quiet_lightning() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*`isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+        # `check_model_outputs` already warned once, before the runs; each method's engine would repeat it.
+        warnings.filterwarnings("ignore", "EVET: the model outputs .*probabilities")
         for logger in loggers:
             logger.setLevel(logging.WARNING)
         try:

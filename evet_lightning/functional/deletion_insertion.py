@@ -88,7 +88,7 @@ def _check_curve_arguments(
 
 def _logits(output: object, num_images: int, output_transform: OutputTransform | None) -> Tensor:
     """The ``(num_images, K)`` logits in a model's output; ``ValueError`` for anything else."""
-    logits = logits_from_output(output, output_transform)
+    logits = logits_from_output(output, output_transform, num_images=num_images)
     if logits.ndim != 2 or logits.shape[0] != num_images or logits.shape[1] < 1:
         raise ValueError(
             f"Expected the model to return logits of shape ({num_images}, K), but got {tuple(logits.shape)}"

@@ -7,8 +7,9 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torchmetrics.utilities import rank_zero_warn
 
-from evet_lightning._model_state import model_state_guard
+from evet_lightning._model_state import model_state_guard, uncompiled
 from evet_lightning.functional.activation import Activation, Task, check_task_logits, target_class_probabilities
 from evet_lightning.functional.alpha import (
     DEFAULT_ALPHA_GRID,
@@ -24,8 +25,8 @@ from evet_lightning.saliency.explainers import Explainer, Explanation, GradientE
 from evet_lightning.saliency.external import build_external_explainer, resolve_external
 from evet_lightning.saliency.grad_cam_adapter import GradCamLibraryExplainer
 from evet_lightning.saliency.layers import LayerSpec, check_target_layers, resolve_target_layers
-from evet_lightning.saliency.outputs import logits_from_output
-from evet_lightning.saliency.pairs import check_pairs, explain_rows, pair_groups
+from evet_lightning.saliency.outputs import logits_from_output, not_logits
+from evet_lightning.saliency.pairs import check_pairs, explain_pair_views, pair_groups
 from evet_lightning.saliency.result import EVETResult
 from evet_lightning.saliency.score_cam import SCORE_CAMS, ScoreCAM
 from evet_lightning.saliency.settings import EVETSettings, resolve_cam, resolve_max_batch_size
@@ -47,7 +48,9 @@ class EVET:
 
     Args:
         model: a classifier returning logits ``(B, K)``. It is left exactly as found: see
-            :func:`~evet_lightning._model_state.model_state_guard`; saliency is computed in eval mode.
+            :func:`~evet_lightning._model_state.model_state_guard`; saliency is computed in eval mode. A
+            ``torch.compile``d model (or one with compiled submodules) is explained eagerly, on its original
+            modules, and gives the eager model's values; ``target_layers`` names are the original module's.
         target_layers: module(s) or dotted name(s) of the layer(s) a CAM explains; ``None`` auto-detects the
             layer an expert would pick (the last feature map before global pooling; for ViTs the last block's
             first norm; the last stage of Swin, ConvNeXt, MaxViT: see :mod:`evet_lightning.saliency.layers` and
@@ -136,6 +139,8 @@ class EVET:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}")
+        # `torch.compile(model)`: explain the original module, by its own layer names (decision 32).
+        model = uncompiled(model)
         settings = EVETSettings(
             cam=cam,
             target_layers=target_layers,
@@ -178,6 +183,7 @@ class EVET:
         #: How logits become the probability f_k (decision 45): ``activation``, or by ``task``.
         self.activation: Activation = settings.score_activation
         self._chunk = 1
+        self._outputs_checked = False
 
     @classmethod
     def from_settings(cls, model: nn.Module, settings: EVETSettings) -> EVET:
@@ -402,12 +408,16 @@ class EVET:
             groups = pair_groups(image_index, group)
             for group_images, local, pairs in groups:
                 group_masks = None if masks is None else masks[pairs]
-                parts.append(
-                    self._run_pairs_group(
-                        explainer, views, valid, images[group_images], local, targets[pairs], group_masks, grid,
-                        alpha_setting,
-                    )
+                # The views of each image are built (and, where the explainer allows, run) once (decision 46).
+                maps, logits = explain_pair_views(
+                    explainer, self.model, views, images[group_images], local, targets[pairs], self._chunk,
+                    self._run_explainer,
                 )  # fmt: skip
+                pair_images = images[group_images][local]
+                fused = self._fuse(
+                    views, valid, pair_images, targets[pairs], maps, logits, group_masks, grid, alpha_setting
+                )
+                parts.append(fused)
             # Back to the order the pairs were given in.
             order = torch.empty_like(image_index)
             order[torch.cat([pairs for _, _, pairs in groups])] = torch.arange(image_index.numel(), device=order.device)
@@ -459,9 +469,19 @@ class EVET:
             image_index=image_index,
         )
 
+    def _warn_if_not_logits(self, logits: Tensor) -> None:
+        """Once per engine: a model whose outputs are (log-)probabilities gets scores or maps that mean something
+        else (:func:`~evet_lightning.saliency.outputs.not_logits`); the same check as ``evaluate``'s."""
+        if self._outputs_checked:
+            return
+        self._outputs_checked = True
+        problem = not_logits(logits)
+        if problem is not None:
+            rank_zero_warn(f"EVET: the model {problem}")
+
     def _forward(self, images: Tensor) -> Tensor:
         """The model's logits for ``images`` (see ``output_transform``)."""
-        return logits_from_output(self.model(images), self.output_transform)
+        return logits_from_output(self.model(images), self.output_transform, num_images=images.shape[0])
 
     def _scores(self, images: Tensor, maps: Tensor, targets: Tensor, baseline: Tensor | None = None) -> Tensor:
         """``f_k(Phi(x, M))`` for ``M (N, H, W)``, in chunks, without autograd."""
@@ -503,32 +523,6 @@ class EVET:
             maps, logits = explanation.maps, explanation.logits[:batch]
         return self._fuse(views, valid, images, targets, maps, logits, masks, grid, alpha_setting)
 
-    def _run_pairs_group(
-        self,
-        explainer: Explainer,
-        views: list[AffineTransform],
-        valid: Tensor,
-        images: Tensor,
-        local_index: Tensor,
-        classes: Tensor,
-        masks: Tensor | None,
-        grid: Tensor | None,
-        alpha_setting: float | Literal["auto"],
-    ) -> dict[str, Tensor]:
-        """:meth:`_run_group` for pairs of the distinct ``images``: pair j is class ``classes[j]`` of image
-        ``local_index[j]``. The views of each image are built (and, where the explainer allows, run) once."""
-        num_views, count, num_pairs = len(views), images.shape[0], classes.numel()
-        transformed = torch.cat([images, *(view.forward(images) for view in views[1:])])  # view-major, V * count
-        offsets = torch.arange(num_views, device=images.device).view(-1, 1) * count
-        rows = (offsets + local_index.view(1, -1)).flatten()  # view-major, V * num_pairs
-        explanation = explain_rows(
-            explainer, self.model, transformed, rows, classes.repeat(num_views), self._chunk, self._run_explainer
-        )
-        logits = explanation.logits[:num_pairs]
-        return self._fuse(
-            views, valid, images[local_index], classes, explanation.maps, logits, masks, grid, alpha_setting
-        )
-
     def _fuse(
         self,
         views: list[AffineTransform],
@@ -546,6 +540,7 @@ class EVET:
         num_views, batch = len(views), images.shape[0]
         check_task_logits(self.task, logits)
         finite = torch.isfinite(images.flatten(1)).all(dim=1) & torch.isfinite(logits).all(dim=1)
+        self._warn_if_not_logits(logits)
         # Each view's map: min-max normalized, then mapped back to the original frame (decision 2).
         maps = min_max_normalize(maps).view(num_views, batch, *maps.shape[-2:])
         maps = torch.stack(

@@ -183,7 +183,8 @@ class CallableExplainer:
 
     def __call__(self, model: nn.Module, images: Tensor, targets: Tensor | None) -> Explanation:
         with torch.no_grad():
-            logits = logits_from_output(model(images), self.output_transform).detach().float()
+            logits = logits_from_output(model(images), self.output_transform, num_images=images.shape[0])
+            logits = logits.detach().float()
         if logits.ndim != 2 or logits.shape[0] != images.shape[0]:
             raise ValueError(f"Expected the model to return logits of shape (N, K), but got {tuple(logits.shape)}")
         targets = _resolve_targets(logits, targets)
@@ -315,7 +316,7 @@ def forward_capturing(
     handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(target_layers)]
     try:
         with torch.no_grad():
-            logits = logits_from_output(model(images), output_transform)
+            logits = logits_from_output(model(images), output_transform, num_images=images.shape[0])
     finally:
         for handle in handles:
             handle.remove()
@@ -446,7 +447,7 @@ class GradientExplainer:
 
     def __call__(self, model: nn.Module, images: Tensor, targets: Tensor | None) -> Explanation:
         inputs = images.detach().clone().requires_grad_(True)
-        logits = require_graph(logits_from_output(model(inputs), self.output_transform))
+        logits = require_graph(logits_from_output(model(inputs), self.output_transform, num_images=inputs.shape[0]))
         targets = _resolve_targets(logits, targets)
         (grad,) = torch.autograd.grad(_target_scores(logits, targets), inputs)
         return Explanation(_gradient_maps(grad), logits.detach().float())

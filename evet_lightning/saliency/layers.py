@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,7 +69,8 @@ def check_target_layers(model: nn.Module, target_layers: LayerSpec) -> list[tupl
 
     Raises:
         ValueError: ``target_layers`` of another type (an int, a set), a name that is not a submodule (with the
-            closest names), a module that is not part of ``model``, or an empty list.
+            closest names), a module that is not part of ``model``, or an empty list. Names inside a compiled
+            submodule may leave out its ``_orig_mod`` step.
     """
     if target_layers is None:
         return None
@@ -85,6 +87,10 @@ def check_target_layers(model: nn.Module, target_layers: LayerSpec) -> list[tupl
         raise ValueError("Expected `target_layers` to name at least one layer, but got an empty sequence")
     names = _names_by_module(model)
     modules = dict(model.named_modules())
+    # A submodule compiled with `torch.compile` holds the original under `_orig_mod`; its layers may be named
+    # without that step, as in the uncompiled model (decision 32).
+    uncompiled = {re.sub(r"(^|\.)_orig_mod(?=\.|$)", "", name).lstrip("."): module for name, module in modules.items()}
+    modules = {**uncompiled, **modules}
     resolved = []
     for item in items:
         if isinstance(item, str):

@@ -3,6 +3,6 @@ so that ``functional/`` can read them too; this is the public path)."""
 
 from __future__ import annotations
 
-from evet_lightning._outputs import LogitsModel, OutputTransform, logits_from_output, require_graph
+from evet_lightning._outputs import LogitsModel, OutputTransform, logits_from_output, not_logits, require_graph
 
-__all__ = ["LogitsModel", "OutputTransform", "logits_from_output", "require_graph"]
+__all__ = ["LogitsModel", "OutputTransform", "logits_from_output", "not_logits", "require_graph"]

@@ -12,15 +12,24 @@ images. Any other explainer gets each view repeated per pair.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
 from evet_lightning.saliency.explainers import Explainer, Explanation
+from evet_lightning.saliency.transforms import AffineTransform
 
-__all__ = ["PAIR_POLICIES", "RowExplainer", "check_pairs", "explain_rows", "pair_groups", "select_pairs"]
+__all__ = [
+    "PAIR_POLICIES",
+    "RowExplainer",
+    "check_pairs",
+    "explain_pair_views",
+    "explain_rows",
+    "pair_groups",
+    "select_pairs",
+]
 
 #: Which classes of a multi-label image are explained (decision 49).
 PAIR_POLICIES = ("positives", "most_confident", "predicted")
@@ -188,3 +197,24 @@ def explain_rows(
     inverse = torch.empty_like(rows)
     inverse[torch.cat(positions)] = torch.arange(rows.numel(), device=rows.device)
     return Explanation(torch.cat(maps)[inverse], torch.cat(logits)[inverse])
+
+
+def explain_pair_views(
+    explainer: Explainer,
+    model: nn.Module,
+    views: Sequence[AffineTransform],
+    images: Tensor,
+    local_index: Tensor,
+    classes: Tensor,
+    chunk: int,
+    run: Callable[[Explainer, Tensor, Tensor], Explanation],
+) -> tuple[Tensor, Tensor]:
+    """Every view's map of pair j (class ``classes[j]`` of image ``local_index[j]`` of the distinct ``images``),
+    view-major ``(V * P, H, W)``, and the pairs' clean logits ``(P, K)``: each image's views are built once and,
+    where the explainer allows, run once (decision 46)."""
+    num_views, count, num_pairs = len(views), images.shape[0], classes.numel()
+    transformed = torch.cat([images, *(view.forward(images) for view in views[1:])])  # view-major, V * count
+    offsets = torch.arange(num_views, device=images.device).view(-1, 1) * count
+    rows = (offsets + local_index.view(1, -1)).flatten()  # view-major, V * num_pairs
+    explanation = explain_rows(explainer, model, transformed, rows, classes.repeat(num_views), chunk, run)
+    return explanation.maps, explanation.logits[:num_pairs]

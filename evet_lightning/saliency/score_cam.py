@@ -92,7 +92,7 @@ class ScoreCAM:
             high = masks.flatten(1).max(dim=1).values.view(-1, 1, 1, 1)
             masks = (masks - low) / (high - low + 1e-8)
             masked = images[image_index] * masks.to(images.dtype)
-            logits = logits_from_output(model(masked), self.output_transform)
+            logits = logits_from_output(model(masked), self.output_transform, num_images=masked.shape[0])
             scores.append(logits.float().gather(1, columns[image_index]))
         return torch.cat(scores).view(num_images, num_channels, columns.shape[1])
 

@@ -69,9 +69,17 @@ def _inverse(dst_from_src: Tensor, transform: object) -> Tensor:
     return src_from_dst
 
 
+#: Image sizes (height, width) a transform is checked at when constructed: the matrix's translation, and its
+#: inverse's, are linear in the image centre, so they are largest at a corner of this range, which holds every
+#: image up to 65536 pixels a side.
+_CHECKED_SIZES = ((2, 2), (2, 1 << 16), (1 << 16, 2), (1 << 16, 1 << 16))
+
+
 def _check_invertible(transform: AffineTransform) -> None:
-    """Raise at construction for a transform whose matrix cannot be inverted (the linear part decides)."""
-    _inverse(transform.matrix(2, 2), transform)
+    """Raise at construction for a transform whose matrix, at some image size up to 65536 pixels a side, cannot be
+    inverted or overflows float32 (a composition of extreme shears), rather than when it is first called."""
+    for height, width in _CHECKED_SIZES:
+        _inverse(transform.matrix(height, width), transform)
 
 
 def _sample_positions(dst_size: tuple[int, int], src_from_dst: Tensor) -> Tensor:

@@ -25,8 +25,8 @@ def _first_run(make_trainer: TrainerFactory, tmp_path: Any) -> EVETCallback:
     callback = EVETCallback(num_samples=5, log_images=0, every_n_epochs=2)
     trainer = _trainer(make_trainer, tmp_path, callback, max_epochs=3)
     trainer.fit(Classifier(), shapes_loader(8, seed=0), shapes_loader(8))
-    # validation runs 1 and 3 were explained
-    assert callback.state_dict()["validation_runs"] == 3 and callback.state_dict()["epochs_explained"] == 2
+    # validation run 2 was explained (runs 2, 4, ...: decision 33)
+    assert callback.state_dict()["validation_runs"] == 3 and callback.state_dict()["epochs_explained"] == 1
     return callback
 
 
@@ -43,8 +43,8 @@ def test_resume_restores_state_and_explains_the_same_samples(make_trainer: Train
     trainer.callbacks.append(Spy())
     trainer.fit(Classifier(), shapes_loader(8, seed=0), shapes_loader(8), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     assert loaded == [first.state_dict()]
-    # the cadence continues: run 4 is skipped, run 5 explained
-    assert (resumed.validation_runs, resumed.epochs_explained) == (5, 3)
+    # the cadence continues: run 4 is explained, run 5 skipped
+    assert (resumed.validation_runs, resumed.epochs_explained) == (5, 2)
     assert resumed.fingerprint == pytest.approx(first.fingerprint, rel=1e-12)
     assert resumed.last_num_samples == 5
     labels = torch.stack([shapes_loader(8).dataset[i][1] for i in range(5)])

@@ -86,3 +86,32 @@ def test_csv_logger_gets_the_callback_heatmap_files(tmp_path: pytest.TempPathFac
     files = list((output / "csv").glob("version_*/evet_heatmaps/epoch_000/*.png"))
     assert len(files) == 4  # log_images = num_samples = 4
     assert (output / "csv" / "version_0" / "metrics.csv").is_file()
+
+
+class _Started(Exception):
+    """Raised by the recording ``wandb.init`` instead of starting a run."""
+
+
+def test_the_demo_logger_passes_no_anonymous_setting_to_wandb(
+    tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21: Lightning passes `anonymous` to `wandb.init`, and W&B warns that the setting has no effect on every
+    demo run."""
+    import wandb
+
+    from evet_lightning.evaluation import DemoConfig
+    from evet_lightning.evaluation.demo import _demo_logger
+
+    calls: list[dict[str, object]] = []
+
+    def record(**kwargs: object) -> None:
+        calls.append(kwargs)
+        raise _Started
+
+    monkeypatch.setattr(wandb, "init", record)
+    monkeypatch.setattr(wandb, "run", None)
+    logger = _demo_logger(DemoConfig(), tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(_Started):
+        logger.experiment  # noqa: B018 (the property starts the run)
+    assert len(calls) == 1 and calls[0]["project"] == "evet-lightning"
+    assert "anonymous" not in calls[0]

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+import evet_lightning
 from evet_lightning.cli import main
 from evet_lightning.evaluation.runner import EvaluationModule
 from evet_lightning.models import ShapesClassifier
@@ -134,3 +139,69 @@ def test_a_heatmap_the_demo_callback_cannot_write_is_one_line(
     assert f"cannot write {written[-1]}: Read-only file system" in line and "Traceback" not in err
     assert f"kept 1 finished epoch of 2 in {tmp_path}" in line
     assert [record["epoch"] for record in json.loads((tmp_path / "metrics.json").read_text())["epochs"]] == [0]
+
+
+class _InterruptImport:
+    """A meta-path finder: importing ``name`` raises ``KeyboardInterrupt``, as a Ctrl+C while it loads would."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def find_spec(self, name: str, path: object, target: object = None) -> None:
+        if name == self.name:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("where", ["import", "parser", "arguments"])
+def test_ctrl_c_during_start_up_is_one_line_and_exit_130(
+    where: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 21: a Ctrl+C while the command's modules load or its arguments are parsed printed a traceback."""
+    from evet_lightning.cli import commands
+
+    if where == "import":
+        monkeypatch.delitem(sys.modules, "evet_lightning.cli.commands")
+        monkeypatch.setattr(sys, "meta_path", [_InterruptImport("evet_lightning.cli.commands"), *sys.meta_path])
+    else:
+
+        def interrupt(*args: object, **kwargs: object) -> None:
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(commands, "build_parser" if where == "parser" else "_configure_logging", interrupt)
+    assert main(EVALUATE) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    expected = "evet-lightning evaluate: interrupted" if where == "arguments" else "evet-lightning: interrupted"
+    assert err.strip().startswith(expected) and len(err.strip().splitlines()) == 1
+
+
+def test_importing_the_command_loads_neither_torch_nor_lightning() -> None:
+    """What runs before ``main`` can catch a Ctrl+C (the console script's import of ``evet_lightning.cli``) is
+    only Python's own start-up: the package imports torch and Lightning on first use."""
+    code = "import sys, evet_lightning.cli; print(sorted({'torch', 'pytorch_lightning'} & set(sys.modules)))"
+    root = str(Path(evet_lightning.__file__).parent.parent)  # this checkout, not another installed copy
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True, env=env, cwd=root
+    )
+    assert result.stdout.strip() == "[]"
+
+
+def test_a_real_ctrl_c_one_second_into_the_command_is_exit_130_without_a_traceback(tmp_path: Path) -> None:
+    """SIGINT to ``python -m evet_lightning evaluate`` while it starts (torch alone takes seconds to import)."""
+    root = str(Path(evet_lightning.__file__).parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "evet_lightning", *EVALUATE, "--output", str(tmp_path / "out")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=root,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a shell's background job ignores it
+    )
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in last_line(err)

@@ -183,6 +183,19 @@ def test_more_samples_than_memory_holds(tmp_path: Path, capsys: pytest.CaptureFi
     assert "or fewer" in line
 
 
+def test_pixels_that_are_not_8_or_16_bit_integers_are_named_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, no_run: None
+) -> None:
+    """Issue 21: pixels are scaled by their bit depth; a decoded type that has none is exit 2 naming the file."""
+    import torchvision.io
+
+    images = image_folder(tmp_path)
+    decode = torchvision.io.decode_image
+    monkeypatch.setattr(torchvision.io, "decode_image", lambda *args, **kwargs: decode(*args, **kwargs).float())
+    argv = evaluate_folder(tmp_path, "--data", str(images))
+    assert_usage_error(capsys, argv, "as [0, 1] pixels: it decodes to torch.float32", str(images / "class0" / "0.png"))
+
+
 # --------------------------------------------------------------------------------------------- probabilities
 
 

@@ -191,3 +191,43 @@ def test_a_damaged_file_prints_nothing_but_the_error(
         ImageFolderWithMasks(tmp_path, None, size=16, normalization=None).verify()
     assert reason in str(raised.value)
     assert capfd.readouterr().err == ""
+
+
+def _gradient_png_16bit(path: Path, height: int = 8, width: int = 64) -> None:
+    """A 16-bit grayscale PNG, black (0) to white (65535) from left to right (PIL writes 16 bits as mode I;16)."""
+    from PIL import Image
+
+    row = torch.linspace(0, 65535, width).round().to(torch.int32)
+    image = Image.new("I;16", (width, height))
+    image.putdata([int(value) for value in row.repeat(height)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def test_a_16_bit_png_is_scaled_by_its_bit_depth(tmp_path: Path) -> None:
+    """Issue 21: uint16 pixels divided by 255 and clamped came out almost white (mean 0.998)."""
+    _gradient_png_16bit(tmp_path / "images" / "gray" / "gradient.png")
+    dataset = ImageFolderWithMasks(tmp_path / "images", None, size=8, normalization=None)
+    dataset.verify()
+    image, _ = dataset[0]
+    assert image.shape == (3, 8, 8)
+    assert float(image.mean()) == pytest.approx(0.5, abs=0.01)
+    assert float((image >= 1.0).float().mean()) < 0.2  # a gradient, not a white image
+
+
+def test_pixels_the_decoder_cannot_give_as_8_or_16_bits_are_an_error_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images, _ = make_folder(tmp_path, masks=False)
+    import torchvision.io
+
+    decode = torchvision.io.decode_image
+    monkeypatch.setattr(torchvision.io, "decode_image", lambda *args, **kwargs: decode(*args, **kwargs).float())
+    dataset = ImageFolderWithMasks(images, None, size=16, normalization=None)
+    first = re.escape(str(images / "cat" / "0.png"))
+    with pytest.raises(
+        ValueError, match=f"cannot read image {first} as \\[0, 1\\] pixels: it decodes to torch.float32"
+    ):
+        dataset.verify()
+    with pytest.raises(ValueError, match=first):
+        dataset[0]

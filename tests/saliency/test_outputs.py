@@ -11,10 +11,11 @@ import torch
 from torch import Tensor, nn
 
 from evet_lightning._model_state import model_state_guard
+from evet_lightning.saliency.evet import EVET
 from evet_lightning.saliency.explainers import GradientExplainer, NativeCAM
 from evet_lightning.saliency.grad_cam_adapter import GradCamLibraryExplainer
 from evet_lightning.saliency.layers import find_last_spatial_layer
-from evet_lightning.saliency.outputs import logits_from_output
+from evet_lightning.saliency.outputs import logits_from_output, not_logits
 from tests._helpers.models import TinyCNN, tiny_cnn
 
 LOGITS = torch.arange(6.0).view(2, 3)
@@ -147,3 +148,30 @@ def test_auto_detection_uses_output_transform():
     name, _ = find_last_spatial_layer(model, sample, output_transform=lambda out: out["scores"])
     assert name == "net.features.5"  # the last ReLU (net.features spans two grid sizes)
     assert isinstance(model.net, TinyCNN)
+
+
+@pytest.mark.parametrize(("cam", "layer"), [("GradCAM", "features.5"), ("ScoreCAM", "features.5"), ("Gradient", None)])
+def test_output_transform_with_fewer_rows_than_images_is_a_value_error_naming_it(cam, layer):
+    """Issue 21: 1 row for 2 images was a bare RuntimeError ("Size does not match") deep inside the explainer."""
+    engine = EVET(tiny_cnn(), cam=cam, target_layers=layer, alpha=0.5, output_transform=lambda out: out[:1])
+    with pytest.raises(ValueError, match=r"one row of logits per image, \(2, K\) for 2 images, but `output_transform`"):
+        engine(torch.rand(2, 3, 16, 16))
+
+
+@pytest.mark.parametrize(
+    ("head", "described"),
+    [(nn.LogSoftmax(dim=1), "outputs log-probabilities"), (nn.Softmax(dim=1), "outputs probabilities")],
+)
+def test_engine_warns_once_for_probabilities_and_log_probabilities(head, described):
+    engine = EVET(nn.Sequential(tiny_cnn(), head), target_layers="0.features.5", alpha=0.5)
+    with pytest.warns(UserWarning, match=f"EVET: the model {described}") as record:
+        engine(torch.rand(2, 3, 16, 16))
+        engine(torch.rand(1, 3, 16, 16))
+    assert len([w for w in record if "EVET: the model" in str(w.message)]) == 1
+
+
+def test_not_logits_leaves_logits_alone():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [-0.2, -3.0, -0.1]])  # rows <= 0 in the second, but logsumexp != 0
+    assert not_logits(logits) is None
+    assert not_logits(torch.tensor([[0.3], [0.9]])) is None  # one column: a binary logit in [0, 1]
+    assert not_logits(torch.tensor([[float("nan"), 0.5], [0.5, 0.5]])).startswith("outputs probabilities")

@@ -253,6 +253,9 @@ def test_invalid_parameters_raise_value_error(build):
         lambda: Compose([Scale(1e200), Scale(1e200)]),  # overflows
         lambda: Scale(1e-300),  # invertible in float64, but its inverse overflows the float32 sampling grid
         lambda: Shear(1e300),
+        # Invertible at 2 x 2 pixels, but its inverse overflows float32 from about 32 x 32 (issue 21: raised when
+        # called, not when constructed).
+        lambda: Compose([Shear(1e19), Rotate(90.0), Shear(1e19)]),
     ],
 )
 def test_transform_whose_matrix_cannot_be_inverted_is_rejected_at_construction(build):
