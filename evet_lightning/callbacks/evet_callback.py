@@ -31,7 +31,7 @@ from evet_lightning.callbacks.arguments import (
 from evet_lightning.callbacks.base import LightningCallback
 from evet_lightning.callbacks.cadence import check_monitors, drop_logged_values, explains_run
 from evet_lightning.callbacks.explaining import ExplainedSamples, module_device
-from evet_lightning.callbacks.explanation_metrics import ExplanationMetrics, MetricsAnchor
+from evet_lightning.callbacks.explanation_metrics import EpochCounts, ExplanationMetrics, MetricsAnchor
 from evet_lightning.callbacks.image_logging import HeatmapStyle, log_epoch
 from evet_lightning.callbacks.pairs import PairPolicy, apply_task, check_task_option, decide_task
 from evet_lightning.callbacks.records import SampleRecords
@@ -481,6 +481,7 @@ class EVETCallback(pl.Callback, LightningCallback):
         self._evet = EVET(module, **self.settings.evet_kwargs())
         self._layers_resolved = self._batch_checked = False
         self._warned = OnceWarnings()
+        self._metrics.reset()  # states of this process: ddp_spawn shares the CPU tensors built in __init__
         MetricsAnchor.attach(pl_module, self.prefix, self._metrics)
         silence_sync_dist_advice(trainer, self.prefix)
         example = getattr(pl_module, "example_input_array", None)
@@ -571,30 +572,29 @@ class EVETCallback(pl.Callback, LightningCallback):
             samples = stream.finish(fsdp1_root(trainer, pl_module))
             self.calibration_complete, self.last_alpha = stream.calibration_complete, stream.choice or self.last_alpha
             self._metrics.finish_epoch()
-            values, mean_curves = self._compute_metrics()
+            values, counts = self._compute_metrics()
             alpha = stream.logged_alpha()  # every process (it syncs)
-            pairs = stream.total_rows() if self._task == "multilabel" else None  # (decision 56)
-        auto = self.last_alpha is not None and alpha is not None
         if alpha is not None:
             values[f"{self.prefix}/alpha"] = torch.tensor(alpha)
-        if pairs is not None:
-            values[f"{self.prefix}/num_pairs"] = torch.tensor(float(pairs))
+        if self._task == "multilabel":  # every row, scored or skipped, over all processes (decision 56)
+            values[f"{self.prefix}/num_pairs"] = torch.tensor(float(counts.explained + counts.skipped))
         for key, value in values.items():
             pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False, rank_zero_only=False)
         self.epochs_explained += 1
         self.last_samples = samples
         style = HeatmapStyle(self.cam_name, self.class_names, self.settings.normalization)
-        log_epoch(trainer, self.prefix, samples, self.log_images, style, self.last_alpha if auto else None, mean_curves)
+        shown_alpha = self.last_alpha if alpha is not None else None
+        log_epoch(trainer, self.prefix, samples, self.log_images, style, shown_alpha, counts.mean_curves)
         self.last_timing = stream.timing(len(samples), time.perf_counter() - start)
 
-    def _compute_metrics(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def _compute_metrics(self) -> tuple[dict[str, Tensor], EpochCounts]:
         """Compute every metric (synced across processes, same order everywhere), reset them, check the samples.
-        Returns the values to log and the mean deletion/insertion curves (empty when off or nothing explained)."""
+        Returns the values to log and the epoch's counts (images, rows, the mean deletion/insertion curves)."""
         values, counts = self._metrics.compute()
         if counts.explained == 0:
             rank_zero_warn("EVETCallback: no sample could be explained this epoch; only num_skipped is logged")
-        self.last_num_samples = counts.explained + counts.skipped
+        self.last_num_samples = counts.images  # images, as `num_samples` counts them (decision 56)
         self._warned.warn("samples", fewer_samples(self.last_num_samples, self.num_samples))
         warn_if_samples_changed(self._loaded_fingerprint, counts.fingerprint)
         self._loaded_fingerprint, self.fingerprint = None, counts.fingerprint
-        return values, counts.mean_curves
+        return values, counts

@@ -59,9 +59,12 @@ class EpochCounts:
     """The bookkeeping values of one computed epoch, over all processes."""
 
     explained: int
-    """Samples scored (finite image and logits)."""
+    """Samples scored (finite image and logits): rows, so a multi-label run's (image, class) pairs."""
     skipped: int
-    """Samples left out (non-finite image or logits)."""
+    """Samples left out (non-finite image or logits): rows, like :attr:`explained`."""
+    images: int
+    """Images that reached the epoch (explained or skipped, no padding): what ``num_samples`` counts; a
+    multi-label run's pairs are rows of these (an image may have several pairs, or none)."""
     masked: int
     """Scored samples that had an object mask."""
     fingerprint: float
@@ -82,8 +85,8 @@ class ExplanationMetrics(nn.Module):
     - ``differences``, one :class:`~evet_lightning.metrics.PairedDifference` per metric of a variant: the mean
       paired difference EVET minus original over the explained samples, logged as ``{prefix}/diff/{metric}``
       with its seeded 95% bootstrap interval ``{prefix}/diff/{metric}_low`` / ``_high`` (decision 31);
-    - ``num_skipped`` (logged as ``{prefix}/num_skipped``), and the unlogged ``num_explained``, ``num_masked`` and
-      ``fingerprint`` sums.
+    - ``num_skipped`` (logged as ``{prefix}/num_skipped``), and the unlogged ``num_explained``, ``num_masked``,
+      ``num_images`` (:meth:`count_images`) and ``fingerprint`` sums.
 
     A metric is fed by the update arguments it takes (the metrics share argument names on purpose): a chunk
     feeds ``scores``/``masked_scores`` to the faithfulness metrics, ``saliency``/``mask`` (when it has masks) to
@@ -134,6 +137,7 @@ class ExplanationMetrics(nn.Module):
         self.num_skipped = SumMetric(nan_strategy="error")
         self.num_explained = SumMetric(nan_strategy="error")
         self.num_masked = SumMetric(nan_strategy="error")
+        self.num_images = SumMetric(nan_strategy="error")
         self.fingerprint = SumMetric(nan_strategy="error").set_dtype(torch.float64)
 
     def keys(self) -> list[str]:
@@ -190,6 +194,22 @@ class ExplanationMetrics(nn.Module):
             self.num_masked.update(keep.sum())
         self.fingerprint.update(fingerprint_terms(chunk.images[~padding], chunk.positions[~padding.cpu()]).sum())
 
+    def count_images(self, count: int) -> None:
+        """Add ``count`` images (not padding) that reached the epoch: a chunk of pairs has no row for an image
+        without a pair, and a chunk where no process has a pair never reaches :meth:`update`."""
+        self.num_images.update(torch.tensor(float(count), device=self.num_images.device))
+
+    def reset(self) -> None:
+        """Reset every metric: each state becomes a new tensor of this process.
+
+        Called as each run starts (``setup``): ``ddp_spawn`` sends the callback to every process through
+        ``torch.multiprocessing``, which moves CPU tensors into shared memory, so the states built in
+        ``__init__`` would be one storage that every rank adds its updates into (the sums then read the global
+        value before the sync, and the world size times it after; the updates could also race). It also drops
+        what a run that failed mid-epoch had added."""
+        for metric in self._metrics():
+            metric.reset()
+
     def finish_epoch(self) -> None:
         """Give every metric an empty update, so that it has seen one on every process (a process may have had
         no sample, or no mask): ``compute`` then syncs without warning. An empty update changes no value.
@@ -224,6 +244,7 @@ class ExplanationMetrics(nn.Module):
         counts = EpochCounts(
             explained=explained,
             skipped=int(skipped),
+            images=int(self.num_images.compute()),
             masked=int(self.num_masked.compute()),
             fingerprint=float(self.fingerprint.compute()),
             mean_curves=self._mean_curves() if explained > 0 else {},
@@ -239,8 +260,7 @@ class ExplanationMetrics(nn.Module):
                     interval = difference.compute().float()
                     if bool(torch.isfinite(interval).all()):  # never log NaN (decision 4)
                         values.update(zip(self._difference_keys(name), interval, strict=True))
-        for metric in self._metrics():
-            metric.reset()
+        self.reset()
         return values, counts
 
     def _mean_curves(self) -> dict[str, Tensor]:
@@ -266,7 +286,7 @@ class ExplanationMetrics(nn.Module):
         for collection in self._logged_collections():
             yield from collection.values(copy_state=False)
         yield from self._differences().values()
-        yield from (self.num_skipped, self.num_explained, self.num_masked, self.fingerprint)
+        yield from (self.num_skipped, self.num_explained, self.num_masked, self.num_images, self.fingerprint)
 
 
 def per_sample_values(chunk: ExplainedChunk, variant: str) -> dict[str, Tensor]:

@@ -197,16 +197,6 @@ class EpochStream:
             "seconds": self.seconds + extra_seconds,
         }
 
-    def total_rows(self) -> int:
-        """Real rows (samples, or pairs of a multi-label run) finalized over all processes: ``{prefix}/num_pairs``
-        (one ``all_reduce``; every process calls it)."""
-        count = torch.tensor([float(len(self.records))], device=self.metrics.num_skipped.device)
-        if _distributed():
-            import torch.distributed as dist
-
-            dist.all_reduce(count)
-        return round(float(count.item()))
-
     def logged_alpha(self) -> float | None:
         """``{prefix}/alpha`` (decision 36): the mean of the two folds' alphas for the calibration samples and the
         pooled alpha for the later ones, weighted by their shares of the samples (over all processes, a
@@ -283,6 +273,7 @@ class EpochStream:
         finally:
             evet.max_batch_size = previous
         self.explained += batch.images.shape[0]  # images: `alpha_calibration` counts images (decision 56)
+        self.metrics.count_images(int((~batch.padding_mask).sum()))  # `num_samples` counts images (decision 56)
         if chunk is None:
             return
         self.evet_seconds += chunk.seconds

@@ -81,6 +81,9 @@ class DumpMetrics(pl.Callback):
         if trainer.sanity_checking:
             return
         values = {key: float(value) for key, value in trainer.callback_metrics.items()}
+        for callback in trainer.callbacks:  # the images the epoch's counts saw, over all processes
+            if hasattr(callback, "last_num_samples"):
+                values[f"state/{callback.prefix}/num_samples"] = float(callback.last_num_samples)
         with open(rank_metrics_path(self.directory, trainer.global_rank), "w") as handle:
             json.dump(values, handle)
         samples = [

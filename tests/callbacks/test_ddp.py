@@ -68,11 +68,14 @@ def _run(
             forwards.append(json.load(handle))
     assert forwards[0]["calls"] > 0
     assert all(counts == forwards[0] for counts in forwards), forwards  # equal work on every rank (decision 29)
-    per_rank = []
+    per_rank, images = [], []
     for rank in range(devices):
         with open(rank_metrics_path(out_dir, rank)) as handle:
-            per_rank.append({key: value for key, value in json.load(handle).items() if key.startswith("evet/")})
+            dumped = json.load(handle)
+        per_rank.append({key: value for key, value in dumped.items() if key.startswith("evet/")})
+        images.append(dumped["state/evet/num_samples"])
     assert all(values == per_rank[0] for values in per_rank)  # every rank logged the same, global, values
+    assert images == [min(num_samples, val_size)] * devices  # exact global image counts (not x world size)
     _check_records(out_dir, devices, min(num_samples, val_size), per_rank[0], multilabel)
     return per_rank[0]
 
@@ -92,6 +95,7 @@ def _check_records(
         labels = next(iter(multi_shapes_loader(num_samples, batch_size=num_samples)))[1]
         expected = [tuple(pair) for pair in torch.nonzero(labels).tolist()]
         assert sorted(zip(rows["sample"], rows["target"], strict=True)) == expected
+        assert values["evet/num_pairs"] == len(expected)
     else:
         assert sorted(rows["sample"]) == list(range(num_samples))
     finite = torch.tensor(rows["finite"])

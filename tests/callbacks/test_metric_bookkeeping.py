@@ -227,11 +227,12 @@ def test_each_metric_is_computed_once_and_an_idle_process_computes_without_warni
     fed = ExplanationMetrics("evet", stability=True)
     calls = _count_computes(fed)
     fed.update(chunk)
+    fed.count_images(2)  # images are counted apart from the rows (a multi-label run's rows are pairs)
     fed.finish_epoch()
     values, counts = fed.compute()
     assert list(values) == KEYS == fed.keys()
-    assert set(calls.values()) == {1} and len(calls) == 18  # 8 variant metrics, 2 comparisons, 4 differences, 4 counts
-    assert (counts.explained, counts.skipped, counts.masked) == (3, 0, 3)
+    assert set(calls.values()) == {1} and len(calls) == 19  # 8 variant metrics, 2 comparisons, 4 differences, 5 counts
+    assert (counts.explained, counts.skipped, counts.masked, counts.images) == (3, 0, 3, 2)
     assert counts.fingerprint == pytest.approx(float(fingerprint_terms(chunk.images, chunk.positions).sum()))
     assert not any(metric.update_called for metric in fed.modules() if isinstance(metric, Metric))  # reset
     # the same chunk without masks: the pointing game is neither computed nor logged

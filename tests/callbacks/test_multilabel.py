@@ -5,6 +5,7 @@ EVET calls; the task inferred or refused; the target policies; alpha calibrated 
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import pytest
@@ -165,6 +166,24 @@ def test_alpha_calibration_counts_images_and_never_splits_their_pairs(
     assert float(choice.curve.num_samples) == int((samples < 3).sum())
     expected = [choice.alphas[s % 2] if s < 3 else choice.pooled_alpha for s in samples.tolist()]
     assert records["alpha"].tolist() == expected
+
+
+def test_num_samples_counts_images_not_pairs(make_trainer: TrainerFactory, network: torch.nn.Module) -> None:
+    """4 images hold more than 8 pairs: num_samples=4 is met (no warning, 4 images counted), num_samples=8 is not
+    (the warning names the 4 images, not the pairs)."""
+    labels = _data(4)[1]
+    assert int(labels.sum()) > 8
+    options: dict[str, Any] = {"task": "multilabel", "alpha": 0.5, "log_images": 0, "stability_transforms": []}
+    found = {}
+    for num_samples in (4, 8):
+        callback = EVETCallback(num_samples=num_samples, **options)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            logged = _validate(make_trainer, network, callback, multi_shapes_loader(4))
+        assert callback.last_num_samples == 4 and logged["evet/num_pairs"] == int(labels.sum())
+        found[num_samples] = [str(item.message) for item in record if "reached the callback" in str(item.message)]
+    assert found[4] == []
+    assert len(found[8]) == 1 and "only 4 of num_samples=8 samples" in found[8][0], found[8]
 
 
 @pytest.mark.parametrize(
