@@ -41,7 +41,10 @@ data (--data):
   coco:IMAGES_DIR,ANNOTATIONS.json
                            a COCO instances file and its images (polygons and RLE decoded here); multi-label.
                            Of voc: and coco:, --num-samples images are drawn at random with --seed, then decoded
-                           and checked; evaluating their (image, class) pairs is not available yet (exit 2)
+                           and checked. Each positive class of an image is one (image, class) pair (--task auto
+                           is multilabel: sigmoid scores); the tables give means over pairs (micro) and a
+                           per-class (macro) table. The model needs one logit per class, in the data's order
+                           (VOC: aeroplane..tvmonitor; COCO: categories sorted by id)
 
 normalization (--normalization): how the images are normalized, instead of the model's own: imagenet, caffe
   (RGB in 0-255 minus the mean 123.68,116.779,103.939, no std: TorchRay's VOC/COCO ResNet-50s), none, or

@@ -65,9 +65,10 @@ def metrics_from_rows(
                     values[f"{PREFIX}/diff/{name}{suffix}"] = float(value)
         alpha = _mean(rows["alpha"][finite])
         if folds is not None:  # as the callback weighs them: the folds' mean for the calibration samples
-            count = finite.numel()
-            inside = min(count, calibration)
-            later = float(rows["alpha"][calibration:].nanmean()) if count > calibration else 0.0
+            count = finite.numel()  # rows: samples, or (image, class) pairs whose image is a sample
+            calibrating = rows["index"] < calibration  # the first `calibration` images calibrate
+            inside = int(calibrating.sum())
+            later = float(rows["alpha"][~calibrating].nanmean()) if count > inside else 0.0
             alpha = (inside * sum(folds) / len(folds) + (count - inside) * later) / count
         if alpha is not None:
             values[f"{PREFIX}/alpha"] = alpha

@@ -15,6 +15,7 @@ from evet_lightning.evaluation.data import EvaluationData
 from evet_lightning.evaluation.devices import accelerator_device
 from evet_lightning.evaluation.loading import EvaluationModel
 from evet_lightning.evaluation.records import MethodRun, Timing
+from evet_lightning.functional.class_masks import pair_masks
 from evet_lightning.saliency.evet import EVET
 from evet_lightning.saliency.settings import EVETSettings
 
@@ -28,10 +29,13 @@ def first_images(data: EvaluationData, count: int | None = None) -> Tensor:
 
 
 def _first_masks(data: EvaluationData) -> Tensor | None:
-    """The object masks of every sample, stacked ``(N, H, W)``, or ``None`` when a sample has none."""
+    """The object masks of every sample, stacked ``(N, H, W)`` (multi-label: as the data holds them, class-index
+    ``(N, H, W)`` or per-class ``(N, C, H, W)``), or ``None`` when a sample has none."""
     masks = [unpack_batch(tuple(data.dataset[index]))[2] for index in range(len(data))]
     if any(mask is None for mask in masks):
         return None
+    if data.multilabel:
+        return torch.stack(masks)  # type: ignore[arg-type]
     return torch.stack([mask.reshape(mask.shape[-2:]) for mask in masks])  # type: ignore[union-attr]
 
 
@@ -99,9 +103,14 @@ def measure_timing(
     """Table 4 on the samples Grad-CAM explained, with the classes it explained: Grad-CAM* and Score-CAM alike.
 
     ``settings``: the run's EVET settings (default: the model's target layer and the data's normalization).
+    Multi-label data: one call per (image, class) pair Grad-CAM explained, so the seconds are per pair.
     """
     images, targets = first_images(data), grad_cam.targets
     masks = _first_masks(data) if data.has_masks else None
+    if data.multilabel and grad_cam.indices is not None:  # one entry per (image, class) pair
+        if masks is not None:
+            masks = pair_masks(masks, grad_cam.indices, targets)[0]
+        images = images[grad_cam.indices]
     settings = settings or EVETSettings(target_layers=model.target_layer, normalization=data.normalization)
 
     def seconds(cam: str, enhance: bool) -> tuple[float, float]:
