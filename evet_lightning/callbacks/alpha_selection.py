@@ -193,13 +193,19 @@ class OutOfFoldAlpha:
         return self
 
     def add(
-        self, folds: Tensor, result: EVETResult, masks: Tensor | None, stability: Sequence[StabilityRun] = ()
+        self,
+        folds: Tensor,
+        result: EVETResult,
+        masks: Tensor | None,
+        stability: Sequence[StabilityRun] = (),
+        valid: Tensor | None = None,
     ) -> None:
         """Sum one chunk's per-alpha scores (an ``alpha="auto"`` EVET result) into each sample's fold; with the
-        chunk's stability runs, each alpha's stability index too (for the guard, decision 30)."""
+        chunk's stability runs, each alpha's stability index too (for the guard, decision 30). ``valid``: the
+        pixels the pointing game counts (decision 47), ``None`` for all."""
         assert result.alpha_scores is not None, "out of fold needs an alpha='auto' run"
         grid = torch.tensor(self.sums.alphas, dtype=torch.float64, device=result.alpha_scores.device)
-        original_energy = None if masks is None else map_energy(result.original, masks)
+        original_energy = None if masks is None else map_energy(result.original, masks, valid)
         stable = alpha_stability(result, stability, self.sums.alphas) if stability else None
         alpha_si, original_si = (None, None) if stable is None else stable
         for fold in range(_NUM_FOLDS):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
+import dataclasses
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -29,19 +28,23 @@ from evet_lightning.callbacks.arguments import (
     settings_property,
     table5_transforms,
 )
+from evet_lightning.callbacks.base import LightningCallback
 from evet_lightning.callbacks.explaining import ExplainedSamples, module_device
 from evet_lightning.callbacks.explanation_metrics import ExplanationMetrics, MetricsAnchor
-from evet_lightning.callbacks.image_logging import (
-    HeatmapStyle,
-    log_alpha_curve,
-    log_curves,
-    log_heatmaps,
-    log_samples,
-)
+from evet_lightning.callbacks.image_logging import HeatmapStyle, log_epoch
+from evet_lightning.callbacks.pairs import PairPolicy, apply_task, check_task_option, decide_task
 from evet_lightning.callbacks.records import SampleRecords
-from evet_lightning.callbacks.sampling import fsdp1_root, in_validate, rank_quota, warn_if_samples_changed
+from evet_lightning.callbacks.sampling import (
+    check_fsdp1_model,
+    fsdp1_root,
+    in_validate,
+    rank_quota,
+    silence_sync_dist_advice,
+    warn_if_samples_changed,
+)
 from evet_lightning.callbacks.streaming import ChunkWork, EpochStream
 from evet_lightning.data.batch import BatchUnpacker, check_images, read_batch, unpack_batch, unpack_with
+from evet_lightning.functional.activation import Activation, Task
 from evet_lightning.functional.alpha import DEFAULT_ALPHA_GRID, DEFAULT_ALPHA_OBJECTIVE, AlphaObjective
 from evet_lightning.functional.perturbation import Baseline, Normalization
 from evet_lightning.saliency.evet import EVET, CamSpec, EVETResult
@@ -50,19 +53,8 @@ from evet_lightning.saliency.transforms import AffineTransform
 
 __all__ = ["BatchUnpacker", "EVETCallback", "rank_quota", "unpack_batch"]
 
-if TYPE_CHECKING:
 
-    class _LightningCallback:
-        """``lightning.pytorch.Callback`` for type checkers (it declares the same hooks as ``pl.Callback``)."""
-
-else:
-    try:
-        from lightning.pytorch import Callback as _LightningCallback
-    except ImportError:  # only the `pytorch_lightning` distribution is installed
-        _LightningCallback = object
-
-
-class EVETCallback(pl.Callback, _LightningCallback):
+class EVETCallback(pl.Callback, LightningCallback):
     """Track explanation quality during training: a CAM's maps against their EVET enhancement (Oh et al., 2021).
 
     Every ``every_n_epochs``-th validation epoch (and in every ``trainer.validate`` run) the callback takes the
@@ -85,17 +77,15 @@ class EVETCallback(pl.Callback, _LightningCallback):
       decision 16), computed on the final maps (with ``alpha="auto"``, the out-of-fold EVET maps).
 
     All values are fractions in [0, 1] (x100 for the paper's percentages), computed over all processes; no
-    NaN is ever logged. Labelled heatmap sheets (columns ``image | Grad-CAM | EVET-Grad-CAM`` with the CAM's
-    name; the class explained, ``Y`` and each map's ``O`` under the row; small images enlarged to 192 pixels
-    a panel) of the first ``log_images`` samples (rank zero's) go to W&B (``{prefix}/heatmaps``, with the same
-    labels as captions), to TensorBoard (``{prefix}/heatmaps/<i>``), or, with any other logger or none, to PNG
-    files under ``<log dir>/evet_heatmaps/epoch_XXX/``. Every explained sample of rank zero (all of them with
-    one process) goes into a per-sample table, to sort by the worst explanations: ``{prefix}/samples`` in W&B
-    (the image and both overlays as images for the samples whose maps are kept, decision 38; ``sample``,
-    ``class``, ``Y``, each map's ``O`` and, when computed, its AUCs), or, without W&B,
-    ``<log dir>/evet_samples/epoch_XXX_step_XXXXXX.csv`` with the same columns minus the images, plus the
-    heatmap's PNG file where one was written. With ``deletion_insertion=True`` the epoch's mean curves are
-    plotted (``{prefix}/deletion_insertion`` in W&B or TensorBoard, or ``<log dir>/evet_curves/``).
+    NaN is ever logged. Labelled heatmap sheets (``image | Grad-CAM | EVET-Grad-CAM``; the class, ``Y`` and
+    each map's ``O`` under the row; small images enlarged to 192 pixels) of the first ``log_images`` samples
+    (rank zero's) go to W&B (``{prefix}/heatmaps``), TensorBoard (``{prefix}/heatmaps/<i>``) or PNG files under
+    ``<log dir>/evet_heatmaps/epoch_XXX/``. Every explained sample of rank zero goes into a per-sample table, to
+    sort by the worst explanations: ``{prefix}/samples`` in W&B (the image and both overlays for the samples
+    whose maps are kept, decision 38; ``sample``, ``class``, ``Y``, each map's ``O``, its AUCs when computed),
+    or ``<log dir>/evet_samples/epoch_XXX_step_XXXXXX.csv`` (no images; the heatmap's PNG file where written).
+    With ``deletion_insertion=True`` the epoch's mean curves are plotted (``{prefix}/deletion_insertion`` in W&B
+    or TensorBoard, or ``<log dir>/evet_curves/``).
     ``log_images=0`` turns every image, table and file off. Each sample's values are in :meth:`sample_records`
     as soon as it is scored; the last epoch's are also in :attr:`last_samples`.
 
@@ -105,8 +95,9 @@ class EVETCallback(pl.Callback, _LightningCallback):
     chosen, the maps of the first ``max(log_images, alpha_calibration)`` samples, and a few scalars per sample.
 
     The class explained (k) is the sample's label when the batch has one and ``target="label"``, else the
-    model's prediction on the untransformed image. The model explained is the LightningModule itself (its
-    ``forward`` must return logits) unless ``model`` names or returns a submodule.
+    model's prediction on the untransformed image; a multi-label model's (``task``) images are explained as
+    (image, class) pairs, each pair a row wherever a sample is (decisions 54-58). The model explained is the
+    LightningModule itself (its ``forward`` must return logits) unless ``model`` names or returns a submodule.
 
     Training is left exactly as it would be without the callback: the work runs in the validation hooks,
     through :class:`~evet_lightning.EVET`, which restores every module's mode, parameters' ``.grad`` and
@@ -116,25 +107,21 @@ class EVETCallback(pl.Callback, _LightningCallback):
     ``_evet_metrics_<prefix>`` that follows the module's device but holds no parameter, buffer or
     ``state_dict`` entry; see :class:`~evet_lightning.callbacks.explanation_metrics.MetricsAnchor`).
 
-    The class derives from ``pytorch_lightning.Callback`` and, when the ``lightning`` package is installed, also
-    from ``lightning.pytorch.Callback`` (both declare the same hooks), so ``pytorch_lightning.Trainer`` and
-    ``lightning.pytorch.Trainer`` both accept it.
+    ``pytorch_lightning.Trainer`` and ``lightning.pytorch.Trainer`` both accept it (:mod:`~.base`).
 
-    Samples: rank ``r`` of ``W`` processes keeps the first ``num_samples // W + (r < num_samples % W)`` samples
-    of its shard (capped by the dataset size when known): with Lightning's unshuffled ``DistributedSampler``,
-    the first ``num_samples`` dataset indices, as with one process. Their fingerprint is saved in
-    :meth:`state_dict`; a resumed run warns when it explains different samples. Every rank explains the same
-    number of samples, ``ceil(n / W)``, in chunks of one agreed size (a forward pass is a collective under FSDP2
-    or DeepSpeed); the extra samples are padding, left out of every result, and ranks whose samples differ in
-    shape, dtype or label/mask presence raise a ``RuntimeError`` before a forward pass on them (decisions 29
-    and 37; README "Sharded training").
+    Samples: rank ``r`` of ``W`` keeps the first ``num_samples // W + (r < num_samples % W)`` of its shard: with
+    the unshuffled ``DistributedSampler``, the first ``num_samples`` dataset indices, as with one process (their
+    fingerprint is saved in :meth:`state_dict`; a resumed run warns when they differ). Every rank explains
+    ``ceil(n / W)`` samples (and pairs) in chunks of one agreed size, the extra ones padding, left out of every
+    result; ranks whose samples differ in shape, dtype or label/mask presence raise a ``RuntimeError`` before a
+    forward pass (decisions 29, 37 and 57; README "Sharded training").
     Every process computes every metric (torchmetrics syncs them), so the logged values are global and are
     logged with ``sync_dist=False``; Lightning's generic advice to use ``sync_dist=True`` is silenced for the
     ``{prefix}/`` keys only. Heatmaps are rendered and written by rank zero only.
 
-    Cost: per sample, one EVET run (about ``2 (n + 1)`` forward passes for ``n`` transforms plus one to score
-    the EVET map) and, for *each* stability transform, one more EVET run on the transformed image (its view 0
-    is the original map of ``T(x)``), so the default (one stability transform) roughly doubles the work of
+    Cost: per sample (per pair in a multi-label run), one EVET run (about ``2 (n + 1)`` forward passes for ``n``
+    transforms plus one to score the EVET map) and, for *each* stability transform, one more EVET run on the
+    transformed image (its view 0 is the original map of ``T(x)``), so the default roughly doubles the work of
     EVET alone; ``stability_transforms=[]`` saves it. ``deletion_insertion=True`` adds ``2 (S + 1)`` forward
     passes per map, ``4 (S + 1) = 84`` per sample at ``deletion_steps=20`` for both maps (no backward), next to
     EVET's ``2 (n + 1) + 5 = 21`` at the defaults (measured: 1.9x to 3.8x EVET's wall time on the demo's
@@ -145,7 +132,8 @@ class EVETCallback(pl.Callback, _LightningCallback):
             or ``"Gradient"``; also a callable ``(model, images, targets) -> maps`` (module level, so that it
             pickles for ``ddp_spawn``), ``"package.module:function"``, ``"captum:Name"`` or ``"zennit:Composite"``
             (see :class:`~evet_lightning.EVET`).
-        cam_kwargs: options of a Captum, zennit or callable method (see :class:`~evet_lightning.EVET`).
+        cam_kwargs: the method's options (``base_method`` of FinerCAM/RefineCAM/SESS/GuidedGradCAM,
+            Faster-Score-CAM's ``max_channels``, a Captum, zennit or callable method's; see ``EVET``).
         target_layers: dotted name(s) of the layer(s) the CAM explains (``model.named_modules()`` of the
             explained model); ``None`` auto-detects the last layer with a spatial output, as early as possible:
             in ``setup`` from ``example_input_array`` if the module has one, else on the first sanity-check
@@ -167,8 +155,6 @@ class EVETCallback(pl.Callback, _LightningCallback):
         reshape_transform: ``activation -> (B, C, H, W)`` for target layers that output tokens (ViT) or
             channels-last maps; see :class:`~evet_lightning.EVET`.
         output_transform: ``model output -> (B, K) logits`` for models whose forward returns something else.
-        cam_kwargs: the method's options (``base_method`` of FinerCAM/RefineCAM/SESS/GuidedGradCAM,
-            Faster-Score-CAM's ``max_channels``, ...); see :class:`~evet_lightning.EVET`.
         baseline: x_d of Eq. (3) for EVET and the faithfulness scores: ``"black"``, ``"zeros"``, ``"blur"``, a
             tensor or a callable.
         normalization: ``(mean, std)`` the images were normalized with: ``"black"`` is then black in pixels
@@ -208,6 +194,15 @@ class EVETCallback(pl.Callback, _LightningCallback):
             difference ``{prefix}/diff/stability_index_paper``, ``_low``, ``_high``); the out-of-fold alpha's
             stability guard keeps using ``stability_transforms`` (decision 31). ``evet-lightning evaluate``
             turns it on to report both protocols.
+        task: ``"auto"``, ``"multiclass"`` (softmax, one class per image), ``"multilabel"`` (sigmoid, (image,
+            class) pairs: ``num_samples`` counts images, metrics are means over pairs, ``{prefix}/num_pairs`` is
+            logged, rows of :meth:`sample_records`, tables and heatmaps are pairs) or ``"binary"``. ``"auto"``:
+            multilabel when the first batch has multi-hot ``(B, C)`` labels (said at INFO), else multiclass; a run
+            without labels needs ``task="multilabel"`` (decision 54). ``activation`` overrides (``EVET``'s).
+        multilabel_targets: ``"positives"`` (every positive label) or ``"most_confident"`` (the positive label of
+            highest probability); without labels or with ``target="prediction"``, the classes above
+            ``prediction_threshold`` (none: the top class) or the top class (decision 55).
+        ignore_index: the void value of class-index masks, left out of the pointing game (decision 47).
         alpha_calibration: with ``alpha="auto"``, how many samples (the first ones, over all processes, >= 2)
             calibrate alpha: inside them the out-of-fold rule above; every later sample's EVET map uses the alpha
             chosen on all of them together, so it streams (decision 36). ``num_samples <= alpha_calibration`` is
@@ -261,8 +256,14 @@ class EVETCallback(pl.Callback, _LightningCallback):
         cam_kwargs: Mapping[str, Any] | None = None,
         paper_stability: bool = False,
         alpha_calibration: int = 32,
+        task: Literal["auto"] | Task = "auto",
+        multilabel_targets: Literal["positives", "most_confident"] = "positives",
+        prediction_threshold: float = 0.5,
+        ignore_index: int | None = 255,
+        activation: Activation | None = None,
     ) -> None:
         super().__init__()
+        task_option = check_task_option(task)
         self.settings = EVETSettings(
             cam=cam,
             target_layers=check_layer_names(target_layers),
@@ -277,6 +278,8 @@ class EVETCallback(pl.Callback, _LightningCallback):
             reshape_transform=reshape_transform,
             output_transform=output_transform,
             cam_kwargs=cam_kwargs,
+            task="multiclass" if task_option == "auto" else task_option,
+            activation=activation,
         )
         """EVET's settings, validated once: ``EVET(module, **settings.evet_kwargs())`` in ``setup``."""
         self.num_samples = check_int("num_samples", num_samples, 1)
@@ -292,6 +295,10 @@ class EVETCallback(pl.Callback, _LightningCallback):
         self.deletion_steps = check_int("deletion_steps", deletion_steps, 1)
         self.paper_stability = check_bool("paper_stability", paper_stability)
         self.alpha_calibration = check_int("alpha_calibration", alpha_calibration, 2)
+        self.task_option = task_option
+        self.pair_policy = PairPolicy.checked(multilabel_targets, self.target, prediction_threshold, ignore_index)
+        """Which classes of an image a multi-label run explains (decision 55)."""
+        self._task: Task | None = None if task_option == "auto" else task_option
         self._metrics = ExplanationMetrics(
             self.prefix,
             stability=bool(self.stability_transforms),
@@ -357,16 +364,17 @@ class EVETCallback(pl.Callback, _LightningCallback):
 
     def sample_records(self) -> dict[str, Tensor]:
         """The per-sample records of the current (or last) explained epoch on this process, as CPU columns of
-        equal length: one row per finalized real sample (padding never), in the order finalized; rows only grow
-        during an epoch. A callback listed after this one can read new rows in its ``on_validation_batch_end``.
+        equal length: one row per finalized real sample (padding never; per (image, class) pair in a multi-label
+        run), in the order finalized; rows only grow during an epoch (read new rows in a later callback's
+        ``on_validation_batch_end``).
 
         Columns: ``sample`` (int64, the position in the single-process order: the dataset index with an
-        unshuffled loader), ``target`` (int64), ``finite`` (bool; a non-finite row has NaN values), ``Y``,
-        ``original/O``, ``evet/O``, ``alpha`` (float64, the alpha of the sample's EVET map), and for each variant
-        ``original``/``evet`` the per-sample values the logged metrics are the means of: ``average_drop``,
-        ``increase_in_confidence``, ``energy_pointing_game`` (with masks), ``stability_index`` (with stability
-        transforms), ``stability_index_paper`` (``paper_stability``), ``deletion_auc``, ``insertion_auc``
-        (``deletion_insertion``), keyed ``"{variant}/{metric}"``.
+        unshuffled loader; a pair's image), ``target`` (int64, the class explained), ``finite`` (bool; a
+        non-finite row has NaN values), ``Y``, ``original/O``, ``evet/O``, ``alpha`` (float64, the alpha of the
+        sample's EVET map), and for each variant ``original``/``evet`` the per-sample values the logged metrics
+        are the means of: ``average_drop``, ``increase_in_confidence``, ``energy_pointing_game`` (with masks),
+        ``stability_index`` (with stability transforms), ``stability_index_paper`` (``paper_stability``),
+        ``deletion_auc``, ``insertion_auc`` (``deletion_insertion``), keyed ``"{variant}/{metric}"``.
         """
         return self._records.columns()
 
@@ -374,8 +382,8 @@ class EVETCallback(pl.Callback, _LightningCallback):
     def metric_keys(self) -> list[str]:
         """Every key this callback can log (``energy_pointing_game`` only appears when masks are available;
         ``deletion_auc`` and ``insertion_auc`` only with ``deletion_insertion=True``)."""
-        keys = self._metrics.keys()
-        return [*keys, f"{self.prefix}/alpha"] if self.settings.alpha == "auto" else keys
+        keys = self._metrics.keys() + ([f"{self.prefix}/alpha"] if self.settings.alpha == "auto" else [])
+        return keys + ([f"{self.prefix}/num_pairs"] if self._task == "multilabel" else [])
 
     @property
     @override
@@ -472,21 +480,12 @@ class EVETCallback(pl.Callback, _LightningCallback):
 
     def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Build EVET for the explained module, register the metrics on the module, resolve the layer early."""
-        if self.model is not None and any(cls.__name__ == "FSDPStrategy" for cls in type(trainer.strategy).__mro__):
-            raise ValueError(
-                "Expected `model=None` under FSDPStrategy: a submodule cannot be run outside FSDP's root wrapper "
-                f"(got model={self.model!r}); explain the LightningModule, whose forward returns the logits"
-            )
+        check_fsdp1_model(trainer, self.model)
         module = explained_module(pl_module, self.model)
         self._evet = EVET(module, **self.settings.evet_kwargs())
         self._layers_resolved = self._batch_checked = False
         MetricsAnchor.attach(pl_module, self.prefix, self._metrics)
-        if trainer.world_size > 1:
-            # Our values are already global (torchmetrics syncs on compute), so logging them with sync_dist=False
-            # is right; silence Lightning's generic advice to use sync_dist=True, for our keys only.
-            warnings.filterwarnings(
-                "ignore", message=rf"It is recommended to use `self\.log\('{re.escape(self.prefix)}/"
-            )
+        silence_sync_dist_advice(trainer, self.prefix)
         example = getattr(pl_module, "example_input_array", None)
         if isinstance(example, Tensor) and example.ndim == 4 and example.is_floating_point():
             self._resolve_layers(example.to(module_device(module)))
@@ -517,8 +516,18 @@ class EVETCallback(pl.Callback, _LightningCallback):
             self._resolve_layers(self._read_batch(batch)[0])
             self._batch_checked = True
 
+    @property
+    def task(self) -> Task | None:
+        """The task explained: the one given, or what ``task="auto"`` read from the first batch (``None`` before)."""
+        return self._task
+
     def _read_batch(self, batch: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        return read_batch(batch, self.batch_unpacker, use_labels=self.target == "label")
+        if self._task is None:  # task="auto" (decision 54): decided once, from the first batch read
+            self._task, self.settings = decide_task(unpack_with(batch, self.batch_unpacker)[1], self.settings)
+            if self._evet is not None:
+                apply_task(self._evet, self.settings)
+        multilabel = self._task == "multilabel"
+        return read_batch(batch, self.batch_unpacker, use_labels=self.target == "label", multilabel=multilabel)
 
     def _explains_this_run(self, trainer: pl.Trainer) -> bool:
         """``trainer.validate`` always explains; fit's validation runs follow ``every_n_epochs``."""
@@ -537,7 +546,8 @@ class EVETCallback(pl.Callback, _LightningCallback):
         self.last_alpha = None if self.settings.alpha == "auto" else self.last_alpha
         paper = table5_transforms() if self.paper_stability else []
         steps = self.deletion_steps if self.deletion_insertion else None
-        work = ChunkWork(self._evet, self.settings, self.stability_transforms, paper, steps)
+        pairs = self.pair_policy if self._task == "multilabel" else None
+        work = ChunkWork(self._evet, self.settings, self.stability_transforms, paper, steps, pairs)
         keep = max(self.log_images, self.alpha_calibration)  # decision 38
         calibration = self.alpha_calibration
         return EpochStream.start(trainer, work, self._metrics, self._records, self.num_samples, calibration, keep)
@@ -546,8 +556,11 @@ class EVETCallback(pl.Callback, _LightningCallback):
         """Explain this process's share of one validation batch, score it and keep its scalars (decision 36)."""
         stream = self._stream
         assert stream is not None
+        images, labels, masks = self._read_batch(batch)
+        if self._task == "multilabel" and stream.work.pairs is None:  # task="auto" decided on this batch
+            stream.work = dataclasses.replace(stream.work, settings=self.settings, pairs=self.pair_policy)
         with torch.inference_mode(False), torch.no_grad():
-            stream.add(*self._read_batch(batch), root=fsdp1_root(trainer, pl_module))
+            stream.add(images, labels, masks, root=fsdp1_root(trainer, pl_module))
         self.calibration_complete, self.last_alpha = stream.calibration_complete, stream.choice or self.last_alpha
 
     def _run_explanation(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -564,25 +577,15 @@ class EVETCallback(pl.Callback, _LightningCallback):
         auto = self.last_alpha is not None and alpha is not None
         if alpha is not None:
             values[f"{self.prefix}/alpha"] = torch.tensor(alpha)
+        if self._task == "multilabel":  # pairs explained over all processes (decision 56)
+            values[f"{self.prefix}/num_pairs"] = torch.tensor(float(self.last_num_samples))
         for key, value in values.items():
             pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False, rank_zero_only=False)
         self.epochs_explained += 1
         self.last_samples = samples
         style = HeatmapStyle(self.cam_name, self.class_names, self.settings.normalization)
-        log_heatmaps(trainer, samples, f"{self.prefix}/heatmaps", self.log_images, style)
-        if self.log_images > 0:
-            log_samples(trainer, samples, f"{self.prefix}/samples", style, self.log_images)
-            if auto:
-                log_alpha_curve(trainer, f"{self.prefix}/alpha_curve", self.last_alpha)  # type: ignore[arg-type]
-            if mean_curves:
-                log_curves(trainer, f"{self.prefix}/deletion_insertion", mean_curves, self.cam_name)
-        self.last_timing = {
-            "evet_seconds": stream.evet_seconds,
-            "curve_seconds": stream.curve_seconds,
-            "num_samples": float(len(samples)),
-            "seconds_per_image": stream.evet_seconds / max(stream.explained, 1),
-            "seconds": stream.seconds + time.perf_counter() - start,
-        }
+        log_epoch(trainer, self.prefix, samples, self.log_images, style, self.last_alpha if auto else None, mean_curves)
+        self.last_timing = stream.timing(len(samples), time.perf_counter() - start)
 
     def _compute_metrics(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Compute every metric (synced across processes, same order everywhere), reset them, check the samples.

@@ -34,6 +34,8 @@ __all__ = [
     "add_curves",
     "explain_chunk",
     "module_device",
+    "stability_maps",
+    "synchronized_time",
     "to_cpu",
 ]
 
@@ -93,7 +95,7 @@ class ExplainedChunk:
     masks: Tensor | None
     """``(B, H, W)`` bool object masks, or ``None`` when the batches carried none."""
     positions: Tensor
-    """``(B,)`` float64: each sample's position in the single-process order."""
+    """``(B,)`` float64: each sample's position in the single-process order (a pair's: its image's)."""
     result: EVETResult
     stability: tuple[StabilityMaps, ...]
     """One entry per stability transform, in the callback's order."""
@@ -111,6 +113,9 @@ class ExplainedChunk:
     paper_stability: tuple[StabilityMaps, ...] = ()
     """With ``paper_stability=True``: one entry per transform of the paper's protocol (Table 5), scored apart
     from :attr:`stability` (``stability_index_paper``) and never seen by the out-of-fold alpha choice."""
+    valid: Tensor | None = None
+    """``(B, H, W)`` bool: the pixels the pointing game counts (False on ignored pixels of class-index masks,
+    decision 47); ``None``: all. A multi-label chunk's rows are (image, class) pairs (:mod:`~.pairs`)."""
 
     @property
     def padding_mask(self) -> Tensor:
@@ -334,18 +339,18 @@ def explain_chunk(
     images = batch.images.to(device)
     labels = None if batch.labels is None else batch.labels.to(device)
     masks = None if batch.masks is None else batch.masks.to(device)
-    start = _synchronized_time(device)
+    start = synchronized_time(device)
     result = evet(images, labels, masks=masks, score_saliency=True)
-    seconds = _synchronized_time(device) - start
+    seconds = synchronized_time(device) - start
     return ExplainedChunk(
         images=images,
         masks=masks,
         positions=batch.positions,
         result=result,
-        stability=tuple(_stability_maps(evet, transform, images, result) for transform in stability_transforms),
+        stability=tuple(stability_maps(evet, transform, images, result) for transform in stability_transforms),
         seconds=seconds,
         padding=batch.padding,
-        paper_stability=tuple(_stability_maps(evet, transform, images, result) for transform in paper_transforms),
+        paper_stability=tuple(stability_maps(evet, transform, images, result) for transform in paper_transforms),
     )
 
 
@@ -359,7 +364,7 @@ def add_curves(
     images in chunks of ``max_batch_size``), so ``4 (S + 1)`` forward passes per sample in all.
     """
     device = chunk.images.device
-    start = _synchronized_time(device)
+    start = synchronized_time(device)
     images = torch.cat([chunk.images, chunk.images])
     maps = torch.cat([chunk.result.original, chunk.result.saliency])
     targets = torch.cat([chunk.result.targets, chunk.result.targets])
@@ -368,6 +373,7 @@ def add_curves(
         "normalization": settings.normalization,
         "max_batch_size": max_batch_size,
         "output_transform": settings.output_transform,
+        "activation": settings.score_activation,
     }
     deletion = deletion_curve(model, images, maps, targets, baseline=settings.baseline, **common)
     insertion = insertion_curve(model, images, maps, targets, **common)
@@ -376,16 +382,24 @@ def add_curves(
         chunk,
         original_curves=PerturbationCurves(deletion[:size], insertion[:size]),
         evet_curves=PerturbationCurves(deletion[size:], insertion[size:]),
-        curve_seconds=_synchronized_time(device) - start,
+        curve_seconds=synchronized_time(device) - start,
     )
 
 
-def _stability_maps(evet: EVET, transform: AffineTransform, images: Tensor, result: EVETResult) -> StabilityMaps:
+def stability_maps(
+    evet: EVET, transform: AffineTransform, images: Tensor, result: EVETResult, image_index: Tensor | None = None
+) -> StabilityMaps:
+    """Both maps of ``T(x)`` mapped back; with ``image_index``, ``result`` holds (image, class) pairs of ``images``
+    and the run on ``T(x)`` explains the same pairs (:meth:`EVET.explain_pairs`, views shared per image)."""
     # One EVET run on T(x) gives both maps: its view 0 is J(T(x)) min-max normalized (as
     # `min_max_normalize(evet.explain(T(x)).maps)` would be, without a second CAM pass), and J*(T(x)). With
     # alpha="auto" the run uses a fixed alpha (no per-alpha scoring) and is re-blended at each sample's alpha.
     auto = evet.alpha == "auto"
-    transformed = evet(transform.forward(images), result.targets, alpha=0.0 if auto else None)
+    alpha = 0.0 if auto else None
+    if image_index is None:
+        transformed = evet(transform.forward(images), result.targets, alpha=alpha)
+    else:
+        transformed = evet.explain_pairs(transform.forward(images), image_index, result.targets, alpha=alpha)
     height, width = images.shape[-2:]
     return StabilityMaps(
         original=transform.inverse(transformed.original.unsqueeze(1)).squeeze(1),
@@ -404,7 +418,7 @@ def module_device(module: nn.Module) -> torch.device:
     return torch.device("cpu") if tensor is None else tensor.device
 
 
-def _synchronized_time(device: torch.device) -> float:
+def synchronized_time(device: torch.device) -> float:
     """``time.perf_counter()`` after the device finished its queued work (CUDA is asynchronous)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -157,6 +157,8 @@ class ExplanationMetrics(nn.Module):
         maps = {"original": result.original, "evet": result.saliency}
         masked_scores = {"original": original_scores, "evet": evet_scores}
         masks = {} if chunk.masks is None else {"mask": chunk.masks[keep]}
+        if chunk.masks is not None and chunk.valid is not None:  # ignored pixels of class-index masks (decision 47)
+            masks["valid"] = chunk.valid[keep]
         for name in VARIANTS:
             collection = self.variant(name)
             _feed(collection, scores=scores, masked_scores=masked_scores[name], saliency=maps[name][keep], **masks)
@@ -279,7 +281,8 @@ def per_sample_values(chunk: ExplainedChunk, variant: str) -> dict[str, Tensor]:
         "increase_in_confidence": (masked_scores > scores).double(),
     }
     if chunk.masks is not None:
-        values["energy_pointing_game"] = map_energy(maps[keep], chunk.masks[keep])
+        valid = None if chunk.valid is None else chunk.valid[keep]
+        values["energy_pointing_game"] = map_energy(maps[keep], chunk.masks[keep], valid)
     for name, runs in (("stability_index", chunk.stability), (PAPER_STABILITY, chunk.paper_stability)):
         if runs:
             per_transform = []

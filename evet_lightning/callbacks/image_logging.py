@@ -33,6 +33,7 @@ __all__ = [
     "heatmap_file",
     "log_alpha_curve",
     "log_curves",
+    "log_epoch",
     "log_figure",
     "log_heatmaps",
     "log_samples",
@@ -316,3 +317,23 @@ def _guarded(function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     except Exception as error:
         what = function.__name__.strip("_").replace("_", " ")
         rank_zero_warn(f"EVETCallback: logging failed and was skipped ({what}): {type(error).__name__}: {error}")
+
+
+def log_epoch(
+    trainer: pl.Trainer,
+    prefix: str,
+    samples: ExplainedSamples,
+    log_images: int,
+    style: HeatmapStyle,
+    alpha_choice: FoldChoice | None,
+    mean_curves: dict[str, Tensor],
+) -> None:
+    """Everything an explained epoch logs besides its values: the heatmaps, and (``log_images > 0``) the
+    per-sample table, the alpha curve (``alpha="auto"``) and the mean deletion/insertion curves (when computed)."""
+    log_heatmaps(trainer, samples, f"{prefix}/heatmaps", log_images, style)
+    if log_images > 0:
+        log_samples(trainer, samples, f"{prefix}/samples", style, log_images)
+        if alpha_choice is not None:
+            log_alpha_curve(trainer, f"{prefix}/alpha_curve", alpha_choice)
+        if mean_curves:
+            log_curves(trainer, f"{prefix}/deletion_insertion", mean_curves, style.method)

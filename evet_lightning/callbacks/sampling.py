@@ -13,6 +13,8 @@ Under sharded training every forward pass is a collective, so every rank explain
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +27,7 @@ from torch import Tensor, nn
 __all__ = [
     "SampleBatch",
     "agree_across_ranks",
+    "check_fsdp1_model",
     "describe_runs",
     "fsdp1_root",
     "SampleBuffer",
@@ -34,6 +37,7 @@ __all__ = [
     "padded_quota",
     "padded_runs",
     "rank_quota",
+    "silence_sync_dist_advice",
     "warn_if_samples_changed",
 ]
 
@@ -320,6 +324,22 @@ def describe_runs(runs: list[Run]) -> str:
         f"{length} x {list(shape)} {dtype} (labels {'yes' if labels else 'no'}, masks {'yes' if masks else 'no'})"
         for shape, dtype, labels, masks, length in runs
     )
+
+
+def check_fsdp1_model(trainer: pl.Trainer, model: object) -> None:
+    """Under ``FSDPStrategy`` (FSDP1) only ``model=None``: a submodule cannot run outside the root wrapper."""
+    if model is not None and any(cls.__name__ == "FSDPStrategy" for cls in type(trainer.strategy).__mro__):
+        raise ValueError(
+            "Expected `model=None` under FSDPStrategy: a submodule cannot be run outside FSDP's root wrapper "
+            f"(got model={model!r}); explain the LightningModule, whose forward returns the logits"
+        )
+
+
+def silence_sync_dist_advice(trainer: pl.Trainer, prefix: str) -> None:
+    """Our values are already global (torchmetrics syncs on compute), so logging them with ``sync_dist=False`` is
+    right; silence Lightning's generic advice to use ``sync_dist=True``, for the ``{prefix}/`` keys only."""
+    if trainer.world_size > 1:
+        warnings.filterwarnings("ignore", message=rf"It is recommended to use `self\.log\('{re.escape(prefix)}/")
 
 
 def fsdp1_root(trainer: pl.Trainer, pl_module: pl.LightningModule) -> nn.Module | None:

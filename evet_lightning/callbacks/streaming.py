@@ -41,6 +41,7 @@ from evet_lightning.callbacks.explaining import (
     to_cpu,
 )
 from evet_lightning.callbacks.explanation_metrics import ExplanationMetrics
+from evet_lightning.callbacks.pairs import PairPolicy, explain_pair_chunk
 from evet_lightning.callbacks.records import SampleRecords, chunk_records
 from evet_lightning.callbacks.sampling import (
     SampleBatch,
@@ -102,6 +103,9 @@ class ChunkWork:
     stability_transforms: Sequence[AffineTransform]
     paper_transforms: Sequence[AffineTransform]
     deletion_steps: int | None
+    pairs: PairPolicy | None = None
+    """Multi-label runs: the (image, class) pairs explained of each image (decisions 55-57); ``None``: one class
+    per image (multiclass, binary)."""
 
 
 class EpochStream:
@@ -184,6 +188,16 @@ class EpochStream:
             self._step(final=True, root=root)
         return ExplainedSamples.concat(self.parts, self.kept)
 
+    def timing(self, num_samples: int, extra_seconds: float) -> dict[str, float]:
+        """``EVETCallback.last_timing``: the stream's wall seconds (plus ``extra_seconds`` of epoch-end work)."""
+        return {
+            "evet_seconds": self.evet_seconds,
+            "curve_seconds": self.curve_seconds,
+            "num_samples": float(num_samples),
+            "seconds_per_image": self.evet_seconds / max(self.explained, 1),
+            "seconds": self.seconds + extra_seconds,
+        }
+
     def logged_alpha(self) -> float | None:
         """``{prefix}/alpha`` (decision 36): the mean of the two folds' alphas for the calibration samples and the
         pooled alpha for the later ones, weighted by their shares of the samples (over all processes, a
@@ -248,17 +262,26 @@ class EpochStream:
         chunk_size = size(batch.images) if callable(size) else size
         previous = evet.max_batch_size
         evet.max_batch_size = previous if callable(size) else size
+        chunk: ExplainedChunk | None
         try:
             work = self.work
-            chunk = explain_chunk(evet, batch, device, work.stability_transforms, work.paper_transforms)
+            if work.pairs is None:
+                chunk = explain_chunk(evet, batch, device, work.stability_transforms, work.paper_transforms)
+            else:  # (image, class) pairs (decision 56); None when no rank has a pair in this chunk
+                chunk = explain_pair_chunk(
+                    evet, batch, device, work.pairs, work.stability_transforms, work.paper_transforms
+                )
         finally:
             evet.max_batch_size = previous
-        self.explained += batch.images.shape[0]
+        self.explained += batch.images.shape[0]  # images: `alpha_calibration` counts images (decision 56)
+        if chunk is None:
+            return
         self.evet_seconds += chunk.seconds
         if self.selection is not None and self.choice is None:
             # Only calibration samples enter a fold; padding and later samples go into none (fold -1).
             outside = chunk.padding_mask | (chunk.positions.to(chunk.images.device) >= (self.layout.calibration or 0))
-            self.selection.add(torch.where(outside, -1, chunk.folds), chunk.result, chunk.masks, chunk.stability)
+            folds = torch.where(outside, -1, chunk.folds)
+            self.selection.add(folds, chunk.result, chunk.masks, chunk.stability, chunk.valid)
             self.held.append((chunk, chunk_size))
         else:
             self._finalize(chunk, chunk_size)
