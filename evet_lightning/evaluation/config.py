@@ -281,6 +281,14 @@ class EvaluateConfig:
             "for voc: and coco:, else multiclass"
         ),
     )
+    activation: Literal["sigmoid", "softmax"] | None = field(
+        default=None,
+        metadata=cli_option(
+            "how logits become f_k, instead of the task's: softmax with --task multilabel reproduces the paper's "
+            "text (f_k a softmax output on every dataset), sigmoid (multilabel's default) how TorchRay's VOC/COCO "
+            "models were trained and are scored"
+        ),
+    )
     accelerator: Accelerator = field(default="auto", metadata=cli_option(_ACCELERATOR_HELP))
     progress: bool = field(default=True, metadata=cli_option("hide Lightning's progress bar"))
     devices: int = field(

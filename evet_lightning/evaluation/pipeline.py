@@ -36,7 +36,7 @@ from evet_lightning.evaluation.data import EvaluationData, load_data, resolve_ta
 from evet_lightning.evaluation.devices import check_accelerator
 from evet_lightning.evaluation.errors import Interrupted, OutputError, UsageError
 from evet_lightning.evaluation.loading import EvaluationModel, load_model
-from evet_lightning.evaluation.names import default_methods, parse_methods
+from evet_lightning.evaluation.names import PREFIX, default_methods, parse_methods
 from evet_lightning.evaluation.options import parse_normalization
 from evet_lightning.evaluation.outputs import check_output, prepare_output, write_heatmap_sheet, write_tables, writing
 from evet_lightning.evaluation.records import MethodRun, Timing
@@ -362,7 +362,7 @@ class _Context:
         self, runs: Sequence[MethodRun], *, timing: Timing | None = None, complete: bool = True
     ) -> EvaluationResult:
         accuracies = [run.metrics["val_acc"] for run in runs if "val_acc" in run.metrics]
-        pairs = [run.class_means["num_pairs"] for run in runs if run.class_means is not None]
+        pairs = [int(run.metrics[f"{PREFIX}/num_pairs"]) for run in runs if f"{PREFIX}/num_pairs" in run.metrics]
         tables = build_tables(
             runs,
             has_masks=self.data.has_masks,

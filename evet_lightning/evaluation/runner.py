@@ -261,6 +261,8 @@ def method_run_from_rows(
     calibration = state.get("calibration")
     folds = None if calibration is None else calibration.get("folds")
     metrics = metrics_from_rows(rows, folds=folds, calibration=alpha_calibration)
+    if multilabel:  # as the callback logs it: every pair explained, finite or not
+        metrics[f"{PREFIX}/num_pairs"] = float(rows["index"].numel())
     finite = rows["finite"]
     auto = settings.alpha == "auto"
     seconds = state.get("seconds_per_image")

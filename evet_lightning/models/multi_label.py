@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MultilabelAveragePrecision, MultilabelF1Score
@@ -35,6 +34,7 @@ class MultiLabelShapesClassifier(ShapesClassifier):
         Others: as :class:`ShapesClassifier`.
 
     Example:
+        >>> import torch
         >>> classifier = MultiLabelShapesClassifier(num_classes=4, width=4)
         >>> classifier(torch.zeros(2, 3, 32, 32)).shape
         torch.Size([2, 4])
