@@ -297,7 +297,6 @@ class EVETCallback(pl.Callback, LightningCallback):
         self.alpha_calibration = check_int("alpha_calibration", alpha_calibration, 2)
         self.task_option = task_option
         self.pair_policy = PairPolicy.checked(multilabel_targets, self.target, prediction_threshold, ignore_index)
-        """Which classes of an image a multi-label run explains (decision 55)."""
         self._task: Task | None = None if task_option == "auto" else task_option
         self._metrics = ExplanationMetrics(
             self.prefix,
@@ -357,12 +356,11 @@ class EVETCallback(pl.Callback, LightningCallback):
 
     @property
     def last_results(self) -> list[EVETResult]:
-        """The EVET results (on the CPU, one per chunk) of the last explained epoch's kept chunks on this process:
-        those of the first ``max(log_images, alpha_calibration)`` samples (decision 38); every sample's values
-        are in :meth:`sample_records`."""
+        """The EVET results (CPU, one per chunk) of the last explained epoch's kept chunks on this process (the first
+        ``max(log_images, alpha_calibration)`` samples, decision 38); every sample's values: :meth:`sample_records`."""
         return [] if self.last_samples is None else self.last_samples.results
 
-    def sample_records(self) -> dict[str, Tensor]:
+    def sample_records(self, start: int = 0) -> dict[str, Tensor]:
         """The per-sample records of the current (or last) explained epoch on this process, as CPU columns of
         equal length: one row per finalized real sample (padding never; per (image, class) pair in a multi-label
         run), in the order finalized; rows only grow during an epoch (read new rows in a later callback's
@@ -374,9 +372,10 @@ class EVETCallback(pl.Callback, LightningCallback):
         sample's EVET map), and for each variant ``original``/``evet`` the per-sample values the logged metrics
         are the means of: ``average_drop``, ``increase_in_confidence``, ``energy_pointing_game`` (with masks),
         ``stability_index`` (with stability transforms), ``stability_index_paper`` (``paper_stability``),
-        ``deletion_auc``, ``insertion_auc`` (``deletion_insertion``), keyed ``"{variant}/{metric}"``.
+        ``deletion_auc``, ``insertion_auc`` (``deletion_insertion``), keyed ``"{variant}/{metric}"``. ``start``:
+        only the rows from that one on (the new rows since a previous call, without concatenating earlier ones).
         """
-        return self._records.columns()
+        return self._records.columns(start)
 
     @property
     def metric_keys(self) -> list[str]:
@@ -574,11 +573,12 @@ class EVETCallback(pl.Callback, LightningCallback):
             self._metrics.finish_epoch()
             values, mean_curves = self._compute_metrics()
             alpha = stream.logged_alpha()  # every process (it syncs)
+            pairs = stream.total_rows() if self._task == "multilabel" else None  # (decision 56)
         auto = self.last_alpha is not None and alpha is not None
         if alpha is not None:
             values[f"{self.prefix}/alpha"] = torch.tensor(alpha)
-        if self._task == "multilabel":  # pairs explained over all processes (decision 56)
-            values[f"{self.prefix}/num_pairs"] = torch.tensor(float(self.last_num_samples))
+        if pairs is not None:
+            values[f"{self.prefix}/num_pairs"] = torch.tensor(float(pairs))
         for key, value in values.items():
             pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False, rank_zero_only=False)
         self.epochs_explained += 1

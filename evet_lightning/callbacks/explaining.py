@@ -1,9 +1,10 @@
-"""The callback's per-sample results: EVET run on each chunk of buffered samples, kept in one place per epoch.
+"""The callback's per-sample results: EVET run on each chunk of samples, and what an epoch keeps of them.
 
-An explained epoch goes ``buffer -> explain (this module) -> update metrics -> compute and log``. What the
-explain step produces, :class:`ExplainedSamples`, is everything known about each sample (its image, both maps,
-the class explained, ``Y``, ``O`` of each map, the stability maps, and, when asked for, the deletion and
-insertion curves of both maps), so later steps read and never recompute.
+Each chunk goes ``explain (this module) -> final alpha -> curves -> update metrics -> records`` as the validation
+batches pass (:mod:`~evet_lightning.callbacks.streaming`). What the explain step produces, :class:`ExplainedChunk`,
+is everything known about its samples (images, both maps, the class explained, ``Y``, ``O`` of each map, the
+stability maps, and, when asked for, the deletion and insertion curves of both maps), so later steps read and never
+recompute; :class:`ExplainedSamples` keeps every sample's values and the first samples' chunks.
 """
 
 from __future__ import annotations
@@ -199,11 +200,12 @@ class SampleView(NamedTuple):
 
 @dataclass(frozen=True)
 class ExplainedSamples:
-    """Everything one explained epoch produced on this process, sample by sample, in explanation order.
+    """What one explained epoch keeps on this process, sample by sample, in explanation order.
 
-    The per-sample values are concatenated over the chunks; images and maps stay in their chunks, because
-    chunks may differ in image size. Non-finite samples (see ``finite``) are included here and left out of
-    every metric; so are padding samples (see ``padding``, decision 29), which :meth:`first` and ``len`` skip.
+    The per-sample values of every sample are concatenated over the chunks; images and maps stay in their chunks
+    (chunks may differ in image size), of which a streamed epoch keeps the first ones only (decision 38).
+    Non-finite samples (see ``finite``) are included here and left out of every metric; so are padding samples
+    (see ``padding``, decision 29), which :meth:`first` and ``len`` skip.
     """
 
     chunks: tuple[ExplainedChunk, ...]
@@ -284,15 +286,6 @@ class ExplainedSamples:
     def results(self) -> list[EVETResult]:
         """The EVET result of each chunk."""
         return [chunk.result for chunk in self.chunks]
-
-    @property
-    def evet_seconds(self) -> float:
-        return sum(chunk.seconds for chunk in self.chunks)
-
-    @property
-    def curve_seconds(self) -> float:
-        """Wall seconds of the deletion and insertion curves (0 when they were not computed)."""
-        return sum(chunk.curve_seconds for chunk in self.chunks)
 
     def first(self, count: int) -> Iterator[SampleView]:
         """The first ``count`` samples, finite or not, one by one (padding skipped)."""

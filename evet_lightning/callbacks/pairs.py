@@ -28,9 +28,10 @@ from evet_lightning._outputs import logits_from_output
 from evet_lightning.callbacks.explaining import ExplainedChunk, stability_maps, synchronized_time
 from evet_lightning.callbacks.sampling import SampleBatch
 from evet_lightning.data.batch import is_multi_hot
-from evet_lightning.functional.activation import Task, class_probabilities
+from evet_lightning.functional.activation import Task
 from evet_lightning.functional.class_masks import pair_masks
 from evet_lightning.saliency.evet import EVET
+from evet_lightning.saliency.pairs import select_pairs
 from evet_lightning.saliency.settings import EVETSettings
 from evet_lightning.saliency.transforms import AffineTransform
 
@@ -105,11 +106,11 @@ class PairPolicy:
     """Which classes of a multi-label image are explained (decision 55)."""
 
     targets: PairTargets = "positives"
-    """``"positives"``: every positive label; ``"most_confident"``: the one the model gives the highest probability."""
+    """``"positives"``: every positive label; ``"most_confident"``: the one of largest logit (highest sigmoid)."""
     use_labels: bool = True
     """``target="label"``: the labels decide when the batch has them; else the predicted classes."""
     prediction_threshold: float = 0.5
-    """A class is predicted when its probability is above it (``target="prediction"`` or no labels)."""
+    """A class is predicted when its sigmoid is above it (``target="prediction"`` or no labels)."""
     ignore_index: int | None = 255
     """The void value of class-index masks (decision 47)."""
 
@@ -124,47 +125,50 @@ class PairPolicy:
         )
 
 
-def select_classes(probabilities: Tensor, labels: Tensor | None, real: Tensor, policy: PairPolicy) -> list[list[int]]:
-    """The classes explained of each image, in class order (decision 55).
+def select_classes(logits: Tensor, labels: Tensor | None, real: Tensor, policy: PairPolicy) -> list[list[int]]:
+    """The classes explained of each image, in class order (decision 55), by the engine's
+    :func:`~evet_lightning.saliency.pairs.select_pairs` (decision 49).
 
     Args:
-        probabilities: ``(B, K)`` the model's class probabilities on the clean images.
+        logits: ``(B, K)`` the model's logits on the clean images.
         labels: ``(B, K)`` bool multi-hot labels, or ``None`` (then the predictions decide).
         real: ``(B,)`` bool, False for padding images (they get no pair of their own).
         policy: the policy.
 
-    With labels: every positive label (``"positives"``) or the positive label of highest probability
-    (``"most_confident"``, the lower class on a tie); an image without a positive label has no pair. Without
-    labels: the classes whose probability is above ``prediction_threshold``, or the top class when none is
-    (``"most_confident"``: the top class); every image has at least one pair.
+    With labels: every positive label (``"positives"``) or the positive label of largest logit, i.e. highest
+    sigmoid (``"most_confident"``, the lower class on a tie); an image without a positive label has no pair.
+    Without labels: the classes whose sigmoid is above ``prediction_threshold``, and for an image with none its
+    top class (``"most_confident"``: the top class), so every image is explained (unlike ``select_pairs``).
 
     Example:
-        >>> probabilities = torch.tensor([[0.9, 0.2, 0.7], [0.1, 0.3, 0.2]])
+        >>> logits = torch.tensor([[2.0, -1.0, 1.0], [-2.0, -1.0, -1.5]])
         >>> labels = torch.tensor([[True, True, False], [False, False, False]])
         >>> real = torch.tensor([True, True])
-        >>> select_classes(probabilities, labels, real, PairPolicy())
+        >>> select_classes(logits, labels, real, PairPolicy())
         [[0, 1], []]
-        >>> select_classes(probabilities, None, real, PairPolicy())
+        >>> select_classes(logits, None, real, PairPolicy())
         [[0, 2], [1]]
-        >>> select_classes(probabilities, labels, real, PairPolicy(targets="most_confident"))
+        >>> select_classes(logits, labels, real, PairPolicy(targets="most_confident"))
         [[0], []]
     """
-    chosen: list[list[int]] = []
-    probabilities = probabilities.detach().float().cpu()
-    for row in range(probabilities.shape[0]):
-        if not bool(real[row]):
-            chosen.append([])
-            continue
-        scores = probabilities[row]
-        if labels is not None and policy.use_labels:
-            positives = torch.nonzero(labels[row].cpu()).flatten().tolist()
-            if policy.targets == "most_confident" and positives:
-                positives = [max(positives, key=lambda k: (float(scores[k]), -k))]
-            chosen.append(positives)
-            continue
-        top = int(torch.argmax(scores))
-        predicted = torch.nonzero(scores > policy.prediction_threshold).flatten().tolist()
-        chosen.append([top] if policy.targets == "most_confident" or not predicted else predicted)
+    logits = logits.detach().float().cpu()
+    chosen: list[list[int]] = [[] for _ in range(logits.shape[0])]
+    rows = torch.nonzero(real.cpu()).flatten()
+    if rows.numel() == 0:
+        return chosen
+    by_labels = labels is not None and policy.use_labels
+    if by_labels:
+        assert labels is not None
+        index, classes = select_pairs(labels.cpu()[rows], logits[rows], policy=policy.targets)
+    elif policy.targets == "most_confident":
+        index, classes = torch.arange(rows.numel()), logits[rows].argmax(dim=1)
+    else:
+        index, classes = select_pairs(None, logits[rows], policy="predicted", threshold=policy.prediction_threshold)
+    for image, target in zip(index.tolist(), classes.tolist(), strict=True):
+        chosen[int(rows[image])].append(int(target))
+    if not by_labels:
+        for row in rows.tolist():
+            chosen[row] = chosen[row] or [int(logits[row].argmax())]
     return chosen
 
 
@@ -184,11 +188,11 @@ def _agreed_counts(counts: list[int]) -> list[int]:
     return [max(slot) for slot in zip(*gathered, strict=True)]
 
 
-def _clean_probabilities(evet: EVET, images: Tensor) -> Tensor:
-    """``(B, K)`` class probabilities of the clean images (one forward pass, eval mode, no autograd)."""
+def _clean_logits(evet: EVET, images: Tensor) -> Tensor:
+    """``(B, K)`` logits of the clean images (one forward pass, eval mode, no autograd)."""
     with torch.no_grad(), model_state_guard(evet.model, protect_grads=False):
         logits = logits_from_output(evet.model(images), evet.output_transform)
-    return class_probabilities(logits.detach(), evet.activation)
+    return logits.detach()
 
 
 def explain_pair_chunk(
@@ -201,26 +205,26 @@ def explain_pair_chunk(
 ) -> ExplainedChunk | None:
     """Explain the (image, class) pairs of one chunk of images (decisions 55-57); ``None`` when no rank has a pair.
 
-    One forward pass on the clean images gives the probabilities the policy reads (and checks that the labels have
+    One forward pass on the clean images gives the logits the policy reads (and checks that the labels have
     one column per logit); each image's pairs are padded to the largest count of its slot over the ranks; the pairs
     go through :meth:`EVET.explain_pairs` (scoring the EVET map) and each stability transform's ``T(x)`` through it
     again. The chunk has one row per pair: ``images[image_index]``, the pair's object mask and valid pixels.
     """
     images = batch.images.to(device)
-    probabilities = _clean_probabilities(evet, images)
+    logits = _clean_logits(evet, images)
     labels = None if batch.labels is None or not policy.use_labels else batch.labels
     real = ~batch.padding_mask
     if labels is not None and bool(real.any()):
-        if not is_multi_hot(labels) or labels.shape[1] != probabilities.shape[1]:
+        if not is_multi_hot(labels) or labels.shape[1] != logits.shape[1]:
             raise ValueError(
-                f"Expected multi-hot labels with one column per logit ({probabilities.shape[1]}) with "
+                f"Expected multi-hot labels with one column per logit ({logits.shape[1]}) with "
                 f"task='multilabel', but got labels of shape {tuple(labels.shape)}; pass `task='multiclass'` for a "
                 "single-label model"
             )
         labels = labels.bool()
-    chosen = select_classes(probabilities, labels, real, policy)
+    chosen = select_classes(logits, labels, real, policy)
     counts = _agreed_counts([len(classes) for classes in chosen])
-    top = probabilities.argmax(dim=1).tolist()
+    top = logits.argmax(dim=1).tolist()
     index: list[int] = []
     classes: list[int] = []
     padding: list[bool] = []

@@ -9,6 +9,8 @@ the logged value.
 
 from __future__ import annotations
 
+import bisect
+
 import torch
 from torch import Tensor
 
@@ -16,6 +18,9 @@ from evet_lightning.callbacks.explaining import VARIANTS, ExplainedChunk
 from evet_lightning.callbacks.explanation_metrics import per_sample_values
 
 __all__ = ["SampleRecords", "chunk_records"]
+
+#: The chunks' rows are concatenated into one part every this many chunks.
+_COMPACT_EVERY = 256
 
 
 def chunk_records(chunk: ExplainedChunk, alphas: Tensor) -> dict[str, Tensor]:
@@ -56,31 +61,42 @@ def chunk_records(chunk: ExplainedChunk, alphas: Tensor) -> dict[str, Tensor]:
 
 
 class SampleRecords:
-    """The rows of one epoch, appended chunk by chunk; :meth:`columns` concatenates them (cached until the next
-    :meth:`append`)."""
+    """The rows of one epoch, appended chunk by chunk; :meth:`columns` concatenates them (the whole table cached
+    until the next :meth:`append`; from a ``start`` row, only the chunks from there)."""
 
     def __init__(self) -> None:
         self._parts: list[dict[str, Tensor]] = []
+        self._ends: list[int] = []
         self._columns: dict[str, Tensor] | None = None
 
     def append(self, rows: dict[str, Tensor]) -> None:
         self._parts.append(rows)
+        self._ends.append(len(self) + int(rows["sample"].shape[0]))
         self._columns = None
+        if len(self._parts) >= _COMPACT_EVERY:  # a few tensors per column, not a few per chunk
+            self._parts, self._ends = [_concat(self._parts)], [len(self)]
 
     def __len__(self) -> int:
-        return sum(int(part["sample"].shape[0]) for part in self._parts)
+        return self._ends[-1] if self._ends else 0
 
-    def columns(self) -> dict[str, Tensor]:
-        """Every column, concatenated over the chunks (empty columns of the base names before any row)."""
-        if self._columns is None:
-            if not self._parts:
-                self._columns = {
-                    "sample": torch.zeros(0, dtype=torch.long),
-                    "target": torch.zeros(0, dtype=torch.long),
-                    "finite": torch.zeros(0, dtype=torch.bool),
-                    **{name: torch.zeros(0, dtype=torch.float64) for name in ("Y", "original/O", "evet/O", "alpha")},
-                }
-            else:
-                keys = list(self._parts[0])
-                self._columns = {key: torch.cat([part[key] for part in self._parts]) for key in keys}
-        return dict(self._columns)
+    def columns(self, start: int = 0) -> dict[str, Tensor]:
+        """Every column from row ``start`` on, concatenated over the chunks (empty columns of the base names before
+        any row)."""
+        if not self._parts:
+            empty = {"sample": torch.long, "target": torch.long, "finite": torch.bool}
+            empty.update(dict.fromkeys(("Y", "original/O", "evet/O", "alpha"), torch.float64))
+            return {name: torch.zeros(0, dtype=dtype) for name, dtype in empty.items()}
+        if start <= 0:
+            if self._columns is None:
+                self._columns = _concat(self._parts)
+            return dict(self._columns)
+        first = bisect.bisect_right(self._ends, start)
+        if first == len(self._parts):
+            return {key: column[:0] for key, column in self._parts[-1].items()}
+        offset = start - (self._ends[first - 1] if first > 0 else 0)
+        columns = _concat(self._parts[first:])
+        return {key: column[offset:] for key, column in columns.items()}
+
+
+def _concat(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}

@@ -59,6 +59,9 @@ __all__ = ["ChunkWork", "EpochStream", "StreamLayout", "new_layout"]
 
 ChunkSize = int | Callable[[Tensor], int]
 
+#: Per-chunk scalars are concatenated into one part every this many chunks.
+_COMPACT_EVERY = 256
+
 
 @dataclass(frozen=True)
 class StreamLayout:
@@ -136,6 +139,7 @@ class EpochStream:
         self.active = True
         """False once every process has explained all its samples and the alpha is chosen."""
         self.kept: list[ExplainedChunk] = []
+        self.kept_samples = 0
         self.parts: list[ExplainedSamples] = []
         self.evet_seconds = self.curve_seconds = self.seconds = 0.0
         self.counts: tuple[SumMetric, SumMetric] | None = None
@@ -170,11 +174,6 @@ class EpochStream:
         """The alpha of every sample is known (always with a fixed alpha)."""
         return self.selection is None or self.choice is not None
 
-    @property
-    def finalized(self) -> int:
-        """Real samples finalized so far on this process."""
-        return len(self.records)
-
     def add(self, images: Tensor, labels: Tensor | None, masks: Tensor | None, root: nn.Module | None) -> None:
         """One validation batch: take this process's share, explain the full chunks, finalize what can be."""
         if self.active:
@@ -197,6 +196,16 @@ class EpochStream:
             "seconds_per_image": self.evet_seconds / max(self.explained, 1),
             "seconds": self.seconds + extra_seconds,
         }
+
+    def total_rows(self) -> int:
+        """Real rows (samples, or pairs of a multi-label run) finalized over all processes: ``{prefix}/num_pairs``
+        (one ``all_reduce``; every process calls it)."""
+        count = torch.tensor([float(len(self.records))], device=self.metrics.num_skipped.device)
+        if _distributed():
+            import torch.distributed as dist
+
+            dist.all_reduce(count)
+        return round(float(count.item()))
 
     def logged_alpha(self) -> float | None:
         """``{prefix}/alpha`` (decision 36): the mean of the two folds' alphas for the calibration samples and the
@@ -306,10 +315,13 @@ class EpochStream:
             self.counts[0].update(real.sum())
             self.counts[1].update((real & later).sum())
         self.records.append(chunk_records(chunk, per_sample))
-        part = ExplainedSamples.from_chunks([chunk])
-        self.parts.append(to_cpu(dataclasses.replace(part, chunks=())))
-        if sum(len(kept_part) for kept_part in self.parts[: len(self.kept)]) < self.layout.keep:
+        part = to_cpu(dataclasses.replace(ExplainedSamples.from_chunks([chunk]), chunks=()))
+        if self.kept_samples < self.layout.keep:
             self.kept.append(to_cpu(chunk))
+            self.kept_samples += len(part)
+        self.parts.append(part)
+        if len(self.parts) >= _COMPACT_EVERY:  # a few tensors per sample, not a few per chunk
+            self.parts = [ExplainedSamples.concat(self.parts, ())]
 
 
 def _distributed() -> bool:

@@ -24,8 +24,9 @@ __all__ = ["DEFAULT_CONFIDENCE", "DEFAULT_NUM_RESAMPLES", "paired_difference_int
 DEFAULT_NUM_RESAMPLES = 2000
 #: The interval's nominal coverage.
 DEFAULT_CONFIDENCE = 0.95
-#: Resampled values drawn at once (bounds the memory of a large sample).
-_CHUNK_ELEMENTS = 1 << 22
+#: Resampled values drawn at once (bounds the memory of a large sample: 8 MiB of indices and values, small next to
+#: a streamed epoch's; the draws, hence the interval, do not depend on it, decision 38).
+_CHUNK_ELEMENTS = 1 << 19
 
 
 def _paired_difference_update(values_a: Tensor, values_b: Tensor) -> Tensor:

@@ -347,9 +347,9 @@ class EVET:
         ``result.image_index`` the images). ``masks``: object masks ``(P, H, W)`` or the ``(object, valid)`` of
         :func:`~evet_lightning.functional.class_masks.pair_masks` (decision 47), for the per-alpha pointing game.
 
-        Shared between the classes of one image (decision 46): the transformed views are built once, and for
-        native CAMs and ``"Gradient"`` their forward pass runs once (one head backward per class); other methods
-        see each view once per pair. Each pair's perturbed images ``Phi(x, M_k)`` are its own.
+        Shared between the classes of one image (decision 46): the views are built once; native CAMs and
+        ``"Gradient"`` run them forward once (a head backward per class), native Score-CAM its masked images too;
+        other methods see each view once per pair. Each pair's perturbed images ``Phi(x, M_k)`` are its own.
         """
         alpha = self.alpha if alpha is None else self.settings.replace(alpha=alpha).alpha
         images, _, _ = self._check_call(images, None, None, alpha)

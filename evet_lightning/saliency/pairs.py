@@ -20,7 +20,10 @@ from torch import Tensor, nn
 
 from evet_lightning.saliency.explainers import Explainer, Explanation
 
-__all__ = ["RowExplainer", "check_pairs", "explain_rows", "pair_groups"]
+__all__ = ["PAIR_POLICIES", "RowExplainer", "check_pairs", "explain_rows", "pair_groups", "select_pairs"]
+
+#: Which classes of a multi-label image are explained (decision 49).
+PAIR_POLICIES = ("positives", "most_confident", "predicted")
 
 
 class RowExplainer(Protocol):
@@ -62,6 +65,60 @@ def check_pairs(images: Tensor, image_index: object, classes: object) -> tuple[T
     if int(targets.min()) < 0:
         raise ValueError(f"Expected `classes` to be non-negative class indices, but got {int(targets.min())}")
     return index, targets
+
+
+def select_pairs(
+    labels: Tensor | None, logits: Tensor | None = None, *, policy: str = "positives", threshold: float = 0.5
+) -> tuple[Tensor, Tensor]:
+    """The (image, class) pairs to explain, as ``(image_index, classes)`` in row-major order (decision 49).
+
+    Policies: ``"positives"`` every positive label of multi-hot ``labels (B, C)`` (TorchRay's protocol, the default);
+    ``"most_confident"`` per image the positive label with the largest logit (``logits (B, C)`` needed); and
+    ``"predicted"`` every class whose sigmoid exceeds ``threshold`` (``labels`` unused, may be ``None``). An image
+    with no positive label (or no class above the threshold) gives no pair. ``labels`` are bool, or numbers that are
+    0 or 1.
+
+    Example:
+        >>> labels = torch.tensor([[1, 0, 1], [0, 0, 0], [0, 1, 1]])
+        >>> logits = torch.tensor([[0.0, 3.0, 2.0], [1.0, -1.0, -2.0], [-1.0, 0.5, 0.2]])
+        >>> [t.tolist() for t in select_pairs(labels)]
+        [[0, 0, 2, 2], [0, 2, 1, 2]]
+        >>> [t.tolist() for t in select_pairs(labels, logits, policy="most_confident")]
+        [[0, 2], [2, 1]]
+        >>> [t.tolist() for t in select_pairs(None, logits, policy="predicted")]  # sigmoid > 0.5: logit > 0
+        [[0, 0, 1, 2, 2], [1, 2, 0, 1, 2]]
+    """
+    if policy not in PAIR_POLICIES:
+        raise ValueError(f"Expected `policy` to be one of {PAIR_POLICIES}, but got {policy!r}")
+    if policy != "positives" and (not isinstance(logits, Tensor) or logits.ndim != 2):
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"Expected `logits` of shape (B, C) with policy={policy!r}, but got {shape}")
+    if policy == "predicted":
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"Expected `threshold` to be a probability in [0, 1], but got {threshold!r}")
+        assert logits is not None
+        return _rows_and_columns(logits.detach().float().sigmoid() > threshold)
+    if not isinstance(labels, Tensor) or labels.ndim != 2:
+        shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+        raise ValueError(f"Expected multi-hot `labels` of shape (B, C), but got {shape}")
+    if labels.dtype != torch.bool and bool(((labels != 0) & (labels != 1)).any()):
+        raise ValueError("Expected multi-hot `labels` to hold only 0 and 1 (or be bool)")
+    positive = labels != 0
+    if policy == "positives":
+        return _rows_and_columns(positive)
+    assert logits is not None
+    if logits.shape != labels.shape:
+        raise ValueError(f"Expected `logits` of shape {tuple(labels.shape)} like the labels, got {tuple(logits.shape)}")
+    masked = logits.detach().float().masked_fill(~positive.to(logits.device), float("-inf"))
+    has_positive = positive.any(dim=1).to(logits.device)
+    image_index = torch.nonzero(has_positive).squeeze(1)
+    return image_index, masked.argmax(dim=1)[image_index]
+
+
+def _rows_and_columns(selected: Tensor) -> tuple[Tensor, Tensor]:
+    """Row and column indices of the True entries of ``selected (B, C)``, row-major."""
+    found = torch.nonzero(selected)
+    return found[:, 0], found[:, 1]
 
 
 def pair_groups(image_index: Tensor, group_size: int) -> list[tuple[Tensor, Tensor, Tensor]]:

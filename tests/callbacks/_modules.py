@@ -19,7 +19,7 @@ from pytorch_lightning.loggers import Logger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from evet_lightning.data import SyntheticShapes
+from evet_lightning.data import MultiObjectShapes, SyntheticShapes
 from tests._helpers.models import IMAGE_SIZE, NUM_CLASSES
 
 
@@ -30,6 +30,12 @@ def shapes_loader(
     dataset = SyntheticShapes(num_samples=num_samples, image_size=image_size, num_classes=NUM_CLASSES, seed=seed)
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+def multi_shapes_loader(num_samples: int, *, seed: int = 1, batch_size: int = 4) -> DataLoader[Any]:
+    """``(x, multi-hot y, class-index mask)`` batches of :class:`MultiObjectShapes` (4 classes, 32 px)."""
+    dataset = MultiObjectShapes(num_samples=num_samples, image_size=IMAGE_SIZE, num_classes=NUM_CLASSES, seed=seed)
+    return DataLoader(dataset, batch_size=batch_size)
 
 
 class DictBatches(Dataset[dict[str, Tensor]]):
@@ -55,13 +61,18 @@ def rank_metrics_path(directory: str, rank: int) -> str:
     return os.path.join(directory, f"metrics_rank{rank}.json")
 
 
+def rank_records_path(directory: str, rank: int) -> str:
+    return os.path.join(directory, f"records_rank{rank}.json")
+
+
 def rank_samples_path(directory: str, rank: int) -> str:
     return os.path.join(directory, f"samples_rank{rank}.json")
 
 
 class DumpMetrics(pl.Callback):
-    """Every process writes ``trainer.callback_metrics`` to JSON at validation end (out of ddp_spawn), and the
-    per-sample scores of each EVET callback's last results (for the failure message of a multi-process test)."""
+    """Every process writes ``trainer.callback_metrics`` to JSON at validation end (out of ddp_spawn), the
+    per-sample scores of each EVET callback's last results (for the failure message of a multi-process test), and
+    each EVET callback's ``sample_records()``."""
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
@@ -84,6 +95,13 @@ class DumpMetrics(pl.Callback):
         ]
         with open(rank_samples_path(self.directory, trainer.global_rank), "w") as handle:
             json.dump(samples, handle)
+        records = [
+            {key: column.tolist() for key, column in callback.sample_records().items()}
+            for callback in trainer.callbacks
+            if hasattr(callback, "sample_records")
+        ]
+        with open(rank_records_path(self.directory, trainer.global_rank), "w") as handle:
+            json.dump(records, handle)
 
 
 def rank_samples(directory: str, devices: int) -> str:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import math
+from typing import Any
 
 import pytest
 import pytorch_lightning as pl
 import torch
+from torch.utils.data import DataLoader
 
 from evet_lightning import EVETCallback
 from tests._helpers.models import Classifier
@@ -44,9 +45,7 @@ def test_rows_are_the_samples_and_their_means_are_the_logged_values(make_trainer
     assert callback.calibration_complete and callback.last_alpha is not None
     fold_alphas = torch.tensor(callback.last_alpha.alphas, dtype=torch.float64)
     assert torch.equal(records["alpha"], fold_alphas[records["sample"] % 2])
-    assert values["evet/alpha"] == pytest.approx(float(records["alpha"].mean()), abs=1e-6) or math.isclose(
-        values["evet/alpha"], callback.last_alpha.mean_alpha
-    )
+    assert values["evet/alpha"] == pytest.approx(callback.last_alpha.mean_alpha)  # N <= K: as before streaming
 
 
 def test_a_fixed_alpha_is_every_row_s_alpha(make_trainer: TrainerFactory) -> None:
@@ -59,3 +58,22 @@ def test_a_fixed_alpha_is_every_row_s_alpha(make_trainer: TrainerFactory) -> Non
     assert records["alpha"].tolist() == [0.5, 0.5, 0.5]
     assert "evet/stability_index" not in records and "evet/deletion_auc" not in records
     _check_means(records, values, [f"{v}/{m}" for v in ("original", "evet") for m in METRICS[:3]])
+
+
+def test_a_non_finite_sample_is_a_row_of_nan_values(make_trainer: TrainerFactory) -> None:
+    images = torch.stack([shapes_loader(4).dataset[i][0] for i in range(4)])
+    images[1] = float("nan")
+
+    class TensorClassifier(Classifier):
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            self(batch)
+
+    pl.seed_everything(0)
+    callback = EVETCallback(num_samples=4, log_images=0, alpha=0.5, stability_transforms=[])
+    (values,) = make_trainer([callback]).validate(TensorClassifier(), DataLoader(images, batch_size=2), verbose=False)
+    records = callback.sample_records()
+    assert records["sample"].tolist() == [0, 1, 2, 3] and records["finite"].tolist() == [True, False, True, True]
+    assert values["evet/num_skipped"] == 1.0
+    for key in ("Y", "original/O", "evet/O", "original/average_drop", "evet/increase_in_confidence"):
+        assert records[key][1].isnan() and not bool(records[key][records["finite"]].isnan().any()), key
+    _check_means(records, values, [f"{v}/{m}" for v in ("original", "evet") for m in METRICS[:2]])

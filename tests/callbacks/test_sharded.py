@@ -29,7 +29,14 @@ from evet_lightning import EVETCallback
 from evet_lightning.callbacks.sampling import SampleBuffer, agree_across_ranks
 from evet_lightning.models import SmallCNN
 from tests._helpers.models import NUM_CLASSES
-from tests.callbacks._modules import CountForwards, DumpMetrics, forwards_path, rank_metrics_path, shapes_loader
+from tests.callbacks._modules import (
+    CountForwards,
+    DumpMetrics,
+    forwards_path,
+    multi_shapes_loader,
+    rank_metrics_path,
+    shapes_loader,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 
@@ -40,6 +47,8 @@ CASES: list[tuple[str, int, int, int, dict[str, Any]]] = [
     ("one_sample", 1, 4, 2, {"alpha": 0.5}),
     ("32_of_7_auto_alpha", 32, 7, 2, {"max_batch_size": 8}),
     ("deletion_insertion", 3, 4, 2, {"deletion_insertion": True, "deletion_steps": 4, "stability_transforms": []}),
+    # multi-hot labels: rank 0's images hold 2, 2, 3 pairs, rank 1's 3, 3 and a padding image (pairs padded)
+    ("multilabel_pairs_5_of_7", 5, 7, 2, {"task": "multilabel", "alpha": 0.5, "max_batch_size": 4}),
 ]
 
 
@@ -95,7 +104,10 @@ def _run_case(directory: Path, case: tuple[str, int, int, int, dict[str, Any]], 
         default_root_dir=str(out),
     )
     model = ShardedClassifier()
-    trainer.validate(model, dataloaders=shapes_loader(val_size, batch_size=batch_size), verbose=False)
+    loader = (multi_shapes_loader if options.get("task") == "multilabel" else shapes_loader)(
+        val_size, batch_size=batch_size
+    )
+    trainer.validate(model, dataloaders=loader, verbose=False)
     rank = trainer.global_rank
     dtensors = None
     if sharded:
@@ -206,7 +218,8 @@ def _read(path: str) -> Any:
 
 @pytest.mark.timeout(300)
 def test_fsdp2_two_processes_equal_work_and_single_process_values(tmp_path: Path) -> None:
-    """FSDP2: even split, 5 samples at chunk 8, one sample, 32 of 7 with alpha='auto', deletion/insertion: DTensor
+    """FSDP2: even split, 5 samples at chunk 8, one sample, 32 of 7 with alpha='auto', deletion/insertion, multi-label
+    pairs (the ranks' images hold different numbers of pairs): DTensor
     parameters, no ``.grad`` left, equal forward counts on both ranks, values equal to one process. FSDP1 through
     Lightning (auto-wrapped blocks): run through the root wrapper, equal forward counts, single-process values, and
     a checkpoint saved right after validation works. A shape mismatch raises a RuntimeError naming both ranks; an

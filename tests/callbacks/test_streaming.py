@@ -133,8 +133,10 @@ class ExplainedSoFar(pl.Callback):
     def __init__(self, callback: EVETCallback) -> None:
         self.callback = callback
         self.counts: list[int] = []
+        self.new_rows: list[list[int]] = []
 
     def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self.new_rows.append(self.callback.sample_records(start=sum(map(len, self.new_rows)))["sample"].tolist())
         self.counts.append(int(self.callback.sample_records()["sample"].numel()))
 
 
@@ -147,3 +149,30 @@ def test_the_work_advances_batch_by_batch(make_trainer: TrainerFactory, alpha: A
     probe = ExplainedSoFar(callback)
     make_trainer([callback, probe]).validate(Classifier(), dataloaders=shapes_loader(8, batch_size=2), verbose=False)
     assert probe.counts == [2, 4, 6, 6]
+    assert probe.new_rows == [[0, 1], [2, 3], [4, 5], []]  # sample_records(start=...): the rows since then
+
+
+def test_compacting_the_per_sample_values_changes_nothing(
+    make_trainer: TrainerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def run() -> EVETCallback:
+        pl.seed_everything(0)
+        callback = EVETCallback(
+            num_samples=7, alpha_calibration=2, max_batch_size=1, log_images=0, stability_transforms=[]
+        )
+        make_trainer([callback]).validate(Classifier(), dataloaders=shapes_loader(8, batch_size=2), verbose=False)
+        return callback
+
+    plain = run()
+    monkeypatch.setattr("evet_lightning.callbacks.records._COMPACT_EVERY", 2)
+    monkeypatch.setattr("evet_lightning.callbacks.streaming._COMPACT_EVERY", 3)
+    compacted = run()
+    assert plain.last_samples is not None and compacted.last_samples is not None
+    for records in (compacted.sample_records(), compacted.sample_records(start=3)):
+        start = 7 - records["sample"].numel()
+        assert records.keys() == plain.sample_records().keys()
+        for key, column in plain.sample_records().items():
+            torch.testing.assert_close(records[key], column[start:], rtol=0, atol=0, equal_nan=True)
+    for name in ("positions", "targets", "clean_scores", "original_scores", "evet_scores"):
+        assert torch.equal(getattr(compacted.last_samples, name), getattr(plain.last_samples, name))
+    assert len(compacted.last_samples.chunks) == len(plain.last_samples.chunks) == 2  # keep = 2 samples, 1 a chunk

@@ -67,7 +67,7 @@ def test_binary_and_per_class_masks() -> None:
     binary = CLASS_INDEX == 1
     obj, valid = pair_masks(binary, IMAGE_INDEX, CLASSES)  # bool (B, H, W): today's meaning, any class
     assert torch.equal(obj, binary[IMAGE_INDEX]) and bool(valid.all())
-    per_class = torch.stack([CLASS_INDEX == k for k in range(4)], dim=1)  # (B, 4, H, W)
+    per_class = torch.stack([k == CLASS_INDEX for k in range(4)], dim=1)  # (B, 4, H, W)
     obj, valid = pair_masks(per_class.int(), IMAGE_INDEX, CLASSES)
     torch.testing.assert_close(obj, pair_masks(CLASS_INDEX, IMAGE_INDEX, CLASSES)[0])
     assert bool(valid.all())
@@ -76,7 +76,7 @@ def test_binary_and_per_class_masks() -> None:
 
 
 def test_bad_masks_and_pairs_are_errors_naming_them() -> None:
-    with pytest.raises(ValueError, match="bool or integer, but got torch.float32"):
+    with pytest.raises(ValueError, match=r"bool or integer, but got torch\.float32"):
         pair_masks(CLASS_INDEX.float(), IMAGE_INDEX, CLASSES)
     with pytest.raises(ValueError, match=r"binary \(B, H, W\).*\(2, 16\)"):
         pair_masks(torch.zeros(2, 16, dtype=torch.long), IMAGE_INDEX, CLASSES)

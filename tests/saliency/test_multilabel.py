@@ -16,6 +16,7 @@ from evet_lightning.functional.class_masks import pair_masks
 from evet_lightning.functional.energy_pointing_game import energy_fraction
 from evet_lightning.functional.fusion import blend, min_max_normalize
 from evet_lightning.saliency.explainers import NativeCAM
+from evet_lightning.saliency.pairs import select_pairs
 from evet_lightning.saliency.settings import EVETSettings
 from evet_lightning.saliency.transforms import HorizontalFlip, Identity, Rotate, Scale
 from tests._helpers.fusion_reference import reference_fuse
@@ -85,6 +86,13 @@ def test_multilabel_y_and_o_are_sigmoids_of_the_logits() -> None:
     torch.testing.assert_close(
         target_probabilities(model, images, classes, activation="sigmoid"), result.clean_scores, atol=1e-6, rtol=0
     )
+    # alpha="auto": every candidate's O, on which the alpha is chosen, is a sigmoid too.
+    auto = EVET(model, target_layers=LAYER, transforms=TRANSFORMS, task="multilabel")(images, classes)
+    candidates = blend(auto.fused_mean, auto.fused_sigma, auto.alpha_grid)
+    for candidate, scores in zip(candidates, auto.alpha_scores, strict=True):
+        torch.testing.assert_close(
+            scores, _sigmoid_of_class(model, perturb(images, candidate), classes), atol=1e-6, rtol=0
+        )
     curves = deletion_curve(model, images, result.saliency, classes, steps=4, activation="sigmoid")
     torch.testing.assert_close(curves[:, 0], result.clean_scores, atol=1e-6, rtol=0)
     torch.testing.assert_close(curves[:, -1], _sigmoid_of_class(model, torch.zeros_like(images), classes))
@@ -117,6 +125,7 @@ def test_multilabel_fixed_alpha_map_matches_the_paper_reference_with_sigmoid_sco
         threshold=threshold,
         alpha=alpha,
     )
+    torch.testing.assert_close(result.view_scores, torch.stack(scores), atol=1e-6, rtol=0)  # O of every view
     torch.testing.assert_close(result.saliency, torch.tensor(expected), atol=1e-5, rtol=0)
     assert result.kept.tolist() == kept
     torch.testing.assert_close(result.weights.double(), torch.tensor(weights, dtype=torch.float64), atol=1e-6, rtol=0)
@@ -230,3 +239,39 @@ def test_pairs_alpha_energy_leaves_ignored_pixels_out() -> None:
     counted_as_background = energy_fraction(candidates, obj)
     assert bool((counted_as_background <= result.alpha_energy + 1e-12).all())
     assert bool((counted_as_background < result.alpha_energy - 1e-4).any())
+
+
+def test_pair_policies_and_their_errors() -> None:
+    labels = torch.tensor([[True, False, True, False], [False, False, False, False], [False, True, True, True]])
+    logits = torch.tensor([[-2.0, 5.0, -1.0, 0.0], [3.0, 0.0, 0.0, 0.0], [0.0, 1.0, 4.0, 2.0]])
+    image_index, classes = select_pairs(labels.float())
+    assert image_index.tolist() == [0, 0, 2, 2, 2] and classes.tolist() == [0, 2, 1, 2, 3]
+    image_index, classes = select_pairs(labels, logits, policy="most_confident")  # a negative label never wins
+    assert image_index.tolist() == [0, 2] and classes.tolist() == [2, 2]
+    image_index, classes = select_pairs(None, logits, policy="predicted", threshold=0.9)  # sigmoid(z) > 0.9
+    assert image_index.tolist() == [0, 1, 2] and classes.tolist() == [1, 0, 2]
+    with pytest.raises(ValueError, match=r"`policy`.*'all'"):
+        select_pairs(labels, policy="all")
+    with pytest.raises(ValueError, match=r"`logits` of shape \(B, C\) with policy='predicted'"):
+        select_pairs(labels, policy="predicted")
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        select_pairs(labels.long() * 2)
+    with pytest.raises(ValueError, match=r"multi-hot `labels` of shape \(B, C\).*\(3,\)"):
+        select_pairs(torch.tensor([0, 2, 1]))
+    with pytest.raises(ValueError, match=r"`threshold`"):
+        select_pairs(None, logits, policy="predicted", threshold=1.5)
+
+
+@pytest.mark.parametrize("max_batch_size", [1, 3])
+def test_pairs_across_chunks_under_inference_mode_with_a_non_finite_image(max_batch_size) -> None:
+    model = ShiftedLogits()
+    images = _images()
+    images[1, 0, 0, 0] = float("nan")  # pair 4 is image 1's
+    evet = EVET(model, target_layers=LAYER, transforms=TRANSFORMS, alpha=0.5, max_batch_size=max_batch_size)
+    with torch.inference_mode():
+        result = evet.explain_pairs(images, PAIR_IMAGES, PAIR_CLASSES)
+    expected = evet(images[PAIR_IMAGES], PAIR_CLASSES)
+    assert result.finite.tolist() == [True, True, True, True, False, True]
+    assert bool(result.saliency[4].eq(0).all()) and bool(result.saliency.isfinite().all())
+    torch.testing.assert_close(result.saliency, expected.saliency, atol=1e-6, rtol=0)
+    torch.testing.assert_close(result.view_scores, expected.view_scores, atol=1e-6, rtol=0)
