@@ -173,6 +173,8 @@ def _check_demo_options(config: DemoConfig) -> EVETSettings:
 
 def run_demo(config: DemoConfig) -> DemoResult:
     """Train :class:`ShapesClassifier` on synthetic shapes with :class:`EVETCallback` attached; write the results.
+    With ``config.task="multilabel"``: :class:`MultiLabelShapesClassifier` on multi-object shapes, the callback
+    explaining every positive (image, class) pair (decision 61).
 
     Writes to ``config.output``: ``metrics.json`` (settings, ``complete`` and one record per epoch: ``epoch``,
     ``global_step``, ``val_acc``, ``val_loss``, ``train_loss`` (last step) and every ``evet/...`` key the
@@ -198,6 +200,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     try:
         pl.seed_everything(config.seed, verbose=False)
         try:
+            # --task multilabel: multi-object shapes, BCE, every positive class a pair (decision 61)
             data_class = MultiObjectShapesDataModule if config.task == "multilabel" else SyntheticShapesDataModule
             datamodule = data_class(
                 train_samples=config.train_samples,
