@@ -212,10 +212,11 @@ def _multilabel_data(
 def resolve_task(task: str, data: EvaluationData) -> Task:
     """The task ``evaluate`` runs with ``--task task`` on ``data`` (decision 59): ``auto`` is ``multilabel`` for
     multi-label data (VOC, COCO) and ``multiclass`` otherwise (today's softmax, so results on single-label data do
-    not change); an explicit task is kept, but a single-label task on multi-label data is refused.
+    not change); an explicit task is kept when it fits the data.
 
     Raises:
-        UsageError: ``multiclass`` or ``binary`` on multi-label data, or an unknown task.
+        UsageError: ``multiclass`` or ``binary`` on multi-label data, ``multilabel`` on single-label data (its
+            labels are class indices, not multi-hot), or an unknown task.
     """
     if task == "auto":
         return "multilabel" if data.multilabel else "multiclass"
@@ -227,5 +228,10 @@ def resolve_task(task: str, data: EvaluationData) -> Task:
         raise UsageError(
             f"--task {task} explains one class per image, but --data {data.name} is multi-label (several classes "
             "per image, multi-hot labels); use --task multilabel (or auto)"
+        )
+    if not data.multilabel and checked == "multilabel":  # the callback reads multi-hot labels (decision 54)
+        raise UsageError(
+            f"--task multilabel needs multi-label data (voc:ROOT or coco:IMAGES_DIR,ANNOTATIONS.json), but --data "
+            f"{data.name} has one class per image; use --task multiclass (or auto)"
         )
     return checked

@@ -117,6 +117,13 @@ def test_rows_give_what_the_callback_logs_over_pairs(tmp_path: Path) -> None:
     assert torch.equal(rows["finite"], torch.ones(4, dtype=torch.bool))
 
 
+def test_multilabel_task_on_single_label_data_is_exit_code_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["evaluate", "--model", "tests.cli._factories:tiny_cnn", "--data", "synthetic", "--task", "multilabel"]
+    assert_usage_error(capsys, [*argv, *FAST, "--output", str(tmp_path / "out")], "--task multilabel needs multi-label")
+
+
 @pytest.mark.parametrize(
     ("extra", "fragments"),
     [
