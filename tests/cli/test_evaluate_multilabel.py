@@ -20,7 +20,7 @@ from evet_lightning.evaluation.runner import EvaluationModule, evaluation_callba
 from evet_lightning.evaluation.sample_file import SampleFileWriter, method_state, read_rows, sample_files
 from evet_lightning.saliency.settings import EVETSettings
 from tests._helpers.disk_datasets import make_coco, make_voc
-from tests.cli._factories import voc_cnn
+from tests.cli._factories import coco_cnn, voc_cnn
 from tests.cli.test_errors import assert_usage_error
 
 FAST = ["--methods", "GradCAM", "--no-deletion-insertion", "--no-paper-stability", "--no-progress"]
@@ -68,6 +68,15 @@ def test_coco_tables_hold_micro_and_macro_means_of_the_pairs(tmp_path: Path) -> 
         assert shown["Average drop (%)", "Original" if variant == "original" else "w/ EVET"] == pytest.approx(expected)
     wins = [float(row["evet/O"]) > float(row["original/O"]) for row in rows]
     assert means["macro"]["evet/win"] == pytest.approx(((wins[0] + wins[3]) / 2 + wins[1] + wins[2]) / 3)
+    correct = [int(row["correct"]) for row in rows]  # the model's decision on the pair's class is the label's
+    model = coco_cnn().eval()
+    data = load_data(f"coco:{coco.images},{coco.annotations}", EvaluationModel(model, "coco_cnn"), 3, image_size=16)
+    with torch.no_grad():
+        logits = model(torch.stack([data.dataset[index][0] for index in range(3)]))
+    labels = torch.stack([data.dataset[index][1] for index in range(3)])
+    pairs = [(int(row["index"]), int(row["target"])) for row in rows]
+    assert correct == [int(bool(logits[i, k] > 0) == bool(labels[i, k] > 0.5)) for i, k in pairs]
+    assert payload["accuracy"] == pytest.approx(sum(correct) / 4)
     markdown = (output / "tables.md").read_text()
     assert "3 images, 4 (image, class) pairs" in markdown and "**Per-class means (macro)" in markdown
     assert "mean over the (image, class) pairs (micro)" in markdown
