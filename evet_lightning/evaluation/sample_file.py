@@ -202,7 +202,9 @@ class SampleFileWriter(pl.Callback):
             self._append(trainer, columns)
             self._written = count
         if not self._calibration_written and evet.calibration_complete:
-            self._update_state(calibration=calibration_record(evet), complete=False)
+            # the images that calibrate: a multi-label curve counts their pairs, which resume cannot map to indices
+            images = min(evet.alpha_calibration, len(self.indices))
+            self._update_state(calibration={**calibration_record(evet), "images": images}, complete=False)
             self._calibration_written = True
 
     def _append(self, trainer: pl.Trainer, columns: dict[str, list[Any]]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytorch_lightning as pl
@@ -13,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from evet_lightning.cli import main
+from evet_lightning.evaluation import runner
 from evet_lightning.evaluation.data import load_data
 from evet_lightning.evaluation.loading import EvaluationModel
 from evet_lightning.evaluation.row_metrics import metrics_from_rows
@@ -148,3 +150,41 @@ def test_multilabel_mistakes_are_exit_code_2(
     argv = ["evaluate", "--data", f"voc:{voc.root}", *model, *extra, *FAST, "--output", str(tmp_path / "out")]
     assert_usage_error(capsys, argv, *fragments)
     assert not (tmp_path / "out").exists()
+
+
+class _KilledAfterBatch2(SampleFileWriter):
+    """Ctrl+C after the third image (batch 2) of the first attempt, its rows written."""
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        super().on_validation_batch_end(trainer, *args, **kwargs)
+        if self.attempt == 0 and self._seen == 3:
+            raise KeyboardInterrupt
+
+
+#: 4 VOC images of 20 x 20: aeroplane + person, aeroplane, dog, person (the first 2 hold 3 pairs).
+_FOUR_IMAGES = (
+    (20, 20, [(1, 3, 3, 9, 9), (15, 11, 11, 17, 17)]),
+    (20, 20, [(1, 5, 5, 15, 15)]),
+    (20, 20, [(12, 5, 5, 15, 15)]),
+    (20, 20, [(15, 4, 4, 16, 16)]),
+)
+
+
+def test_a_killed_multilabel_run_resumes_from_its_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The calibration set is 2 images holding 3 pairs: resume continues with the images not recorded (it does not
+    wait for calibration *indices* 0-2), at the recorded alpha, and gives the uninterrupted tables."""
+    voc = make_voc(tmp_path / "voc", layout=_FOUR_IMAGES)
+    argv = ["evaluate", "--data", f"voc:{voc.root}", "--model", "tests.cli._factories:voc_cnn"]
+    argv += [*FAST, "--heatmaps", "0", "--batch-size", "1", "--max-batch-size", "2", "--alpha-calibration", "2"]
+    assert main([*argv, "--output", str(tmp_path / "full")]) == 0
+    monkeypatch.setattr(runner, "SampleFileWriter", _KilledAfterBatch2)
+    assert main([*argv, "--output", str(tmp_path / "killed")]) == 130
+    samples = tmp_path / "killed" / "samples"
+    recorded = read_rows(sample_files(samples, "GradCAM"))["index"].tolist()
+    assert recorded[:3] == [0, 0, 1] and 3 not in recorded
+    assert method_state(samples, "GradCAM")["calibration"]["images"] == 2
+    assert main([*argv, "--output", str(tmp_path / "killed"), "--resume"]) == 0
+    remaining = [index for index in range(4) if index not in recorded]
+    assert sorted(set(read_rows([samples / "GradCAM.1.rank0.csv"])["index"].tolist())) == remaining
+    resumed, full = (json.loads((tmp_path / name / "tables.json").read_text()) for name in ("killed", "full"))
+    assert resumed["tables"] == full["tables"] and resumed["class_means"] == full["class_means"]
