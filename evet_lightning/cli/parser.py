@@ -84,7 +84,9 @@ every evet/... key the callback logged; rewritten after every epoch, so a failur
 metrics.png (each metric over the epochs, original vs EVET), heatmaps/epoch_XXX.png, model.ckpt (for
 `evet-lightning evaluate --model DIR/model.ckpt`) and the logger's folder: wandb/ (an offline run unless
 --wandb-online; sync later with `wandb sync`), tensorboard/ or csv/. The defaults take about 30 s on 2 idle CPU
-cores. Exit codes: 0 done; 2 a mistake, found before training; 74 a file could not be written; 130 interrupted
+cores. --task multilabel trains on multi-object shapes with BCEWithLogitsLoss (val_f1 and val_map instead of
+val_acc), explains every positive (image, class) pair and prints the last epoch's differences with their 95%
+intervals. Exit codes: 0 done; 2 a mistake, found before training; 74 a file could not be written; 130 interrupted
 (metrics.json keeps the finished epochs, "complete": false).
 """
 
