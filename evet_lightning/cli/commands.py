@@ -25,6 +25,7 @@ from evet_lightning.evaluation import (
     OutputError,
     UsageError,
     epoch_table_markdown,
+    last_epoch_intervals,
     run_demo,
     run_evaluation,
 )
@@ -50,10 +51,20 @@ def _demo(args: argparse.Namespace) -> int:
     config = config_from_args(DemoConfig, args)
     result = run_demo(config)
     print()
-    print("EVET demo: original vs EVET on the first", config.num_samples, "validation samples, per epoch (%)")
+    if config.task == "multilabel":
+        print(
+            f"EVET demo, multi-label: original vs EVET on every (image, class) pair of the first {config.num_samples} "
+            "validation images, means over the pairs, per epoch (%)"
+        )
+    else:
+        print("EVET demo: original vs EVET on the first", config.num_samples, "validation samples, per epoch (%)")
     print()
     print(epoch_table_markdown(result.history))
     print()
+    if config.task == "multilabel":
+        print("Last epoch, EVET against the original map (paired over the pairs; decision 31's bootstrap interval):")
+        print(last_epoch_intervals(result.history))
+        print()
     print(f"Finished in {result.seconds:.1f} s. Wrote:")
     for name, path in result.files.items():
         print(f"  {name}: {path}")

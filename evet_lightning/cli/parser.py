@@ -34,7 +34,10 @@ data (--data):
   coco:IMAGES_DIR,ANNOTATIONS.json
                            a COCO instances file and its images (polygons and RLE decoded here); multi-label.
                            Of voc: and coco:, --num-samples images are drawn at random with --seed, then decoded
-                           and checked; evaluating their (image, class) pairs is not available yet (exit 2)
+                           and checked. Each positive class of an image is one (image, class) pair (--task auto
+                           is multilabel: sigmoid scores); the tables give means over pairs (micro) and a
+                           per-class (macro) table. The model needs one logit per class, in the data's order
+                           (VOC: aeroplane..tvmonitor; COCO: categories sorted by id)
 
 normalization (--normalization): how the images are normalized, instead of the model's own: imagenet, caffe
   (RGB in 0-255 minus the mean 123.68,116.779,103.939, no std: TorchRay's VOC/COCO ResNet-50s), none, or
@@ -74,7 +77,9 @@ every evet/... key the callback logged; rewritten after every epoch, so a failur
 metrics.png (each metric over the epochs, original vs EVET), heatmaps/epoch_XXX.png, model.ckpt (for
 `evet-lightning evaluate --model DIR/model.ckpt`) and the logger's folder: wandb/ (an offline run unless
 --wandb-online; sync later with `wandb sync`), tensorboard/ or csv/. The defaults take about 30 s on 2 idle CPU
-cores. Exit codes: 0 done; 2 a mistake, found before training; 74 a file could not be written; 130 interrupted
+cores. --task multilabel trains on multi-object shapes with BCEWithLogitsLoss (val_f1 and val_map instead of
+val_acc), explains every positive (image, class) pair and prints the last epoch's differences with their 95%
+intervals. Exit codes: 0 done; 2 a mistake, found before training; 74 a file could not be written; 130 interrupted
 (metrics.json keeps the finished epochs, "complete": false).
 """
 

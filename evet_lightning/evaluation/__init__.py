@@ -22,7 +22,13 @@ file that cannot be written mid-run raises :class:`OutputError` (exit code 74), 
 from evet_lightning.evaluation.checks import ExplainedLayer, check_memory, check_model_outputs, check_spatial_layer
 from evet_lightning.evaluation.config import DemoConfig, EvaluateConfig
 from evet_lightning.evaluation.data import DEFAULT_EVALUATION_SEED, EvaluationData, load_data
-from evet_lightning.evaluation.demo import DEMO_EPOCH_KEYS, DemoResult, epoch_table_markdown, run_demo
+from evet_lightning.evaluation.demo import (
+    DEMO_EPOCH_KEYS,
+    DemoResult,
+    epoch_table_markdown,
+    last_epoch_intervals,
+    run_demo,
+)
 from evet_lightning.evaluation.devices import ACCELERATORS, Accelerator, accelerator_device, check_accelerator
 from evet_lightning.evaluation.errors import Interrupted, OutputError, UsageError
 from evet_lightning.evaluation.loading import (
@@ -92,6 +98,7 @@ __all__ = [
     "direction_mark",
     "display_name",
     "epoch_table_markdown",
+    "last_epoch_intervals",
     "evaluate",
     "evaluation_callback",
     "import_callable",

@@ -258,14 +258,17 @@ def check_model_outputs(
     data: EvaluationData,
     target: str = "label",
     output_transform: OutputTransform | None = None,
+    task: str = "multiclass",
 ) -> None:
     """Run the model on the first samples: labels must be among its classes; warn when it outputs (log-)probabilities.
 
     The output is read as logits by :func:`~evet_lightning.saliency.logits_from_output` (``output_transform``
-    when given), as everywhere else.
+    when given), as everywhere else. Multi-label data (VOC, COCO) needs one logit per class of the data, whatever
+    ``target``: a pair's class indexes both the logits and the masks.
 
     Raises:
-        UsageError: the output holds no logits ``(B, K)``, or (with ``target="label"``) a label is ``>= K``.
+        UsageError: the output holds no logits ``(B, K)``, (with ``target="label"``) a label is ``>= K``, or
+            multi-label data has another number of classes than ``K``.
     """
     count = min(_PROBE_SAMPLES, len(data))
     images = torch.stack([unpack_batch(tuple(data.dataset[index]))[0] for index in range(count)])
@@ -282,11 +285,25 @@ def check_model_outputs(
     if outputs.ndim != 2 or outputs.shape[0] != count:
         raise UsageError(f"{model.name} must return logits (B, K) = ({count}, K), but returned {tuple(outputs.shape)}")
     classes = outputs.shape[1]
+    if data.multilabel and data.class_names is not None and len(data.class_names) != classes:
+        raise UsageError(
+            f"--data {data.name} has {len(data.class_names)} classes, but {model.name} has {classes} outputs; a "
+            "multi-label model needs one logit per class of the data, in the data's class order"
+        )
     if target == "label" and data.max_label is not None and data.max_label >= classes:
         raise UsageError(
             f"--data {data.name} has labels up to {data.max_label}, but {model.name} has {classes} classes; "
             "use data labelled with the model's classes, or --target prediction to explain its predictions"
         )
+    if task == "multilabel":
+        probabilities = outputs.float()
+        if classes > 1 and bool(((probabilities >= 0) & (probabilities <= 1)).all()):
+            log.warning(
+                "%s outputs values in [0, 1] only, which look like sigmoid probabilities, not logits; EVET applies "
+                "the sigmoid itself, so every score below would be the sigmoid of those probabilities",
+                model.name,
+            )
+        return
     problem = not_logits(outputs)
     if problem is not None:
         log.warning("%s %s", model.name, problem)

@@ -111,6 +111,14 @@ class DemoConfig:
     )
     accelerator: Accelerator = field(default="auto", metadata=cli_option(_ACCELERATOR_HELP))
     progress: bool = field(default=True, metadata=cli_option("hide Lightning's progress bar"))
+    task: Literal["multiclass", "multilabel"] = field(
+        default="multiclass",
+        metadata=cli_option(
+            "multiclass (default): one shape per image, cross-entropy, softmax scores; multilabel: 2-3 shapes of "
+            "different classes per image, BCEWithLogitsLoss, sigmoid scores, every positive class explained as an "
+            "(image, class) pair"
+        ),
+    )
 
 
 @dataclass
@@ -262,6 +270,23 @@ class EvaluateConfig:
         metadata=cli_option(
             "the class explained: the sample's label (default) or the model's prediction; use prediction when a "
             "folder's class indices are not the model's (e.g. an ImageNet model on your own folder)"
+        ),
+    )
+    task: Literal["auto", "multiclass", "multilabel", "binary"] = field(
+        default="auto",
+        metadata=cli_option(
+            "how logits become the probability f_k and which classes are explained: multiclass (softmax, one class "
+            "per image), multilabel (a sigmoid per class; every positive label, or with --target prediction every "
+            "class with sigmoid > 0.5, is one (image, class) pair), binary (one logit); auto (default): multilabel "
+            "for voc: and coco:, else multiclass"
+        ),
+    )
+    activation: Literal["sigmoid", "softmax"] | None = field(
+        default=None,
+        metadata=cli_option(
+            "how logits become f_k, instead of the task's: softmax with --task multilabel reproduces the paper's "
+            "text (f_k a softmax output on every dataset), sigmoid (multilabel's default) how TorchRay's VOC/COCO "
+            "models were trained and are scored"
         ),
     )
     accelerator: Accelerator = field(default="auto", metadata=cli_option(_ACCELERATOR_HELP))

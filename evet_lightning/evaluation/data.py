@@ -12,9 +12,10 @@ from torch.utils.data import Dataset, Subset
 
 from evet_lightning.evaluation.errors import UsageError
 from evet_lightning.evaluation.loading import EvaluationModel
+from evet_lightning.functional.activation import Task, check_task
 from evet_lightning.functional.perturbation import Normalization
 
-__all__ = ["DEFAULT_EVALUATION_SEED", "EvaluationData", "load_data", "require_single_label"]
+__all__ = ["DEFAULT_EVALUATION_SEED", "EvaluationData", "load_data", "resolve_task"]
 
 #: Seed of the synthetic evaluation set; the demo trains on seed 0 and validates on seed 1, so these images
 #: are new to the model.
@@ -208,14 +209,29 @@ def _multilabel_data(
     )
 
 
-def require_single_label(data: EvaluationData) -> None:
-    """Raise a :class:`UsageError` for multi-label data: ``evaluate`` explains one class per image so far.
+def resolve_task(task: str, data: EvaluationData) -> Task:
+    """The task ``evaluate`` runs with ``--task task`` on ``data`` (decision 59): ``auto`` is ``multilabel`` for
+    multi-label data (VOC, COCO) and ``multiclass`` otherwise (today's softmax, so results on single-label data do
+    not change); an explicit task is kept when it fits the data.
 
-    The data has loaded and been checked by then (its files decoded), so a mistake in it is reported first.
+    Raises:
+        UsageError: ``multiclass`` or ``binary`` on multi-label data, ``multilabel`` on single-label data (its
+            labels are class indices, not multi-hot), or an unknown task.
     """
-    if data.multilabel:
+    if task == "auto":
+        return "multilabel" if data.multilabel else "multiclass"
+    try:
+        checked = check_task(task)
+    except ValueError as error:
+        raise UsageError(f"--task: {error}") from None
+    if data.multilabel and checked != "multilabel":
         raise UsageError(
-            f"--data {data.name} is multi-label ({len(data)} images, {len(data.class_names or ())} classes, several "
-            "per image): its files load and check out, but evaluating (image, class) pairs is not available yet; "
-            "evaluate explains one class per image (use an image folder, synthetic or photos)"
+            f"--task {task} explains one class per image, but --data {data.name} is multi-label (several classes "
+            "per image, multi-hot labels); use --task multilabel (or auto)"
         )
+    if not data.multilabel and checked == "multilabel":  # the callback reads multi-hot labels (decision 54)
+        raise UsageError(
+            f"--task multilabel needs multi-label data (voc:ROOT or coco:IMAGES_DIR,ANNOTATIONS.json), but --data "
+            f"{data.name} has one class per image; use --task multiclass (or auto)"
+        )
+    return checked

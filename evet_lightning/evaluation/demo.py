@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from evet_lightning.callbacks import EVETCallback
+from evet_lightning.callbacks.explaining import SampleView
 from evet_lightning.data.synthetic import SHAPE_NAMES
 from evet_lightning.evaluation.config import DemoConfig
 from evet_lightning.evaluation.devices import check_accelerator
@@ -31,7 +32,7 @@ from evet_lightning.evaluation.settings import make_callback, settings_from_conf
 from evet_lightning.saliency.settings import EVETSettings
 from evet_lightning.visualization.heatmaps import heatmap_sheet, write_png
 
-__all__ = ["DEMO_EPOCH_KEYS", "DemoResult", "epoch_table_markdown", "run_demo"]
+__all__ = ["DEMO_EPOCH_KEYS", "DemoResult", "epoch_table_markdown", "last_epoch_intervals", "run_demo"]
 
 
 @dataclass
@@ -90,7 +91,10 @@ class _EpochHistory(pl.Callback):
             return
         self.write_metrics(complete=False)
         results = self.evet_callback.last_results
-        if results and self.rows > 0:
+        samples = self.evet_callback.last_samples
+        if self.evet_callback.task == "multilabel" and samples is not None and self.rows > 0:
+            self._write_pair_sheet(trainer, list(samples.first(self.rows)))
+        elif results and self.rows > 0:
 
             def first(name: str) -> Tensor:
                 return torch.cat([getattr(result, name) for result in results])[: self.rows]
@@ -110,6 +114,25 @@ class _EpochHistory(pl.Callback):
             path = self.folder / "heatmaps" / f"epoch_{trainer.current_epoch:03d}.png"
             with writing(path):
                 write_png(sheet, path)
+
+    def _write_pair_sheet(self, trainer: pl.Trainer, views: list[SampleView]) -> None:
+        """The sheet of the first (image, class) pairs of a multi-label run: each row an image and one class."""
+        if not views:
+            return
+        sheet = heatmap_sheet(
+            torch.stack([view.image for view in views]),
+            torch.stack([view.original for view in views]),
+            torch.stack([view.saliency for view in views]),
+            method=self.evet_callback.cam_name,
+            targets=[view.target for view in views],
+            class_names=list(SHAPE_NAMES),
+            clean_scores=torch.tensor([view.clean_score for view in views]),
+            original_scores=torch.tensor([view.original_score for view in views]),
+            evet_scores=torch.tensor([view.evet_score for view in views]),
+        )
+        path = self.folder / "heatmaps" / f"epoch_{trainer.current_epoch:03d}.png"
+        with writing(path):
+            write_png(sheet, path)
 
 
 def _demo_logger(config: DemoConfig, folder: Path) -> Any:
@@ -148,7 +171,7 @@ def _check_demo_options(config: DemoConfig) -> EVETSettings:
     errors before any work (and before the output folder is created); returns the callback's EVET settings."""
     if config.wandb_online and config.logger != "wandb":
         raise UsageError(f"--wandb-online only applies to --logger wandb, not to --logger {config.logger}")
-    settings = settings_from_config(config, cam=config.cam)
+    settings = settings_from_config(config, cam=config.cam, task=config.task)
     check_accelerator(config.accelerator)
     check_output(config.output)
     return settings
@@ -156,6 +179,8 @@ def _check_demo_options(config: DemoConfig) -> EVETSettings:
 
 def run_demo(config: DemoConfig) -> DemoResult:
     """Train :class:`ShapesClassifier` on synthetic shapes with :class:`EVETCallback` attached; write the results.
+    With ``config.task="multilabel"``: :class:`MultiLabelShapesClassifier` on multi-object shapes, the callback
+    explaining every positive (image, class) pair (decision 61).
 
     Writes to ``config.output``: ``metrics.json`` (settings, ``complete`` and one record per epoch: ``epoch``,
     ``global_step``, ``val_acc``, ``val_loss``, ``train_loss`` (last step) and every ``evet/...`` key the
@@ -170,8 +195,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
         OutputError: a file cannot be written during or after training; the files written before are kept.
         Interrupted: Ctrl+C during training; ``metrics.json`` keeps the finished epochs (``"complete": false``).
     """
-    from evet_lightning.data import SyntheticShapesDataModule
-    from evet_lightning.models import ShapesClassifier
+    from evet_lightning.data import MultiObjectShapesDataModule, SyntheticShapesDataModule
+    from evet_lightning.models import MultiLabelShapesClassifier, ShapesClassifier
     from evet_lightning.visualization.plots import plot_metric_history
 
     start = time.perf_counter()
@@ -181,14 +206,17 @@ def run_demo(config: DemoConfig) -> DemoResult:
     try:
         pl.seed_everything(config.seed, verbose=False)
         try:
-            datamodule = SyntheticShapesDataModule(
+            # --task multilabel: multi-object shapes, BCE, every positive class a pair (decision 61)
+            data_class = MultiObjectShapesDataModule if config.task == "multilabel" else SyntheticShapesDataModule
+            datamodule = data_class(
                 train_samples=config.train_samples,
                 val_samples=config.val_samples,
                 image_size=config.image_size,
                 batch_size=config.batch_size,
                 seed=config.seed,
             )
-            classifier = ShapesClassifier(width=config.width)
+            model_class = MultiLabelShapesClassifier if config.task == "multilabel" else ShapesClassifier
+            classifier = model_class(width=config.width)
             evet_callback = make_callback(
                 evet_settings, num_samples=config.num_samples, log_images=min(8, config.num_samples)
             )
@@ -260,23 +288,36 @@ def _kept(history: _EpochHistory, max_epochs: int) -> str:
     )
 
 
+#: The validation scores the per-epoch table shows, when logged: the multi-class demo's accuracy, the multi-label
+#: demo's macro F1 at 0.5 and mAP (torchmetrics' MultilabelF1Score, MultilabelAveragePrecision).
+_VALIDATION_COLUMNS = (("val_acc", "val acc (%)"), ("val_f1", "val F1 (%)"), ("val_map", "val mAP (%)"))
+
+
 def epoch_table_markdown(history: Sequence[Mapping[str, float]], prefix: str = PREFIX) -> str:
-    """Per-epoch markdown table: validation accuracy, each metric as ``original -> EVET`` (in %), the win and,
-    with ``alpha="auto"``, the alpha the callback chose (``{prefix}/alpha``)."""
+    """Per-epoch markdown table: validation accuracy (multi-label: macro F1 and mAP), each metric as
+    ``original -> EVET`` (in %), the win, with ``alpha="auto"`` the alpha the callback chose (``{prefix}/alpha``)
+    and, for a multi-label run, the (image, class) pairs explained (``{prefix}/num_pairs``)."""
     names = [name for name in METRIC_NAMES if any(f"{prefix}/original/{name}" in record for record in history)]
     chosen = any(f"{prefix}/alpha" in record for record in history)
+    pairs = any(f"{prefix}/num_pairs" in record for record in history)
+    scores = [(key, label) for key, label in _VALIDATION_COLUMNS if any(key in record for record in history)]
+    scores = scores or [_VALIDATION_COLUMNS[0]]
     arrows = {"average_drop": "↓"}
     units = {"stability_index": ""}
     header = [
         "epoch",
-        "val acc (%)",
+        *(label for _, label in scores),
+        *(["pairs"] if pairs else []),
         *(f"{name.replace('_', ' ')}{units.get(name, ' (%)')} {arrows.get(name, '↑')}" for name in names),
         "win EVET>orig (%)",
         *(["alpha (chosen)"] if chosen else []),
     ]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---:"] * len(header)) + " |"]
     for record in history:
-        cells = [str(int(record["epoch"])), _format_percent(record.get("val_acc"))]
+        cells = [str(int(record["epoch"])), *(_format_percent(record.get(key)) for key, _ in scores)]
+        if pairs:
+            count = record.get(f"{prefix}/num_pairs")
+            cells.append("-" if count is None else str(int(count)))
         for name in names:
             original, enhanced = record.get(f"{prefix}/original/{name}"), record.get(f"{prefix}/evet/{name}")
             show = _format_fraction if name == "stability_index" else _format_percent
@@ -295,3 +336,30 @@ def _format_percent(value: float | None) -> str:
 
 def _format_fraction(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+#: The metrics :func:`last_epoch_intervals` reports: faithfulness, localization, stability (percent or not).
+_INTERVAL_METRICS = (("average_drop", True, "↓"), ("energy_pointing_game", True, "↑"), ("stability_index", False, "↑"))
+
+
+def last_epoch_intervals(history: Sequence[Mapping[str, float]], prefix: str = PREFIX) -> str:
+    """The last epoch's average drop, energy pointing game and stability index, original -> EVET, with the paired
+    difference (EVET minus original) and its 95% interval the callback logged (``{prefix}/diff/{name}``, ``_low``,
+    ``_high``, decision 31): one line each; a metric without a logged value is left out."""
+    if not history:
+        return ""
+    record = history[-1]
+    lines = []
+    for name, percent, arrow in _INTERVAL_METRICS:
+        original, enhanced = record.get(f"{prefix}/original/{name}"), record.get(f"{prefix}/evet/{name}")
+        if original is None or enhanced is None:
+            continue
+        scale, digits, unit = (100.0, 1, " (%)") if percent else (1.0, 3, "")
+        label = f"{name.replace('_', ' ')}{unit} {arrow}"
+        line = f"  {label}: {scale * original:.{digits}f} -> {scale * enhanced:.{digits}f}"
+        difference = [record.get(f"{prefix}/diff/{name}{end}") for end in ("", "_low", "_high")]
+        if all(value is not None for value in difference):
+            mean, low, high = (scale * value for value in difference)  # type: ignore[operator]
+            line += f", EVET - original {mean:+.{digits}f} [95% interval {low:+.{digits}f}, {high:+.{digits}f}]"
+        lines.append(line)
+    return "\n".join(lines)

@@ -104,7 +104,9 @@ def write_tables(result: EvaluationResult, output: str | os.PathLike[str]) -> di
     ``validate`` those that finished. ``alpha`` is the setting (``"auto"`` or the fixed number);
     ``alpha_by_method`` holds each finished method's alpha (the chosen one for auto, with both folds' alphas and
     the last epoch's per-alpha curve); ``target_layers`` and ``layout`` say which layer the CAMs explained and
-    how its output was read as a map.
+    how its output was read as a map. Multi-label data: ``num_pairs`` (the (image, class) pairs explained; ``validate``
+    holds their micro means) and ``class_means``, per method the ``macro`` means, the ``per_class`` means and counts
+    (:func:`~evet_lightning.evaluation.class_means.class_means`).
     """
     folder = Path(output)
     payload = {
@@ -120,6 +122,8 @@ def write_tables(result: EvaluationResult, output: str | os.PathLike[str]) -> di
         "layout": result.layout,
         "alpha_by_method": result.alpha_by_method(),
         "validate": {run.method: run.metrics for run in result.runs},
+        "num_pairs": result.num_pairs,
+        "class_means": {run.method: run.class_means for run in result.runs if run.class_means is not None},
         "tables": [asdict(table) for table in result.tables],
     }
     rows = io.StringIO()

@@ -32,11 +32,11 @@ from typing import Any, Literal
 
 from evet_lightning.evaluation.checks import ExplainedLayer, check_memory, check_model_outputs, check_spatial_layer
 from evet_lightning.evaluation.config import DEFAULT_DELETION_STEPS, EvaluateConfig
-from evet_lightning.evaluation.data import EvaluationData, load_data, require_single_label
+from evet_lightning.evaluation.data import EvaluationData, load_data, resolve_task
 from evet_lightning.evaluation.devices import check_accelerator
 from evet_lightning.evaluation.errors import Interrupted, OutputError, UsageError
 from evet_lightning.evaluation.loading import EvaluationModel, load_model
-from evet_lightning.evaluation.names import default_methods, parse_methods
+from evet_lightning.evaluation.names import PREFIX, default_methods, parse_methods
 from evet_lightning.evaluation.options import parse_normalization
 from evet_lightning.evaluation.outputs import check_output, prepare_output, write_heatmap_sheet, write_tables, writing
 from evet_lightning.evaluation.records import MethodRun, Timing
@@ -84,7 +84,7 @@ def run_evaluation(config: EvaluateConfig) -> EvaluationResult:
         seed=config.seed,
         split=config.split,
     )
-    require_single_label(data)  # until the (image, class) pair flow lands (issue 23)
+    settings = settings.replace(task=resolve_task(config.task, data))  # auto: by the data (decision 59)
     specs = {"reshape_transform": config.reshape_transform, "output_transform": config.output_transform}
     return evaluate(
         model,
@@ -109,7 +109,18 @@ def run_evaluation(config: EvaluateConfig) -> EvaluationResult:
         resume=config.resume,
         identity={
             name: getattr(config, name)
-            for name in ("model", "weights", "num_classes", "data", "masks", "num_samples", "image_size", "seed")
+            for name in (
+                "model",
+                "weights",
+                "num_classes",
+                "data",
+                "split",
+                "normalization",
+                "masks",
+                "num_samples",
+                "image_size",
+                "seed",
+            )
         },
     )
 
@@ -172,7 +183,12 @@ def evaluate(
         raise UsageError(f"--data {data.name} has no samples")
     if not methods:
         raise UsageError("--methods is empty")
-    settings = settings or EVETSettings()
+    settings = settings or EVETSettings(task="multilabel" if data.multilabel else "multiclass")
+    if data.multilabel and settings.task != "multilabel":
+        raise UsageError(
+            f"--data {data.name} is multi-label (several classes per image), but the task is {settings.task}; "
+            "use --task multilabel (or auto)"
+        )
     target_layers = model.target_layer if settings.target_layers is None else settings.target_layers
     settings = settings.replace(normalization=data.normalization, target_layers=target_layers)
     if settings.alpha == "auto" and settings.alpha_objective == "energy_pointing_game" and not data.has_masks:
@@ -187,7 +203,7 @@ def evaluate(
     if layer.names:
         settings = settings.replace(target_layers=layer.names)  # every CAM and Table 4 explain this layer
         log.info("evaluate: the CAM methods explain %s, read as %s", ", ".join(layer.names), layer.layout)
-    check_model_outputs(model, data, target, settings.output_transform)
+    check_model_outputs(model, data, target, settings.output_transform, settings.task)
     try:  # the callback's own checks (e.g. deletion_steps), before any work
         evaluation_callback(
             settings.replace(cam=methods[0]),
@@ -307,7 +323,17 @@ def _settings_record(
     settings: EVETSettings, target: str, deletion_insertion: bool, deletion_steps: int, paper_stability: bool
 ) -> dict[str, Any]:
     """What ``tables.json`` records of the run's settings."""
-    names = ("alpha", "alpha_grid", "alpha_objective", "threshold", "baseline", "max_batch_size", "target_layers")
+    names = (
+        "task",
+        "activation",
+        "alpha",
+        "alpha_grid",
+        "alpha_objective",
+        "threshold",
+        "baseline",
+        "max_batch_size",
+        "target_layers",
+    )
     return {
         **{name: _name(getattr(settings, name)) for name in names},
         "transforms": len(settings.transforms or ()),
@@ -336,6 +362,7 @@ class _Context:
         self, runs: Sequence[MethodRun], *, timing: Timing | None = None, complete: bool = True
     ) -> EvaluationResult:
         accuracies = [run.metrics["val_acc"] for run in runs if "val_acc" in run.metrics]
+        pairs = [int(run.metrics[f"{PREFIX}/num_pairs"]) for run in runs if f"{PREFIX}/num_pairs" in run.metrics]
         tables = build_tables(
             runs,
             has_masks=self.data.has_masks,
@@ -352,6 +379,8 @@ class _Context:
             runs=list(runs),
             tables=tables,
             accuracy=accuracies[0] if accuracies else None,
+            accuracy_label="explained classes decided as labelled" if self.data.multilabel else "top-1 accuracy",
+            num_pairs=pairs[0] if pairs else None,
             complete=complete,
             settings=self.record,
             target_layers=list(self.layer.names),

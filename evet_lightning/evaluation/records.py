@@ -37,6 +37,9 @@ class MethodRun:
             from ``EVETCallback.last_alpha``.
         indices: ``(N,)`` the index in the data of each sample of the per-sample tensors.
         sample_alphas: ``(N,)`` the alpha each sample's EVET map used.
+        class_means: a multi-label run's per-class and macro means over its (image, class) pairs
+            (:func:`~evet_lightning.evaluation.class_means.class_means`); ``None`` for one class per image. The
+            per-sample tensors then hold one entry per pair (``indices`` repeats an image's index).
     """
 
     method: str
@@ -52,6 +55,7 @@ class MethodRun:
     alpha_choice: dict[str, Any] | None = None
     indices: Tensor | None = None
     sample_alphas: Tensor | None = None
+    class_means: dict[str, Any] | None = None
 
 
 @dataclass

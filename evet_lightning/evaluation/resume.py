@@ -87,8 +87,10 @@ def plan_method(folder: Path, method: str, total: int, fixed_alpha: bool) -> Met
     recorded = set(read_rows(parts)["index"].tolist()) if parts else set()
     # the calibration set is the first samples; one of them missing (another process killed before it wrote its
     # rows) would be explained again at the later samples' alpha, not at its fold's: start over then too
+    # (the calibration images; a multi-label curve's num_samples counts pairs, so "images" is read first)
     calibrated = calibration is not None and all(
-        index in recorded for index in range(int((calibration.get("curve") or {}).get("num_samples", 0)))
+        index in recorded
+        for index in range(int(calibration.get("images", (calibration.get("curve") or {}).get("num_samples", 0))))
     )
     if not fixed_alpha and not calibrated:  # start over: the recorded samples' alpha is not known yet
         with writing(folder):

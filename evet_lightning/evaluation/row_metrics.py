@@ -64,9 +64,10 @@ def metrics_from_rows(
                 for suffix, value in zip(("", "_low", "_high"), interval.tolist(), strict=True):
                     values[f"{PREFIX}/diff/{name}{suffix}"] = float(value)
         if folds is not None:  # alpha="auto" (a fixed alpha is not logged), weighted as the callback weighs it
-            count = finite.numel()
-            inside = min(count, calibration)
-            later = float(rows["alpha"][calibration:].nanmean()) if count > calibration else 0.0
+            count = finite.numel()  # rows: samples, or (image, class) pairs whose image is a sample
+            calibrating = rows["index"] < calibration  # the first `calibration` images calibrate
+            inside = int(calibrating.sum())
+            later = float(rows["alpha"][~calibrating].nanmean()) if count > inside else 0.0
             values[f"{PREFIX}/alpha"] = (inside * sum(folds) / len(folds) + (count - inside) * later) / count
     correct = rows.get("correct")
     if correct is not None and bool((correct >= 0).any()):

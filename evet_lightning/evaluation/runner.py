@@ -9,7 +9,7 @@ import signal
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Subset
 
 from evet_lightning.callbacks import EVETCallback
 from evet_lightning.data.batch import unpack_batch
+from evet_lightning.evaluation.class_means import class_means
 from evet_lightning.evaluation.config import DEFAULT_DELETION_STEPS
 from evet_lightning.evaluation.data import EvaluationData
 from evet_lightning.evaluation.devices import accelerator_device, lightning_accelerator
@@ -77,10 +78,17 @@ class EvaluationModule(pl.LightningModule):
 
     def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor] | None:
         """Top-1 accuracy on the labelled samples of the batch (``val_acc``); returns ``correct``, ``(B,)`` int64:
-        1 / 0 whether each sample's prediction is its label, -1 without a label (the per-sample file's column)."""
+        1 / 0 whether each sample's prediction is its label, -1 without a label (the per-sample file's column).
+
+        Multi-hot labels ``(B, C)`` (a multi-label run): ``correct`` is ``(B, C)``, 1 / 0 whether the model's
+        decision on each class (logit > 0, i.e. sigmoid > 0.5) is the label's; nothing is logged (the tables
+        compute the share over the explained pairs from the rows, decision 59)."""
         images, labels, _ = unpack_batch(batch)
         if labels is None:
             return None
+        if labels.ndim == 2 and labels.shape[1] > 1:
+            decisions = self(images) > 0
+            return {"correct": (decisions == (labels > 0.5)).long().cpu()}
         labels = labels.reshape(-1)
         known = labels >= 0
         correct = torch.full_like(labels, -1, dtype=torch.int64)
@@ -219,7 +227,10 @@ def run_method(
         write_method_state(folder, method, complete=True)
         rows, state = read_rows(sample_files(folder, method)), method_state(folder, method)
         write_merged(folder, method, rows)
-    return method_run_from_rows(method, rows, state, settings, alpha_calibration)
+    class_names = data.class_names if data.multilabel else None
+    return method_run_from_rows(
+        method, rows, state, settings, alpha_calibration, multilabel=data.multilabel, class_names=class_names
+    )
 
 
 def lightning_strategy(strategy: str, processes: int) -> str | Strategy:
@@ -237,14 +248,25 @@ def check_devices(device: torch.device, devices: int) -> None:
 
 
 def method_run_from_rows(
-    method: str, rows: dict[str, Any], state: dict[str, Any], settings: EVETSettings, alpha_calibration: int = 32
+    method: str,
+    rows: dict[str, Any],
+    state: dict[str, Any],
+    settings: EVETSettings,
+    alpha_calibration: int = 32,
+    *,
+    multilabel: bool = False,
+    class_names: Sequence[str] | None = None,
 ) -> MethodRun:
-    """The :class:`MethodRun` of ``method`` from its merged rows and ``<method>.json`` (``state``)."""
+    """The :class:`MethodRun` of ``method`` from its merged rows and ``<method>.json`` (``state``); ``multilabel``:
+    the rows are (image, class) pairs, and the run carries their per-class and macro means
+    (:func:`~evet_lightning.evaluation.class_means.class_means`, class names from ``class_names``)."""
     if rows["index"].numel() == 0:
         raise RuntimeError(f"EVETCallback explained no sample of {method} in trainer.validate")
     calibration = state.get("calibration")
     folds = None if calibration is None else calibration.get("folds")
     metrics = metrics_from_rows(rows, folds=folds, calibration=alpha_calibration)
+    if multilabel:  # as the callback logs it: every pair explained, finite or not
+        metrics[f"{PREFIX}/num_pairs"] = float(rows["index"].numel())
     finite = rows["finite"]
     auto = settings.alpha == "auto"
     seconds = state.get("seconds_per_image")
@@ -265,6 +287,7 @@ def method_run_from_rows(
         else {key: calibration[key] for key in ("folds", "curve") if key in calibration},
         indices=rows["index"][finite],
         sample_alphas=rows["alpha"][finite],
+        class_means=class_means(rows, class_names) if multilabel else None,
     )
 
 

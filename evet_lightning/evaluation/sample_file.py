@@ -10,7 +10,9 @@ Layout in ``<output>/samples/``:
 
 A row holds ``index`` (the sample's index in the evaluated data), ``file`` (when the dataset knows its files),
 the columns of :meth:`~evet_lightning.EVETCallback.sample_records` but ``sample``, and ``correct`` (1 / 0 whether
-the model's prediction is the label, empty without a label). Floats are written with ``repr``, which reads back
+the model's prediction is the label, empty without a label). A multi-label run has one row per (image, class)
+pair: the image's ``index`` on each of its rows, the class in ``target``, and ``correct`` whether the model's
+decision on that class (sigmoid > 0.5) is the label's (decision 59). Floats are written with ``repr``, which reads back
 to the same float64, so tables computed from a resumed run's rows equal an uninterrupted run's.
 """
 
@@ -121,7 +123,7 @@ class SampleFileWriter(pl.Callback):
         self._writer: Any = None
         self._written = 0
         self._seen = 0
-        self._correct: dict[int, int] = {}
+        self._correct: dict[int, Any] = {}
         self._calibration_written = False
 
     @staticmethod
@@ -159,8 +161,8 @@ class SampleFileWriter(pl.Callback):
             for offset, value in enumerate(correct.tolist()):
                 position = trainer.global_rank + (self._seen + offset) * trainer.world_size
                 if position < len(self.indices):  # past the end: the sampler's padding
-                    self._correct[position] = int(value)
-            self._seen += int(correct.numel())
+                    self._correct[position] = value  # an int, or one per class (multi-label)
+            self._seen += int(correct.shape[0])
         self._write_new_rows(trainer)
 
     @override
@@ -203,7 +205,9 @@ class SampleFileWriter(pl.Callback):
             self._written += count
         # a fixed alpha (also a resumed run's recorded one) has no calibration to record, nor one to overwrite
         if not self._calibration_written and evet.calibration_complete and evet.settings.alpha == "auto":
-            self._update_state(calibration=calibration_record(evet), complete=False)
+            # the images that calibrate: a multi-label curve counts their pairs, which resume cannot map to indices
+            images = min(evet.alpha_calibration, len(self.indices))
+            self._update_state(calibration={**calibration_record(evet), "images": images}, complete=False)
             self._calibration_written = True
 
     def _append(self, trainer: pl.Trainer, columns: dict[str, list[Any]]) -> None:
@@ -220,7 +224,9 @@ class SampleFileWriter(pl.Callback):
         lines = []
         for row, position in enumerate(columns["sample"]):
             index = self.indices[position]
-            correct = self._correct.pop(position, None)
+            correct = self._correct.get(position)
+            if isinstance(correct, list):  # multi-label: the decision on this row's class
+                correct = int(correct[int(columns["target"][row])])
             cells = [_cell(columns[name][row]) for name in names]
             lines.append(
                 [
@@ -230,6 +236,8 @@ class SampleFileWriter(pl.Callback):
                     "" if correct is None else str(correct),
                 ]
             )
+        for position in set(columns["sample"]):  # an image's rows (its pairs) are finalized together
+            self._correct.pop(position, None)
         with writing(path):
             self._writer.writerows(lines)
             self._handle.flush()  # type: ignore[union-attr]
@@ -243,21 +251,22 @@ def calibration_record(evet: EVETCallback) -> dict[str, Any]:
 
 
 def read_rows(paths: Sequence[Path]) -> dict[str, Any]:
-    """The rows of the part files ``paths``, sorted by ``index`` (each index once: a later part's row wins).
+    """The rows of the part files ``paths``, sorted by ``index`` and ``target`` (each (index, target) once: a later
+    part's row wins; a multi-label run has one row per (image, class) pair).
 
     Returns columns: ``index``, ``target`` and ``correct`` (``-1`` where empty) as int64 tensors, ``finite`` as
     a bool tensor, ``file`` (when written) as a list of strings, every other column as a float64 tensor. A part's
     last line without its newline (a write cut short by a kill) is ignored.
     """
-    rows: dict[int, dict[str, str]] = {}
+    rows: dict[tuple[int, int], dict[str, str]] = {}
     for path in paths:
         with path.open(newline="") as handle:
             text = handle.read()
         if text and not text.endswith("\n"):
             text = text[: text.rfind("\n") + 1]
         for row in csv.DictReader(io.StringIO(text, newline="")):
-            rows[int(row["index"])] = row
-    ordered = [rows[index] for index in sorted(rows)]
+            rows[int(row["index"]), int(row.get("target") or -1)] = row
+    ordered = [rows[key] for key in sorted(rows)]
     names = list(ordered[0]) if ordered else ["index"]
     columns: dict[str, Any] = {}
     for name in names:

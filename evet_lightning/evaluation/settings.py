@@ -63,6 +63,7 @@ def settings_from_config(config: DemoConfig | EvaluateConfig, **fields: Any) -> 
         values["max_batch_size"] = config.max_batch_size
         values["reshape_transform"] = load_transform(config.reshape_transform, "--reshape-transform", RESHAPE_SHORTCUTS)
         values["output_transform"] = load_transform(config.output_transform, "--output-transform")
+        values["activation"] = config.activation
     values.update(fields)
     try:
         return EVETSettings(**values)

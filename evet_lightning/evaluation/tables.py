@@ -13,6 +13,9 @@ All fractions are shown in % unless said otherwise:
 - Table 4, seconds per image: Grad-CAM* (the whole EVET pipeline) and the un-enhanced Score-CAM, timed on the
   same samples.
 - Table 5, stability index of the original and the EVET maps, per method and stability protocol (Rotate 5, paper).
+- Per-class means (multi-label data only, key ``macro``): each metric's mean over the classes of each class's mean
+  over its (image, class) pairs, as TorchRay reports VOC and COCO (decision 60); Tables 1, 2, 5 and 6 are then means
+  over the pairs (micro), the values the callback logs.
 - Table 6, deletion and insertion AUC (Petsiuk et al., RISE, BMVC 2018; docs/design.md, decision 16) of the
   original and the EVET maps: deletion lower is better, insertion higher is better. Only when the callback
   logged them (``evaluate``'s default; ``--no-deletion-insertion`` turns them off).
@@ -281,7 +284,64 @@ def build_tables(
     tables.append(_stability_table(runs))
     if any(key.format(variant, name) in run.metrics for run in runs for variant, name in _AUC_KEYS):
         tables.append(_deletion_insertion_table(runs, columns, deletion_steps))
+    if any(run.class_means is not None for run in runs):
+        tables[0].notes.insert(0, _MICRO_NOTE)
+        tables.append(_macro_table(runs, columns))
     return tables
+
+
+_MICRO_NOTE = (
+    "Multi-label data: each value of Tables 1, 2, 5 and 6 is a mean over the (image, class) pairs (micro), as the "
+    "callback logs it; the per-class (macro) means are in the last table."
+)
+
+#: The macro table's rows: label, logged metric name, which way is better, scale, decimals.
+_MACRO_ROWS: tuple[tuple[str, str, Better, float, int], ...] = (
+    ("Average drop (%)", "average_drop", "lower", 100.0, 1),
+    ("Increase in confidence (%)", "increase_in_confidence", "higher", 100.0, 1),
+    ("Energy-based pointing game (%)", "energy_pointing_game", "higher", 100.0, 1),
+    ("Stability index (rotate 5)", "stability_index", "higher", 1.0, 3),
+    ("Stability index (paper)", "stability_index_paper", "higher", 1.0, 3),
+    ("Deletion AUC", "deletion_auc", "lower", 1.0, 3),
+    ("Insertion AUC", "insertion_auc", "higher", 1.0, 3),
+)
+
+
+def _macro_table(runs: Sequence[MethodRun], columns: list[str]) -> Table:
+    """Per-class means of the multi-label runs: each metric's mean over classes of its per-class means, original
+    vs EVET (marked as the w/ EVET rows of Tables 1 and 2), and the macro win."""
+
+    def macro(key: str, scale: float) -> list[float | None]:
+        values = [None if run.class_means is None else run.class_means["macro"].get(key) for run in runs]
+        return [None if value is None else scale * value for value in values]
+
+    rows = []
+    for label, name, better, scale, digits in _MACRO_ROWS:
+        original, enhanced = macro(f"{PREFIX}/original/{name}", scale), macro(f"{PREFIX}/evet/{name}", scale)
+        if all(value is None for value in (*original, *enhanced)):
+            continue
+        rows.append(TableRow(label, "Original", original, digits))
+        rows.append(TableRow("", "w/ EVET", enhanced, digits, better=better))
+    rows.append(TableRow("Win (%)", "w/ EVET", macro(f"{PREFIX}/win", 100.0), 1))
+    counts = [
+        f"{display_name(run.method)}: {means['num_pairs']} pairs of {means['num_images']} images, "
+        f"{means['num_classes']} classes"
+        for run in runs
+        if (means := run.class_means) is not None
+    ]
+    return Table(
+        "macro",
+        "Per-class means (macro): the mean over classes of each class's mean over its (image, class) pairs, "
+        "original vs EVET",
+        columns,
+        rows,
+        notes=[
+            "Macro: every class counts once, however many images hold it (TorchRay's VOC and COCO report); Tables "
+            "1, 2, 5 and 6 weigh every pair once (micro). Win: share of a class's pairs whose perturbed-image "
+            "probability is higher with the EVET map, averaged over classes.",
+            "; ".join(counts) + ".",
+        ],
+    )
 
 
 #: Table 5's rows per method: the protocol's label and the logged metric name (decision 31).
@@ -427,6 +487,10 @@ class EvaluationResult:
     tables: list[Table]
     accuracy: float | None
     files: dict[str, str] = field(default_factory=dict)
+    accuracy_label: str = "top-1 accuracy"
+    """What ``accuracy`` is (multi-label: the share of explained pairs whose class the model decides as labelled)."""
+    num_pairs: int | None = None
+    """Multi-label data: the (image, class) pairs explained (``num_samples`` counts images)."""
     complete: bool = True
     settings: dict[str, Any] = field(default_factory=dict)
     """The EVET and evaluation settings of the run, as written to ``tables.json``."""
@@ -442,12 +506,12 @@ class EvaluationResult:
 
     def markdown(self) -> str:
         """The header line and every table, as printed by ``evet-lightning evaluate``."""
-        accuracy = "" if self.accuracy is None else f", top-1 accuracy {100.0 * self.accuracy:.1f}%"
+        accuracy = "" if self.accuracy is None else f", {self.accuracy_label} {100.0 * self.accuracy:.1f}%"
         alpha = self.alpha if isinstance(self.alpha, str) else f"{self.alpha:g}"
-        header = (
-            f"EVET evaluation: model {self.model}, data {self.data}, {self.num_samples} samples{accuracy}, "
-            f"alpha {alpha}"
-        )
+        samples = f"{self.num_samples} samples"
+        if self.num_pairs is not None:
+            samples = f"{self.num_samples} images, {self.num_pairs} (image, class) pairs"
+        header = f"EVET evaluation: model {self.model}, data {self.data}, {samples}{accuracy}, alpha {alpha}"
         if self.target_layers:
             layout = f" ({self.layout})" if self.layout else ""
             header += f", CAM layer {', '.join(self.target_layers)}{layout}"

@@ -15,6 +15,7 @@ from evet_lightning.evaluation.data import EvaluationData
 from evet_lightning.evaluation.devices import accelerator_device
 from evet_lightning.evaluation.loading import EvaluationModel
 from evet_lightning.evaluation.records import MethodRun, Timing
+from evet_lightning.functional.class_masks import pair_masks
 from evet_lightning.saliency.evet import EVET
 from evet_lightning.saliency.settings import EVETSettings
 
@@ -25,10 +26,13 @@ TIMING_SAMPLES = 64
 
 
 def _masks(data: EvaluationData, indices: list[int]) -> Tensor | None:
-    """The object masks of the samples ``indices``, stacked ``(N, H, W)``, or ``None`` when one has none."""
+    """The object masks of the samples ``indices``, stacked ``(N, H, W)`` (multi-label: as the data holds them,
+    class-index ``(N, H, W)`` or per-class ``(N, C, H, W)``), or ``None`` when one has none."""
     masks = [unpack_batch(tuple(data.dataset[index]))[2] for index in indices]
     if any(mask is None for mask in masks):
         return None
+    if data.multilabel:
+        return torch.stack(masks)  # type: ignore[arg-type]
     return torch.stack([mask.reshape(mask.shape[-2:]) for mask in masks])  # type: ignore[union-attr]
 
 
@@ -97,12 +101,15 @@ def measure_timing(
     Grad-CAM* and Score-CAM alike, one image per call (so the images of a whole dataset are never held at once).
 
     ``settings``: the run's EVET settings (default: the model's target layer and the data's normalization).
+    Multi-label data: one call per (image, class) pair Grad-CAM explained, so the seconds are per pair.
     """
     count = min(TIMING_SAMPLES, int(grad_cam.targets.numel()))
     indices = list(range(count)) if grad_cam.indices is None else grad_cam.indices[:count].tolist()
     images = torch.stack([unpack_batch(tuple(data.dataset[index]))[0] for index in indices])
     targets = grad_cam.targets[:count]
     masks = _masks(data, indices) if data.has_masks else None
+    if data.multilabel and masks is not None:  # one entry per (image, class) pair: that class's object
+        masks = pair_masks(masks, torch.arange(count, device=masks.device), targets)[0]
     settings = settings or EVETSettings(target_layers=model.target_layer, normalization=data.normalization)
 
     def seconds(cam: str, enhance: bool) -> tuple[float, float]:

@@ -11,6 +11,7 @@ from evet_lightning.models.efficientnet_lite import (
     MissingExtraError,
     efficientnet_lite0,
 )
+from evet_lightning.models.multi_label import MultiLabelShapesClassifier
 from evet_lightning.models.small_cnn import ShapesClassifier, SmallCNN
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "LITE0_STD",
     "EfficientNetLite0",
     "MissingExtraError",
+    "MultiLabelShapesClassifier",
     "ShapesClassifier",
     "SmallCNN",
     "efficientnet_lite0",

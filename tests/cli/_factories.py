@@ -13,6 +13,7 @@ from tests._helpers.models import untrained_small_cnn as tiny_cnn
 __all__ = [
     "NOT_CALLABLE",
     "broken",
+    "coco_cnn",
     "drop_class_token",
     "make_tokens_to_map",
     "mlp",
@@ -23,6 +24,7 @@ __all__ = [
     "tiny_cnn",
     "tiny_vit",
     "tokens_to_map",
+    "voc_cnn",
 ]
 
 
@@ -57,3 +59,19 @@ def drop_class_token(tokens: torch.Tensor) -> torch.Tensor:
 def make_tokens_to_map(height: int = 4, width: int = 4) -> object:
     """A reshape transform's factory, named where the transform itself belongs."""
     return tokens_to_map
+
+
+def voc_cnn() -> nn.Module:
+    """An untrained multi-label SmallCNN with one logit per VOC class (20), the same weights on every call."""
+    from evet_lightning.models import SmallCNN
+
+    torch.manual_seed(0)
+    return SmallCNN(num_classes=20, width=4)
+
+
+def coco_cnn() -> nn.Module:
+    """An untrained multi-label SmallCNN with one logit per class of the tiny COCO fixture (3)."""
+    from evet_lightning.models import SmallCNN
+
+    torch.manual_seed(0)
+    return SmallCNN(num_classes=3, width=4)

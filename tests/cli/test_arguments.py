@@ -19,7 +19,7 @@ from evet_lightning.functional.alpha import ALPHA_OBJECTIVES, DEFAULT_ALPHA_GRID
 DEMO_FLAGS = [
     "--output", "--max-epochs", "--logger", "--num-samples", "--seed", "--train-samples", "--val-samples",
     "--image-size", "--width", "--batch-size", "--cam", "--alpha", "--alpha-grid", "--alpha-objective",
-    "--wandb-online", "--accelerator", "--no-progress",
+    "--wandb-online", "--accelerator", "--no-progress", "--task",
 ]  # fmt: skip
 EVALUATE_FLAGS = [
     "--model", "--weights", "--num-classes", "--data", "--split", "--normalization", "--masks", "--methods",
@@ -27,7 +27,7 @@ EVALUATE_FLAGS = [
     "--batch-size", "--max-batch-size",
     "--reshape-transform", "--output-transform", "--no-deletion-insertion", "--no-paper-stability", "--deletion-steps",
     "--heatmaps", "--time-score-cam", "--target", "--accelerator", "--no-progress", "--alpha-calibration",
-    "--devices", "--num-nodes", "--strategy", "--resume",
+    "--devices", "--num-nodes", "--strategy", "--resume", "--task", "--activation",
 ]  # fmt: skip
 
 

@@ -9,7 +9,7 @@ import torch
 
 from evet_lightning.cli import main
 from evet_lightning.evaluation import DEMO_EPOCH_KEYS
-from evet_lightning.models import ShapesClassifier
+from evet_lightning.models import MultiLabelShapesClassifier, ShapesClassifier
 from tests.cli.conftest import TINY_DEMO, DemoRun
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -115,3 +115,32 @@ def test_the_demo_logger_passes_no_anonymous_setting_to_wandb(
         logger.experiment  # noqa: B018 (the property starts the run)
     assert len(calls) == 1 and calls[0]["project"] == "evet-lightning"
     assert "anonymous" not in calls[0]
+
+
+def test_multilabel_demo_prints_pairs_f1_map_and_the_last_epochs_intervals(
+    tmp_path: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``demo --task multilabel``: multi-object shapes, BCE, the callback explaining every positive class; the table
+    shows macro F1, mAP and the pairs, and the last epoch's differences come with the logged intervals."""
+    output = tmp_path / "multilabel"  # type: ignore[operator]
+    assert main(["demo", "--task", "multilabel", "--output", str(output), "--logger", "csv", *TINY_DEMO]) == 0
+    stdout = capsys.readouterr().out
+    epochs = json.loads((output / "metrics.json").read_text())["epochs"]
+    last = epochs[-1]
+    # 4 images of 2-3 objects each: 8 to 12 (image, class) pairs, logged as evet/num_pairs
+    assert 8 <= last["evet/num_pairs"] <= 12
+    assert 0.0 <= last["val_f1"] <= 1.0 and 0.0 <= last["val_map"] <= 1.0
+    header = next(line for line in stdout.splitlines() if line.startswith("| epoch"))
+    assert "val F1 (%)" in header and "val mAP (%)" in header and "| pairs |" in header and "val acc" not in header
+    row = next(line for line in stdout.splitlines() if line.startswith("| 1 |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    expected = [f"{100 * last['val_f1']:.1f}", f"{100 * last['val_map']:.1f}", str(int(last["evet/num_pairs"]))]
+    assert cells[1:4] == expected
+    drop = [100 * last[f"evet/diff/average_drop{end}"] for end in ("", "_low", "_high")]
+    line = next(line for line in stdout.splitlines() if line.strip().startswith("average drop (%)"))
+    assert f"EVET - original {drop[0]:+.1f} [95% interval {drop[1]:+.1f}, {drop[2]:+.1f}]" in line
+    assert any(line.strip().startswith("energy pointing game (%)") for line in stdout.splitlines())
+    assert any(line.strip().startswith("stability index") for line in stdout.splitlines())
+    assert sorted(path.name for path in (output / "heatmaps").glob("*.png")) == ["epoch_000.png", "epoch_001.png"]
+    model = MultiLabelShapesClassifier.load_from_checkpoint(output / "model.ckpt", map_location="cpu")
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 4)

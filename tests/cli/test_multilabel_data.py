@@ -1,9 +1,6 @@
 """``evaluate --data voc:ROOT`` and ``--data coco:IMAGES_DIR,ANNOTATIONS.json``: the data loads, is drawn with --seed
 and checked, and a mistake in it is exit code 2 naming the file; ``--normalization`` reaches the data and EVET's
-baseline.
-
-Multi-label evaluation itself (explaining (image, class) pairs) is not wired into ``evaluate`` yet: once the data has
-loaded, that is exit code 2 saying so.
+baseline. The evaluation of their (image, class) pairs: ``test_evaluate_multilabel.py``.
 """
 
 from __future__ import annotations
@@ -27,23 +24,6 @@ MODEL = ["--model", "tests.cli._factories:tiny_cnn", "--no-progress"]
 def _evaluate(tmp_path: Path, *args: str) -> list[str]:
     size = [] if "--image-size" in args else ["--image-size", "16"]
     return ["evaluate", *MODEL, *size, "--output", str(tmp_path / "out"), *args]
-
-
-def test_voc_loads_then_says_multilabel_is_not_available_yet(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    make_voc(tmp_path / "VOCdevkit" / "VOC2007")
-    argv = _evaluate(tmp_path, "--data", f"voc:{tmp_path}", "--num-samples", "2")
-    assert_usage_error(capsys, argv, f"--data voc:{tmp_path} is multi-label (2 images, 20 classes", "not available yet")
-    assert not (tmp_path / "out" / "tables.json").exists()
-
-
-def test_coco_loads_then_says_multilabel_is_not_available_yet(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    fixture = make_coco(tmp_path)
-    argv = _evaluate(tmp_path, "--data", f"coco:{fixture.images},{fixture.annotations}")
-    assert_usage_error(capsys, argv, "is multi-label (3 images, 3 classes", "not available yet")
 
 
 @pytest.mark.parametrize(
