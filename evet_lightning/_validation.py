@@ -13,7 +13,7 @@ import operator
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_ALPHA", "check_alpha", "check_int", "check_threshold", "real_number"]
+__all__ = ["MAX_ALPHA", "check_alpha", "check_index_vector", "check_int", "check_threshold", "real_number"]
 
 #: The largest alpha accepted (decision 27). At 1e6 Eq. (5) already maps every pixel farther than 1e-6 from 0.5 to
 #: 0 or 1; larger values change nothing more, and above float32's maximum (3.4e38) alpha itself would overflow
@@ -62,3 +62,13 @@ def check_alpha(alpha: object, name: str = "alpha") -> float:
         what = "a float in [0, 1e6] or 'auto'" if name == "alpha" else "a float in [0, 1e6]"
         raise ValueError(f"Expected `{name}` to be {what}, but got {alpha!r}")
     return number
+
+
+def check_index_vector(name: str, value: object, device: torch.device) -> Tensor:
+    """``value`` as a 1-D int64 tensor on ``device``; a ``ValueError`` naming ``name`` for any other shape or type."""
+    if not isinstance(value, Tensor) or value.ndim != 1:
+        shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(f"Expected `{name}` to be a 1-D integer tensor of shape (P,), but got {shape}")
+    if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+        raise ValueError(f"Expected `{name}` to be an integer tensor, but got {value.dtype}")
+    return value.to(device=device, dtype=torch.long)

@@ -20,19 +20,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from evet_lightning._validation import check_index_vector
+
 __all__ = ["VOC_IGNORE_INDEX", "pair_masks"]
 
 #: VOC's "void" label in ``SegmentationClass`` PNGs.
 VOC_IGNORE_INDEX = 255
-
-
-def _pair_vector(name: str, value: object, device: torch.device) -> Tensor:
-    if not isinstance(value, Tensor) or value.ndim != 1:
-        shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-        raise ValueError(f"Expected `{name}` to be a 1-D integer tensor of shape (P,), but got {shape}")
-    if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
-        raise ValueError(f"Expected `{name}` to be an integer tensor, but got {value.dtype}")
-    return value.to(device=device, dtype=torch.long)
 
 
 def pair_masks(
@@ -74,8 +67,8 @@ def pair_masks(
         raise ValueError(
             f"Expected `masks` to be bool or integer, but got {masks.dtype}; binary masks are bool (`mask > 0.5`)"
         )
-    index = _pair_vector("image_index", image_index, masks.device)
-    targets = _pair_vector("classes", classes, masks.device)
+    index = check_index_vector("image_index", image_index, masks.device)
+    targets = check_index_vector("classes", classes, masks.device)
     if index.shape != targets.shape:
         raise ValueError(
             f"Expected `image_index` and `classes` to have the same shape (P,), but got {tuple(index.shape)} and "

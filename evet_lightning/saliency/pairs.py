@@ -18,6 +18,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
+from evet_lightning._validation import check_index_vector
 from evet_lightning.saliency.explainers import Explainer, Explanation
 from evet_lightning.saliency.transforms import AffineTransform
 
@@ -43,21 +44,12 @@ class RowExplainer(Protocol):
         ...
 
 
-def _index_vector(name: str, value: object, device: torch.device) -> Tensor:
-    if not isinstance(value, Tensor) or value.ndim != 1:
-        shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-        raise ValueError(f"Expected `{name}` to be a 1-D integer tensor of shape (P,), but got {shape}")
-    if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
-        raise ValueError(f"Expected `{name}` to be an integer tensor, but got {value.dtype}")
-    return value.to(device=device, dtype=torch.long)
-
-
 def check_pairs(images: Tensor, image_index: object, classes: object) -> tuple[Tensor, Tensor]:
     """``(image_index, classes)`` as long tensors on the images' device, checked: both ``(P,)`` with ``P >= 1``,
     every image index in ``[0, B)`` and every class non-negative (the model's class count is checked by the
     explainer); a ``ValueError`` naming the argument otherwise."""
-    index = _index_vector("image_index", image_index, images.device)
-    targets = _index_vector("classes", classes, images.device)
+    index = check_index_vector("image_index", image_index, images.device)
+    targets = check_index_vector("classes", classes, images.device)
     if index.shape != targets.shape:
         raise ValueError(
             f"Expected `image_index` and `classes` to have the same shape (P,), but got {tuple(index.shape)} and "
