@@ -11,16 +11,16 @@ Items are generated on the fly from ``(seed, index)`` alone, like :class:`~evet_
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from evet_lightning.data.synthetic import (
     _AREA_PER_R2,
     _LAYOUT_ATTEMPTS,
     _PLACEMENT_CANDIDATES,
     SHAPE_NAMES,
+    SeededLoaders,
     ShapeSpec,
     _background,
     _check_int,
@@ -186,7 +186,7 @@ class MultiObjectShapes(Dataset[tuple[Tensor, Tensor, Tensor]]):
         return image.clamp_(0.0, 1.0), labels, mask
 
 
-class MultiObjectShapesDataModule(pl.LightningDataModule):
+class MultiObjectShapesDataModule(SeededLoaders):
     """Train and validation :class:`MultiObjectShapes` loaders yielding ``(x, y, mask)`` batches.
 
     Like :class:`~evet_lightning.data.SyntheticShapesDataModule`: train uses ``seed`` and is shuffled with a generator
@@ -219,25 +219,3 @@ class MultiObjectShapesDataModule(pl.LightningDataModule):
         options |= {"min_objects": min_objects, "max_objects": max_objects}
         self.train_set = MultiObjectShapes(num_samples=train_samples, seed=seed, **options)  # type: ignore[arg-type]
         self.val_set = MultiObjectShapes(num_samples=val_samples, seed=seed + 1, **options)  # type: ignore[arg-type]
-
-    def train_dataloader(self) -> DataLoader[tuple[Tensor, Tensor, Tensor]]:
-        """Shuffled training batches (seeded)."""
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            self.train_set,
-            batch_size=self.batch_size,
-            shuffle=True,
-            generator=generator,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def val_dataloader(self) -> DataLoader[tuple[Tensor, Tensor, Tensor]]:
-        """Validation batches in index order."""
-        return DataLoader(
-            self.val_set,
-            batch_size=self.batch_size,
-            shuffle=False,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )

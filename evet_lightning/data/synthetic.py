@@ -296,7 +296,40 @@ class SyntheticShapes(Dataset[tuple[Tensor, Tensor, Tensor]]):
         return image.clamp_(0.0, 1.0), torch.tensor(target.label, dtype=torch.int64), mask
 
 
-class SyntheticShapesDataModule(pl.LightningDataModule):
+class SeededLoaders(pl.LightningDataModule):
+    """The loaders of the shapes data modules: ``train_set`` shuffled by a generator seeded with ``seed``,
+    ``val_set`` in index order (identical batches on every pass); subclasses set the five attributes."""
+
+    train_set: Dataset[tuple[Tensor, Tensor, Tensor]]
+    val_set: Dataset[tuple[Tensor, Tensor, Tensor]]
+    seed: int
+    batch_size: int
+    num_workers: int
+
+    def train_dataloader(self) -> DataLoader[tuple[Tensor, Tensor, Tensor]]:
+        """Shuffled training batches (seeded)."""
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=generator,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader[tuple[Tensor, Tensor, Tensor]]:
+        """Validation batches in index order."""
+        return DataLoader(
+            self.val_set,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+
+class SyntheticShapesDataModule(SeededLoaders):
     """Train and validation :class:`SyntheticShapes` loaders yielding ``(x, y, mask)`` batches.
 
     Train uses ``seed`` and is shuffled with a generator seeded by ``seed``; validation uses ``seed + 1`` and is
@@ -346,26 +379,4 @@ class SyntheticShapesDataModule(pl.LightningDataModule):
             num_classes=num_classes,
             num_distractors=num_distractors,
             seed=seed + 1,
-        )
-
-    def train_dataloader(self) -> DataLoader[tuple[Tensor, Tensor, Tensor]]:
-        """Shuffled training batches (seeded)."""
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            self.train_set,
-            batch_size=self.batch_size,
-            shuffle=True,
-            generator=generator,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def val_dataloader(self) -> DataLoader[tuple[Tensor, Tensor, Tensor]]:
-        """Validation batches in index order."""
-        return DataLoader(
-            self.val_set,
-            batch_size=self.batch_size,
-            shuffle=False,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
         )
